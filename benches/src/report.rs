@@ -1,0 +1,257 @@
+//! Result tables shared by all benchmarks: printed for people, JSON and SVG for tools.
+
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+/// What one backend achieved on one workload.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Measurement {
+    /// Operations (requests, frames, FUSE ops) per second.
+    pub ops_per_sec: f64,
+    /// Payload megabytes (10^6 bytes) per second.
+    pub mb_per_sec: f64,
+    /// CPU seconds (user + system) the backend process spent per million operations,
+    /// or `None` where it could not be measured (a backend inside a guest).
+    pub cpu_s_per_mop: Option<f64>,
+}
+
+/// One workload measured on our backend and on the peer, in the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub ours: Measurement,
+    pub peer: Option<Measurement>,
+}
+
+impl Row {
+    /// ours / peer on the primary figure (ops/s), if the peer was measured.
+    pub fn ratio(&self) -> Option<f64> {
+        let peer = self.peer.as_ref()?;
+        (peer.ops_per_sec > 0.0).then(|| self.ours.ops_per_sec / peer.ops_per_sec)
+    }
+}
+
+/// A complete benchmark result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub title: String,
+    /// Name of our backend as shown in the table (e.g. "vhost-user-blk io_uring").
+    pub ours_name: String,
+    /// Name and version of the peer (e.g. "qemu-storage-daemon 7.2.22").
+    pub peer_name: String,
+    /// Free-form facts about the set-up: image location, queue size, run length.
+    pub notes: Vec<String>,
+    pub rows: Vec<Row>,
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(fmt_num).unwrap_or_else(|| "-".to_string())
+}
+
+impl Report {
+    pub fn new(title: &str, ours_name: &str, peer_name: &str) -> Self {
+        Report {
+            title: title.to_string(),
+            ours_name: ours_name.to_string(),
+            peer_name: peer_name.to_string(),
+            notes: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Renders the report as an aligned text table.
+    pub fn to_table(&self) -> String {
+        let header = [
+            "workload",
+            "ours ops/s",
+            "peer ops/s",
+            "ours MB/s",
+            "peer MB/s",
+            "ours CPU s/Mop",
+            "peer CPU s/Mop",
+            "ours/peer",
+        ];
+        let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+        for row in &self.rows {
+            let peer = row.peer.as_ref();
+            cells.push(vec![
+                row.workload.clone(),
+                fmt_num(row.ours.ops_per_sec),
+                fmt_opt(peer.map(|p| p.ops_per_sec)),
+                fmt_num(row.ours.mb_per_sec),
+                fmt_opt(peer.map(|p| p.mb_per_sec)),
+                fmt_opt(row.ours.cpu_s_per_mop),
+                fmt_opt(peer.and_then(|p| p.cpu_s_per_mop)),
+                row.ratio()
+                    .map(|r| format!("{r:.2}x"))
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        let widths: Vec<usize> = (0..header.len())
+            .map(|c| cells.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", self.title);
+        let _ = writeln!(out, "ours: {}   peer: {}", self.ours_name, self.peer_name);
+        for note in &self.notes {
+            let _ = writeln!(out, "  {note}");
+        }
+        for (i, row) in cells.iter().enumerate() {
+            let line: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(c, v)| {
+                    if c == 0 {
+                        format!("{v:<w$}", w = widths[c])
+                    } else {
+                        format!("{v:>w$}", w = widths[c])
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "{}", line.join("  "));
+            if i == 0 {
+                let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+                let _ = writeln!(out, "{}", "-".repeat(total));
+            }
+        }
+        out
+    }
+
+    pub fn write_json(&self, path: &Path) -> io::Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(io::Error::other)?;
+        std::fs::write(path, text + "\n")
+    }
+
+    /// An SVG bar chart of ours/peer per workload, with the 1.0 line marked.
+    pub fn to_svg(&self) -> String {
+        let rows: Vec<(&str, f64)> = self
+            .rows
+            .iter()
+            .filter_map(|r| r.ratio().map(|x| (r.workload.as_str(), x)))
+            .collect();
+        let bar_h = 22.0;
+        let left = 260.0;
+        let width = 760.0;
+        let plot_w = width - left - 60.0;
+        let top = 40.0;
+        let height = top + bar_h * rows.len() as f64 + 40.0;
+        let max = rows.iter().map(|r| r.1).fold(1.5_f64, f64::max);
+        let scale = plot_w / max;
+        let mut svg = String::new();
+        let _ = writeln!(
+            svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="10" y="20" font-size="14">{} — ours/peer ({} vs {})</text>"#,
+            xml_escape(&self.title),
+            xml_escape(&self.ours_name),
+            xml_escape(&self.peer_name)
+        );
+        for (i, (name, ratio)) in rows.iter().enumerate() {
+            let y = top + bar_h * i as f64;
+            let colour = if *ratio >= 1.0 { "#3a7" } else { "#c54" };
+            let _ = writeln!(
+                svg,
+                r##"<text x="{x}" y="{ty}" text-anchor="end">{}</text><rect x="{left}" y="{y}" width="{w:.1}" height="{h}" fill="{colour}"/><text x="{lx:.1}" y="{ty}">{ratio:.2}x</text>"##,
+                xml_escape(name),
+                x = left - 6.0,
+                ty = y + bar_h * 0.7,
+                w = ratio * scale,
+                h = bar_h - 4.0,
+                lx = left + ratio * scale + 4.0,
+            );
+        }
+        let one = left + scale;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{one}" y1="{top}" x2="{one}" y2="{bottom}" stroke="#000" stroke-dasharray="4 3"/><text x="{one}" y="{label}" text-anchor="middle">1.0 = parity</text></svg>"##,
+            bottom = height - 30.0,
+            label = height - 14.0
+        );
+        svg
+    }
+
+    pub fn write_svg(&self, path: &Path) -> io::Result<()> {
+        std::fs::write(path, self.to_svg())
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+pub fn process_cpu_seconds(pid: u32) -> io::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces; fields after it start past ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("malformed /proc stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After ')' the first field is state (field 3); utime is field 14, stime 15.
+    let parse = |i: usize| -> io::Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| io::Error::other("malformed /proc stat"))
+    };
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((parse(11)? + parse(12)?) / ticks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        let mut r = Report::new("blk", "ours", "peer");
+        r.rows.push(Row {
+            workload: "4k randread QD32".into(),
+            ours: Measurement {
+                ops_per_sec: 150_000.0,
+                mb_per_sec: 614.4,
+                cpu_s_per_mop: Some(6.5),
+            },
+            peer: Some(Measurement {
+                ops_per_sec: 100_000.0,
+                mb_per_sec: 409.6,
+                cpu_s_per_mop: Some(9.0),
+            }),
+        });
+        r
+    }
+
+    #[test]
+    fn ratio_and_table() {
+        let r = sample();
+        assert!((r.rows[0].ratio().unwrap() - 1.5).abs() < 1e-9);
+        let t = r.to_table();
+        assert!(t.contains("1.50x"), "{t}");
+        assert!(t.contains("150000"), "{t}");
+        assert!(r.to_svg().contains("1.50x"));
+    }
+
+    #[test]
+    fn cpu_seconds_of_self_is_readable() {
+        let s = process_cpu_seconds(std::process::id()).unwrap();
+        assert!(s >= 0.0);
+    }
+}

@@ -1,0 +1,1 @@
+//! User-space vhost-user driver.

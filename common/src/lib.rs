@@ -1,0 +1,11 @@
+//! What every vhostkit daemon shares: the command-line pieces, the daemon lifecycle
+//! (listen, serve a frontend, accept the next one, exit cleanly on a signal),
+//! logging set-up, rate-limited logging for guest-triggered errors, and, behind the
+//! `driver` feature, a user-space vhost-user driver for tests and benchmarks.
+
+pub mod cli;
+pub mod lifecycle;
+pub mod logging;
+
+#[cfg(feature = "driver")]
+pub mod driver;

@@ -1,0 +1,5 @@
+//! Test support shared by the daemons' integration tests and the benchmarks:
+//! starting daemons and peers as child processes, and booting Linux guests.
+
+pub mod daemon;
+pub mod guest;
