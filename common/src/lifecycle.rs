@@ -1,0 +1,281 @@
+//! The daemon lifecycle: listen, serve one frontend at a time, and after it
+//! disconnects (or dies) accept the next one, until a stop is requested.
+//!
+//! Each connection gets a fresh backend instance and a fresh `VhostUserDaemon`, so
+//! nothing a previous frontend negotiated (features, rings, memory) leaks into the
+//! next one; dropping the daemon after a connection ends stops and joins its worker
+//! threads (the backend's `exit_event` makes that possible).
+//!
+//! A stop (SIGTERM, SIGINT or SIGHUP through [`install_signal_handler`], or
+//! [`StopHandle::stop`]) shuts the current connection down, waits for the workers,
+//! removes the socket the daemon created and returns.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use log::{error, info, warn};
+use thiserror::Error;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringEpollHandler};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::cli::ListenAddr;
+
+/// Guest memory as every vhostkit backend sees it: no dirty-page bitmap.
+pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+/// The vring type every vhostkit backend uses.
+pub type Vring = vhost_user_backend::VringRwLock<GuestMemory>;
+
+/// Errors of the lifecycle.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("cannot listen on {path}")]
+    Listen {
+        path: String,
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    #[error("cannot create the per-connection backend")]
+    NewBackend(#[source] io::Error),
+    // vhost_user_backend::Error implements Display but not std::error::Error.
+    #[error("cannot create the vhost-user daemon: {0}")]
+    NewDaemon(vhost_user_backend::Error),
+    #[error("cannot register the backend's event sources")]
+    Attach(#[source] io::Error),
+    #[error("waiting for a connection or a stop failed")]
+    Poll(#[source] io::Error),
+    #[error("cannot set up signal handling")]
+    Signals(#[source] io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A backend the lifecycle can serve: a [`VhostUserBackend`] on plain guest memory,
+/// plus the hook that registers its extra event sources with the worker threads.
+pub trait ServedBackend: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 'static {
+    /// Called once per connection, before the frontend is accepted. `handlers[i]`
+    /// runs worker thread `i` (see `queues_per_thread`); register extra file
+    /// descriptors (completion eventfds, taps) there with ids above `num_queues()`.
+    /// Do not keep the handlers: they own the backend, and keeping them would leak
+    /// the connection's threads.
+    fn attach(&self, _handlers: &[Arc<VringEpollHandler<Self>>]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct StopState {
+    stopped: AtomicBool,
+    wake: EventFd,
+    connection: Mutex<Option<ShutdownHandle>>,
+}
+
+/// Requests the serve loop to end: the current frontend is disconnected, the
+/// workers are joined and [`serve`] returns.
+#[derive(Clone)]
+pub struct StopHandle {
+    state: Arc<StopState>,
+}
+
+impl StopHandle {
+    pub fn new() -> io::Result<Self> {
+        Ok(StopHandle {
+            state: Arc::new(StopState {
+                stopped: AtomicBool::new(false),
+                wake: EventFd::new(EFD_NONBLOCK)?,
+                connection: Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn stop(&self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        let _ = self.state.wake.write(1);
+        if let Some(conn) = self.lock_connection().as_ref() {
+            conn.shutdown();
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.state.stopped.load(Ordering::SeqCst)
+    }
+
+    fn lock_connection(&self) -> std::sync::MutexGuard<'_, Option<ShutdownHandle>> {
+        // A poisoned lock only means another thread panicked while holding a handle.
+        self.state
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_connection(&self, handle: Option<ShutdownHandle>) {
+        let mut conn = self.lock_connection();
+        *conn = handle;
+        if self.is_stopped() {
+            if let Some(conn) = conn.as_ref() {
+                conn.shutdown();
+            }
+        }
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and so in every thread it
+/// starts later) and starts a thread that turns them into [`StopHandle::stop`]. Call
+/// it from `main` before anything starts threads.
+///
+/// If the serve loop has not finished `grace` after the signal (a stuck frontend or
+/// I/O), the signal thread removes `socket_to_remove` and exits the process itself.
+pub fn install_signal_handler(
+    stop: StopHandle,
+    socket_to_remove: Option<std::path::PathBuf>,
+    grace: Duration,
+) -> Result<()> {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame; these calls only write it
+    // and this thread's signal mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(Error::Signals(io::Error::from_raw_os_error(rc)));
+    }
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` is initialised and `signal` is a valid out pointer.
+            let rc = unsafe { libc::sigwait(&set, &mut signal) };
+            if rc != 0 {
+                error!("sigwait failed: {}", io::Error::from_raw_os_error(rc));
+                return;
+            }
+            info!("signal {signal} received, shutting down");
+            stop.stop();
+            std::thread::sleep(grace);
+            warn!("shutdown did not finish within {grace:?}; exiting now");
+            if let Some(path) = socket_to_remove {
+                let _ = std::fs::remove_file(path);
+            }
+            std::process::exit(0);
+        })
+        .map_err(Error::Signals)?;
+    Ok(())
+}
+
+fn open_listener(addr: &ListenAddr) -> Result<Listener> {
+    match addr {
+        ListenAddr::Path(path) => Listener::new(path, true).map_err(|source| Error::Listen {
+            path: path.display().to_string(),
+            source,
+        }),
+        ListenAddr::Fd(fd) => {
+            // Check it is a socket before taking ownership of it.
+            // SAFETY: fstat only writes the stat buffer we pass.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `st` is a valid, writable stat buffer.
+            if unsafe { libc::fstat(*fd, &mut st) } != 0
+                || (st.st_mode & libc::S_IFMT) != libc::S_IFSOCK
+            {
+                return Err(Error::Listen {
+                    path: format!("fd {fd}"),
+                    source: vhost::vhost_user::Error::SocketError(io::Error::other(
+                        "not an open socket",
+                    )),
+                });
+            }
+            // SAFETY: the fd is an open socket handed to us on the command line for
+            // exclusive use; nothing else in this process owns it.
+            Ok(unsafe { Listener::from_raw_fd(*fd) })
+        }
+    }
+}
+
+/// Waits until the listener has a connection pending (true) or a stop was requested.
+fn wait_for_connection(listener: &Listener, stop: &StopHandle) -> Result<bool> {
+    loop {
+        if stop.is_stopped() {
+            return Ok(false);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.state.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the length given.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::Poll(err));
+        }
+        if stop.is_stopped() {
+            return Ok(false);
+        }
+        if fds[0].revents != 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Serves frontends on `addr` one after another until `stop` is requested.
+///
+/// `new_backend` makes the backend for each connection (sharing whatever it
+/// captured, like an open image file). Errors of a single connection are logged and
+/// the next frontend is accepted; only set-up errors end the loop.
+pub fn serve<B, F>(name: &str, addr: &ListenAddr, stop: &StopHandle, mut new_backend: F) -> Result<()>
+where
+    B: ServedBackend,
+    F: FnMut() -> io::Result<B>,
+{
+    let mut listener = open_listener(addr)?;
+    match addr {
+        ListenAddr::Path(path) => info!("{name}: listening on {}", path.display()),
+        ListenAddr::Fd(fd) => info!("{name}: listening on inherited fd {fd}"),
+    }
+    let mut connections: u64 = 0;
+    while wait_for_connection(&listener, stop)? {
+        let backend = new_backend().map_err(Error::NewBackend)?;
+        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon =
+            VhostUserDaemon::new(name.to_string(), backend.clone(), memory).map_err(Error::NewDaemon)?;
+        backend
+            .attach(&daemon.get_epoll_handlers())
+            .map_err(Error::Attach)?;
+        if let Err(e) = daemon.start(&mut listener) {
+            error!("accepting a frontend failed: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        connections += 1;
+        info!("frontend {connections} connected");
+        stop.set_connection(daemon.shutdown_handle());
+        match daemon.wait() {
+            Ok(()) => info!("frontend {connections} disconnected"),
+            Err(e) => warn!("frontend {connections} connection ended: {e}"),
+        }
+        stop.set_connection(None);
+        // Dropping the daemon sends the exit event to the workers and joins them.
+        drop(daemon);
+    }
+    info!("{name}: stopped after {connections} frontend(s)");
+    // Dropping the listener removes the socket file it created (not an inherited fd's).
+    drop(listener);
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Command line to validated configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use vhostkit_common::cli::{ListenAddr, ListenArgs, LogArgs};
+
+use crate::engine::EngineKind;
+use crate::request::ID_BYTES;
+
+/// vhost-user-blk: serves a raw image file or a block device to a VMM (QEMU,
+/// cloud-hypervisor, vhostkit) over the vhost-user protocol.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "vhost-user-blk", version, about, long_about = None)]
+pub struct Args {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+
+    /// Raw disk image or block device to serve.
+    #[arg(long, value_name = "FILE")]
+    pub path: PathBuf,
+
+    /// Serve the disk read-only (the guest sees VIRTIO_BLK_F_RO; writes fail).
+    #[arg(long)]
+    pub readonly: bool,
+
+    /// Number of request queues (one worker thread each), 1 to 64.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub num_queues: u16,
+
+    /// Largest queue size the frontend may configure: a power of two, 2 to 32768.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub queue_size: u16,
+
+    /// Open the disk with O_DIRECT, bypassing the host page cache.
+    #[arg(long)]
+    pub direct: bool,
+
+    /// Serial number answered to GET_ID (at most 20 bytes); default: the image's
+    /// file name.
+    #[arg(long, value_name = "STRING")]
+    pub serial: Option<String>,
+
+    /// I/O engine: io_uring (many requests in flight per queue) or sync; null
+    /// completes requests without touching the disk (for benchmarking the transport).
+    #[arg(long, value_enum, default_value_t = EngineKind::IoUring)]
+    pub engine: EngineKind,
+
+    /// Busy-poll a queue for this many microseconds after it runs dry before
+    /// sleeping (trades CPU for latency); 0 turns polling off.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub poll_us: u64,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct BlkConfig {
+    pub listen: ListenAddr,
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub num_queues: u16,
+    pub queue_size: u16,
+    pub direct: bool,
+    pub serial: [u8; ID_BYTES],
+    pub engine: EngineKind,
+    pub poll: Duration,
+    pub log_level: String,
+}
+
+impl TryFrom<Args> for BlkConfig {
+    type Error = String;
+
+    fn try_from(args: Args) -> Result<Self, String> {
+        let listen = ListenAddr::try_from(args.listen)?;
+        if !(1..=64).contains(&args.num_queues) {
+            return Err(format!("--num-queues {}: must be 1 to 64", args.num_queues));
+        }
+        if args.queue_size < 2 || args.queue_size > 32768 || !args.queue_size.is_power_of_two() {
+            return Err(format!(
+                "--queue-size {}: must be a power of two from 2 to 32768",
+                args.queue_size
+            ));
+        }
+        if args.poll_us > 1_000_000 {
+            return Err(format!("--poll-us {}: at most 1000000 (one second)", args.poll_us));
+        }
+        let serial = match &args.serial {
+            Some(s) if s.len() > ID_BYTES => {
+                return Err(format!("--serial {s:?}: at most {ID_BYTES} bytes"));
+            }
+            Some(s) => s.clone(),
+            None => args
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        Ok(BlkConfig {
+            listen,
+            path: args.path,
+            readonly: args.readonly,
+            num_queues: args.num_queues,
+            queue_size: args.queue_size,
+            direct: args.direct,
+            serial: crate::backend::serial_bytes(&serial),
+            engine: args.engine,
+            poll: Duration::from_micros(args.poll_us),
+            log_level: args.log.log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<BlkConfig, String> {
+        let mut full = vec!["vhost-user-blk"];
+        full.extend_from_slice(args);
+        let args = Args::try_parse_from(full).map_err(|e| e.to_string())?;
+        BlkConfig::try_from(args)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--socket-path", "/tmp/b.sock", "--path", "/tmp/disk.img"]).unwrap();
+        assert_eq!(c.num_queues, 1);
+        assert_eq!(c.queue_size, 256);
+        assert_eq!(c.engine, EngineKind::IoUring);
+        assert!(!c.readonly && !c.direct);
+        assert!(c.poll.is_zero());
+        assert_eq!(&c.serial[..8], b"disk.img");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let base = ["--socket-path", "/tmp/b.sock", "--path", "/tmp/d"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        assert!(with(&["--num-queues", "0"]).unwrap_err().contains("--num-queues"));
+        assert!(with(&["--num-queues", "65"]).is_err());
+        assert!(with(&["--queue-size", "100"]).unwrap_err().contains("power of two"));
+        assert!(with(&["--queue-size", "1"]).is_err());
+        assert!(with(&["--serial", "012345678901234567890"]).unwrap_err().contains("20 bytes"));
+        assert!(with(&["--engine", "aio"]).is_err());
+        assert!(with(&["--poll-us", "5000000"]).is_err());
+        assert!(parse(&["--path", "/tmp/d"]).is_err());
+        let c = with(&["--engine", "sync", "--num-queues", "4", "--serial", "abc", "--readonly"]).unwrap();
+        assert_eq!(c.engine, EngineKind::Sync);
+        assert_eq!(c.num_queues, 4);
+        assert_eq!(&c.serial[..4], b"abc\0");
+        assert!(c.readonly);
+    }
+}
