@@ -1,0 +1,312 @@
+//! One vhost-user connection: feature negotiation, memory table, queue set-up and
+//! config space, through `vhost::vhost_user::Frontend`.
+//!
+//! Message order, as QEMU sends it: GET_FEATURES; GET_PROTOCOL_FEATURES and
+//! SET_PROTOCOL_FEATURES (if `VHOST_USER_F_PROTOCOL_FEATURES` is offered);
+//! GET_QUEUE_NUM (if MQ was acked); SET_OWNER; SET_FEATURES; SET_MEM_TABLE. Then per
+//! queue ([`Driver::setup_queue`]): SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE,
+//! SET_VRING_CALL, SET_VRING_KICK, SET_VRING_ENABLE. With REPLY_ACK acked, every
+//! message that has no reply of its own asks for an ack, so a backend's refusal
+//! shows up as an error of the call that caused it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VHOST_USER_MAX_VRINGS,
+};
+use vhost::vhost_user::{
+    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::{VhostBackend, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+use super::memory::{GuestMem, DEFAULT_BASE};
+use super::virtq::Queue;
+use super::{Error, Result};
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30).
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// What the driver asks for. Features are masks: the driver acks `offered & mask`.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Guest memory size in bytes (a multiple of 4 KiB).
+    pub mem_size: u64,
+    /// Guest physical address of guest memory.
+    pub mem_base: u64,
+    /// Virtio feature bits we are willing to ack.
+    pub features: u64,
+    /// Protocol feature bits we are willing to ack.
+    pub protocol_features: VhostUserProtocolFeatures,
+    /// Entries of the indirect table each descriptor gets (0: no indirect chains).
+    pub max_indirect: u16,
+}
+
+impl DriverConfig {
+    /// Feature bits the driver side implements: all device-specific bits (0..24),
+    /// `VIRTIO_F_VERSION_1`, indirect descriptors, EVENT_IDX and
+    /// `VHOST_USER_F_PROTOCOL_FEATURES`. Not packed rings, IN_ORDER, ACCESS_PLATFORM,
+    /// NOTIFICATION_DATA or RING_RESET.
+    pub const DEFAULT_FEATURES: u64 = 0x00ff_ffff
+        | 1 << VIRTIO_F_VERSION_1
+        | 1 << VIRTIO_RING_F_INDIRECT_DESC
+        | 1 << VIRTIO_RING_F_EVENT_IDX
+        | VHOST_USER_F_PROTOCOL_FEATURES;
+
+    /// Protocol features the driver uses: MQ, REPLY_ACK, CONFIG.
+    pub fn default_protocol_features() -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+    }
+
+    /// Same, with guest memory of `mem_size` bytes.
+    pub fn with_mem_size(mem_size: u64) -> Self {
+        DriverConfig {
+            mem_size,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            mem_size: 64 << 20,
+            mem_base: DEFAULT_BASE,
+            features: Self::DEFAULT_FEATURES,
+            protocol_features: Self::default_protocol_features(),
+            max_indirect: 32,
+        }
+    }
+}
+
+fn vhost_err(request: &'static str) -> impl FnOnce(vhost::Error) -> Error {
+    move |source| Error::Vhost { request, source }
+}
+
+/// A vhost-user connection to one backend, with its guest memory. See the
+/// [module docs](self). Dropping it closes the socket.
+pub struct Driver {
+    frontend: Frontend,
+    mem: Arc<GuestMem>,
+    max_indirect: u16,
+    offered_features: u64,
+    features: u64,
+    offered_protocol: VhostUserProtocolFeatures,
+    protocol: VhostUserProtocolFeatures,
+    num_queues: u64,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("mem", &self.mem)
+            .field("features", &format_args!("{:#x}", self.features))
+            .field("protocol", &self.protocol)
+            .field("num_queues", &self.num_queues)
+            .finish()
+    }
+}
+
+impl Driver {
+    /// Connects to `socket`, creates guest memory per `cfg` and runs the handshake up
+    /// to and including SET_MEM_TABLE.
+    pub fn connect(socket: impl AsRef<Path>, cfg: &DriverConfig) -> Result<Self> {
+        let mem = Arc::new(GuestMem::new(cfg.mem_size, cfg.mem_base)?);
+        Self::connect_with_memory(socket, cfg, mem)
+    }
+
+    /// Like [`Driver::connect`], with existing guest memory (e.g. to reconnect and find
+    /// the data of an earlier session). `cfg.mem_size` and `cfg.mem_base` are ignored.
+    pub fn connect_with_memory(
+        socket: impl AsRef<Path>,
+        cfg: &DriverConfig,
+        mem: Arc<GuestMem>,
+    ) -> Result<Self> {
+        let path = socket.as_ref();
+        let mut frontend =
+            Frontend::connect(path, VHOST_USER_MAX_VRINGS).map_err(|source| Error::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let offered_features = frontend.get_features().map_err(vhost_err("GET_FEATURES"))?;
+        let features = offered_features & cfg.features;
+
+        let mut offered_protocol = VhostUserProtocolFeatures::empty();
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            offered_protocol = frontend
+                .get_protocol_features()
+                .map_err(vhost_err("GET_PROTOCOL_FEATURES"))?;
+            protocol = offered_protocol & cfg.protocol_features;
+            frontend
+                .set_protocol_features(protocol)
+                .map_err(vhost_err("SET_PROTOCOL_FEATURES"))?;
+            if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
+        }
+        let num_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            frontend
+                .get_queue_num()
+                .map_err(vhost_err("GET_QUEUE_NUM"))?
+        } else {
+            1
+        };
+        frontend.set_owner().map_err(vhost_err("SET_OWNER"))?;
+        frontend
+            .set_features(features)
+            .map_err(vhost_err("SET_FEATURES"))?;
+        let region = mem.region_info()?;
+        frontend
+            .set_mem_table(&[region])
+            .map_err(vhost_err("SET_MEM_TABLE"))?;
+        Ok(Driver {
+            frontend,
+            mem,
+            max_indirect: cfg.max_indirect,
+            offered_features,
+            features,
+            offered_protocol,
+            protocol,
+            num_queues,
+        })
+    }
+
+    /// The guest memory shared with the backend.
+    pub fn memory(&self) -> &Arc<GuestMem> {
+        &self.mem
+    }
+
+    /// Feature bits the backend offered.
+    pub fn offered_features(&self) -> u64 {
+        self.offered_features
+    }
+
+    /// Feature bits we acked (SET_FEATURES).
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Whether virtio feature `bit` was acked.
+    pub fn has_feature(&self, bit: u32) -> bool {
+        bit < 64 && self.features & (1 << bit) != 0
+    }
+
+    /// Protocol features the backend offered.
+    pub fn offered_protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.offered_protocol
+    }
+
+    /// Protocol features we acked.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+
+    /// Queues the backend has (GET_QUEUE_NUM, or 1 without MQ).
+    pub fn num_queues(&self) -> u64 {
+        self.num_queues
+    }
+
+    /// The underlying frontend, for tests that send messages of their own.
+    pub fn frontend(&mut self) -> &mut Frontend {
+        &mut self.frontend
+    }
+
+    /// Creates queue `index` with `size` entries in guest memory and hands it to the
+    /// backend: SET_VRING_NUM, SET_VRING_ADDR (our virtual addresses), SET_VRING_BASE
+    /// 0, SET_VRING_CALL, SET_VRING_KICK, and SET_VRING_ENABLE 1 when protocol
+    /// features were negotiated.
+    pub fn setup_queue(&mut self, index: u16, size: u16) -> Result<Queue> {
+        if u64::from(index) >= self.num_queues {
+            return Err(Error::BadQueueIndex {
+                index,
+                count: self.num_queues,
+            });
+        }
+        let indirect = if self.has_feature(VIRTIO_RING_F_INDIRECT_DESC) {
+            self.max_indirect
+        } else {
+            0
+        };
+        let event_idx = self.has_feature(VIRTIO_RING_F_EVENT_IDX);
+        let queue = Queue::new(self.mem.clone(), index, size, event_idx, indirect)?;
+        self.attach_queue(&queue)?;
+        Ok(queue)
+    }
+
+    /// Sends the vring messages for a queue made with [`Queue::new`] (what
+    /// [`Driver::setup_queue`] does after creating it).
+    pub fn attach_queue(&mut self, queue: &Queue) -> Result<()> {
+        let i = usize::from(queue.index());
+        let a = queue.addrs();
+        let l = queue.layout();
+        let config = VringConfigData {
+            queue_max_size: queue.size(),
+            queue_size: queue.size(),
+            flags: 0,
+            desc_table_addr: self.mem.host_address(a.desc, l.desc_table_bytes())?,
+            used_ring_addr: self.mem.host_address(a.used, l.used_bytes())?,
+            avail_ring_addr: self.mem.host_address(a.avail, l.avail_bytes())?,
+            log_addr: None,
+        };
+        let f = &mut self.frontend;
+        f.set_vring_num(i, queue.size())
+            .map_err(vhost_err("SET_VRING_NUM"))?;
+        f.set_vring_addr(i, &config)
+            .map_err(vhost_err("SET_VRING_ADDR"))?;
+        f.set_vring_base(i, 0)
+            .map_err(vhost_err("SET_VRING_BASE"))?;
+        f.set_vring_call(i, queue.call_fd())
+            .map_err(vhost_err("SET_VRING_CALL"))?;
+        f.set_vring_kick(i, queue.kick_fd())
+            .map_err(vhost_err("SET_VRING_KICK"))?;
+        if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            f.set_vring_enable(i, true)
+                .map_err(vhost_err("SET_VRING_ENABLE"))?;
+        }
+        Ok(())
+    }
+
+    /// Sets up queues `0..count`, all of `size` entries.
+    pub fn setup_queues(&mut self, count: u16, size: u16) -> Result<Vec<Queue>> {
+        (0..count).map(|i| self.setup_queue(i, size)).collect()
+    }
+
+    /// SET_VRING_ENABLE.
+    pub fn set_vring_enable(&mut self, index: u16, enable: bool) -> Result<()> {
+        self.frontend
+            .set_vring_enable(usize::from(index), enable)
+            .map_err(vhost_err("SET_VRING_ENABLE"))
+    }
+
+    /// GET_VRING_BASE: stops the queue on the backend and returns its next avail index.
+    pub fn get_vring_base(&mut self, index: u16) -> Result<u32> {
+        self.frontend
+            .get_vring_base(usize::from(index))
+            .map_err(vhost_err("GET_VRING_BASE"))
+    }
+
+    /// Reads `len` bytes of device config space at `offset` (GET_CONFIG; needs the
+    /// CONFIG protocol feature).
+    pub fn get_config(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(Error::MissingFeature("the CONFIG protocol feature"));
+        }
+        let buf = vec![0u8; len as usize];
+        let (_, payload) = self
+            .frontend
+            .get_config(offset, len, VhostUserConfigFlags::empty(), &buf)
+            .map_err(vhost_err("GET_CONFIG"))?;
+        if payload.len() != len as usize {
+            return Err(Error::ConfigSize {
+                got: payload.len(),
+                wanted: len as usize,
+            });
+        }
+        Ok(payload)
+    }
+}

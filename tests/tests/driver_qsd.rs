@@ -1,0 +1,269 @@
+//! The user-space vhost-user driver against qemu-storage-daemon's vhost-user-blk
+//! export, end to end: negotiation, config space, writes and reads with direct and
+//! indirect chains at queue depth > 1 on two queues (one thread each), GET_ID, FLUSH,
+//! WRITE_ZEROES, a canary check of guest memory, disconnect with requests in flight,
+//! and reconnecting to the same daemon.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vhostkit_common::driver::blk::{
+    BlkDevice, BlkQueue, BlkRequest, DiscardSegment, SECTOR_SIZE, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_OK,
+};
+use vhostkit_common::driver::{
+    DriverConfig, GuestMem, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+};
+use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, DaemonProcess};
+
+const IMAGE_SIZE: u64 = 64 << 20;
+const TIMEOUT: Duration = Duration::from_secs(10);
+const CANARY: u8 = 0x5a;
+
+/// A fresh directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("vhostkit-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn have_qsd() -> bool {
+    std::process::Command::new("qemu-storage-daemon")
+        .arg("--version")
+        .output()
+        .is_ok()
+}
+
+fn start_qsd(dir: &Path, queues: u16) -> DaemonProcess {
+    let image = dir.join("disk.img");
+    if !image.exists() {
+        let f = std::fs::File::create(&image).expect("create image");
+        f.set_len(IMAGE_SIZE).expect("size image");
+    }
+    let socket = dir.join("qsd.sock");
+    let cmd = qemu_storage_daemon_cmd(&image, &socket, queues, "io_uring");
+    DaemonProcess::spawn("qemu-storage-daemon", cmd, &socket, Duration::from_secs(10))
+        .expect("start qemu-storage-daemon")
+}
+
+/// The byte pattern of sector `s` written by `round`.
+fn pattern(s: u64, round: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (s as u8).wrapping_mul(31) ^ (i as u8).wrapping_add(round) ^ (i >> 8) as u8)
+        .collect()
+}
+
+/// On `q`, writes 16 requests of 8 sectors (4 KiB) starting at `first_sector`, at
+/// queue depth 16, alternating direct / indirect chains and one / two data buffers,
+/// then reads them back the same way into fresh buffers and compares.
+fn write_read_verify(q: &mut BlkQueue, mem: &GuestMem, first_sector: u64, round: u8) {
+    const N: usize = 16;
+    const LEN: u32 = 4096;
+    let wbufs: Vec<u64> = (0..N)
+        .map(|_| mem.alloc(LEN.into(), 512).unwrap())
+        .collect();
+    let rbufs: Vec<u64> = (0..N)
+        .map(|_| mem.alloc(LEN.into(), 512).unwrap())
+        .collect();
+    let sector = |i: usize| first_sector + (i as u64) * (u64::from(LEN) / SECTOR_SIZE);
+    for (i, &b) in wbufs.iter().enumerate() {
+        mem.write(b, &pattern(sector(i), round, LEN as usize))
+            .unwrap();
+    }
+    for &b in &rbufs {
+        mem.fill(b, LEN.into(), CANARY).unwrap();
+    }
+    // Data as one 4 KiB buffer, or as two 2 KiB halves.
+    let segs = |b: u64, i: usize| -> Vec<(u64, u32)> {
+        if i % 4 < 2 {
+            vec![(b, LEN)]
+        } else {
+            vec![(b, LEN / 2), (b + u64::from(LEN / 2), LEN / 2)]
+        }
+    };
+    let wdata: Vec<Vec<(u64, u32)>> = wbufs.iter().enumerate().map(|(i, &b)| segs(b, i)).collect();
+    let writes: Vec<BlkRequest> = wdata
+        .iter()
+        .enumerate()
+        .map(|(i, d)| BlkRequest::write(sector(i), d).indirect(i % 2 == 1))
+        .collect();
+    let done = q.run_all(&writes, TIMEOUT).expect("writes complete");
+    assert_eq!(done.len(), N);
+    for c in &done {
+        assert_eq!(c.status, VIRTIO_BLK_S_OK, "write {c:?}");
+    }
+    assert_eq!(q.in_flight(), 0);
+    assert_eq!(q.queue().free_descs(), usize::from(q.queue().size()));
+
+    let rdata: Vec<Vec<(u64, u32)>> = rbufs
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| segs(b, i + 1))
+        .collect();
+    let reads: Vec<BlkRequest> = rdata
+        .iter()
+        .enumerate()
+        .map(|(i, d)| BlkRequest::read(sector(i), d).indirect(i % 2 == 0))
+        .collect();
+    let done = q.run_all(&reads, TIMEOUT).expect("reads complete");
+    for (i, c) in done.iter().enumerate() {
+        assert_eq!(c.status, VIRTIO_BLK_S_OK, "read {c:?}");
+        // Data plus the status byte.
+        assert_eq!(c.used_len, LEN + 1, "read {i} used len");
+        let got = mem.read_vec(rbufs[i], LEN as usize).unwrap();
+        assert!(
+            got == pattern(sector(i), round, LEN as usize),
+            "queue {} sector {} read back differs",
+            q.queue().index(),
+            sector(i)
+        );
+    }
+}
+
+#[test]
+fn driver_against_qemu_storage_daemon() {
+    if !have_qsd() {
+        eprintln!("qemu-storage-daemon not installed; skipping");
+        return;
+    }
+    let dir = TempDir::new("driver-qsd");
+    let mut qsd = start_qsd(&dir.0, 2);
+
+    let mut dev = BlkDevice::connect(qsd.socket(), &DriverConfig::default()).expect("connect");
+    let d = &dev.driver;
+    assert!(d.has_feature(VIRTIO_F_VERSION_1));
+    assert!(d.has_feature(VIRTIO_RING_F_EVENT_IDX));
+    assert!(d.has_feature(VIRTIO_RING_F_INDIRECT_DESC));
+    assert!(d.num_queues() >= 2, "qsd offers {} queues", d.num_queues());
+    assert_eq!(dev.config.capacity, IMAGE_SIZE / SECTOR_SIZE);
+    assert_eq!(dev.config.num_queues, 2);
+    assert!(dev.config.blk_size >= 512);
+    assert!(dev.config.seg_max >= 2, "seg_max {}", dev.config.seg_max);
+
+    let mem = dev.driver.memory().clone();
+    // Canary over all of guest memory that the allocator has not handed out yet:
+    // every request buffer and ring comes from there, and afterwards nothing outside
+    // them may have changed.
+    let canary_start = mem.alloc(4096, 4096).unwrap();
+    mem.free(canary_start);
+    mem.fill(canary_start, mem.end() - canary_start, CANARY)
+        .unwrap();
+
+    let queues = dev.setup_queues(2, 128, 32).expect("set up queues");
+    // One thread per queue, both with 16 requests in flight at once.
+    let handles: Vec<_> = queues
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut q)| {
+            let mem = mem.clone();
+            std::thread::spawn(move || {
+                let base = 4096 + 2048 * i as u64;
+                write_read_verify(&mut q, &mem, base, 1);
+                write_read_verify(&mut q, &mem, base, 2);
+                q
+            })
+        })
+        .collect();
+    let mut queues: Vec<BlkQueue> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let stats = queues[0].queue().stats();
+    assert!(stats.kicks >= 1 && stats.completed == 64, "{stats:?}");
+
+    // GET_ID.
+    let id = mem.alloc(VIRTIO_BLK_ID_BYTES.into(), 8).unwrap();
+    mem.fill(id, VIRTIO_BLK_ID_BYTES.into(), 0).unwrap();
+    let c = queues[0]
+        .run(&BlkRequest::get_id(&[(id, VIRTIO_BLK_ID_BYTES)]), TIMEOUT)
+        .unwrap();
+    assert_eq!(c.status, VIRTIO_BLK_S_OK);
+    let id_bytes = mem.read_vec(id, VIRTIO_BLK_ID_BYTES as usize).unwrap();
+    let id_str: String = id_bytes
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as char)
+        .collect();
+    assert!(!id_str.is_empty(), "GET_ID returned {id_bytes:?}");
+    eprintln!("GET_ID: {id_str:?}");
+
+    // FLUSH.
+    assert!(dev.driver.has_feature(VIRTIO_BLK_F_FLUSH));
+    let c = queues[1]
+        .run(&BlkRequest::flush().indirect(true), TIMEOUT)
+        .unwrap();
+    assert_eq!(c.status, VIRTIO_BLK_S_OK);
+
+    // WRITE_ZEROES over the second half of queue 0's area, then read it back.
+    if dev.driver.has_feature(VIRTIO_BLK_F_WRITE_ZEROES) {
+        let seg = [DiscardSegment {
+            sector: 4096 + 64,
+            num_sectors: 64,
+            flags: 0,
+        }];
+        let c = queues[0]
+            .run(&BlkRequest::write_zeroes(&seg), TIMEOUT)
+            .unwrap();
+        assert_eq!(c.status, VIRTIO_BLK_S_OK);
+        let buf = mem.alloc(64 * 512, 4096).unwrap();
+        mem.fill(buf, 64 * 512, 0xee).unwrap();
+        let c = queues[0]
+            .run(&BlkRequest::read(4096 + 64, &[(buf, 64 * 512)]), TIMEOUT)
+            .unwrap();
+        assert_eq!(c.status, VIRTIO_BLK_S_OK);
+        assert!(mem.read_vec(buf, 64 * 512).unwrap().iter().all(|&b| b == 0));
+    }
+
+    // Canary: everything past the allocations must be untouched.
+    let tail = mem.alloc(4096, 4096).unwrap();
+    mem.free(tail);
+    let rest = mem.read_vec(tail, (mem.end() - tail) as usize).unwrap();
+    assert!(
+        rest.iter().all(|&b| b == CANARY),
+        "memory past the buffers changed"
+    );
+
+    // Drop the connection with requests in flight.
+    let big = mem.alloc(1 << 20, 4096).unwrap();
+    for i in 0..16u64 {
+        let data = [(big + (i % 16) * 65536, 65536u32)];
+        queues[0].add(&BlkRequest::read(i * 128, &data), i).unwrap();
+        queues[1]
+            .add(&BlkRequest::write(i * 128 + 8192, &data), i)
+            .unwrap();
+    }
+    queues[0].submit().unwrap();
+    queues[1].submit().unwrap();
+    drop(dev);
+    drop(queues);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(qsd.is_running(), "qsd died after a disconnect mid-I/O");
+
+    // qsd listens again: a second session sees the first session's data.
+    let mut dev2 = BlkDevice::connect(qsd.socket(), &DriverConfig::default())
+        .expect("reconnect after disconnect");
+    let mut q = dev2.setup_queues(1, 64, 8).unwrap().remove(0);
+    let mem2: Arc<GuestMem> = dev2.driver.memory().clone();
+    let buf = mem2.alloc(4096, 4096).unwrap();
+    let c = q
+        .run(&BlkRequest::read(4096, &[(buf, 4096)]), TIMEOUT)
+        .unwrap();
+    assert_eq!(c.status, VIRTIO_BLK_S_OK);
+    assert_eq!(mem2.read_vec(buf, 4096).unwrap(), pattern(4096, 2, 4096));
+    drop(dev2);
+    assert!(qsd.is_running());
+}
