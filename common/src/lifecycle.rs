@@ -234,6 +234,16 @@ fn wait_for_connection(listener: &Listener, stop: &StopHandle) -> Result<bool> {
     }
 }
 
+/// A frontend that hangs up (a VMM exiting, a guest powering off) ends the
+/// connection with one of these; anything else is worth a warning.
+fn is_plain_disconnect(e: &vhost_user_backend::Error) -> bool {
+    use vhost::vhost_user::Error as VuError;
+    matches!(
+        e,
+        vhost_user_backend::Error::HandleRequest(VuError::Disconnected | VuError::PartialMessage)
+    )
+}
+
 /// Serves frontends on `addr` one after another until `stop` is requested.
 ///
 /// `new_backend` makes the backend for each connection (sharing whatever it
@@ -268,6 +278,7 @@ where
         stop.set_connection(daemon.shutdown_handle());
         match daemon.wait() {
             Ok(()) => info!("frontend {connections} disconnected"),
+            Err(e) if is_plain_disconnect(&e) => info!("frontend {connections} disconnected"),
             Err(e) => warn!("frontend {connections} connection ended: {e}"),
         }
         stop.set_connection(None);

@@ -19,8 +19,20 @@ impl DaemonProcess {
     ///
     /// The probe connection is closed at once; our daemons and qemu-storage-daemon
     /// both go back to listening after a frontend hangs up.
-    pub fn spawn(name: &str, mut cmd: Command, socket: &Path, timeout: Duration) -> io::Result<Self> {
+    pub fn spawn(name: &str, cmd: Command, socket: &Path, timeout: Duration) -> io::Result<Self> {
+        // A stale socket from an earlier run would make the readiness check pass early.
         let _ = std::fs::remove_file(socket);
+        Self::spawn_on_inherited_socket(name, cmd, socket, timeout)
+    }
+
+    /// Like [`DaemonProcess::spawn`] for a daemon handed an already bound socket
+    /// (`--fd`): the socket file is the caller's and is left alone.
+    pub fn spawn_on_inherited_socket(
+        name: &str,
+        mut cmd: Command,
+        socket: &Path,
+        timeout: Duration,
+    ) -> io::Result<Self> {
         cmd.stdin(Stdio::null());
         let child = cmd
             .spawn()

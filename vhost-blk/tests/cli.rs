@@ -1,0 +1,199 @@
+//! The daemon as a process: configuration errors, the listen/serve/accept-next
+//! lifecycle, signals, and inherited sockets.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vhostkit_tests::daemon::DaemonProcess;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "vhostkit-cli-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn image(&self, size: u64) -> PathBuf {
+        let path = self.0.join("disk.img");
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run_expecting_failure(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should have failed");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!text.contains("panicked"), "{text}");
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn configuration_errors_give_a_clear_message_and_nonzero_exit() {
+    let dir = TempDir::new("config");
+    let image = dir.image(1 << 20);
+    let sock = dir.0.join("s.sock");
+    let sock = sock.to_str().unwrap();
+    let image = image.to_str().unwrap();
+
+    let (code, text) = run_expecting_failure(&["--socket-path", sock]);
+    assert_eq!(code, 2);
+    assert!(text.contains("--path"), "{text}");
+
+    let (code, text) = run_expecting_failure(&[
+        "--socket-path",
+        sock,
+        "--path",
+        image,
+        "--queue-size",
+        "100",
+    ]);
+    assert_eq!(code, 2);
+    assert!(text.contains("power of two"), "{text}");
+
+    let (code, text) =
+        run_expecting_failure(&["--socket-path", sock, "--path", "/nonexistent/disk.img"]);
+    assert_eq!(code, 1);
+    assert!(text.contains("cannot open /nonexistent/disk.img"), "{text}");
+
+    let (_, text) = run_expecting_failure(&[
+        "--socket-path",
+        "/nonexistent-dir/s.sock",
+        "--path",
+        image,
+    ]);
+    assert!(text.contains("does not exist"), "{text}");
+
+    // A read-write open of a file that is not a disk fails with a clear message.
+    let (_, text) = run_expecting_failure(&["--socket-path", sock, "--path", "/proc/version"]);
+    assert!(text.contains("cannot open /proc/version"), "{text}");
+    assert!(
+        !Path::new(sock).exists(),
+        "no socket left behind after a failed start"
+    );
+}
+
+fn spawn_daemon(dir: &TempDir, image: &Path, log: &Path) -> DaemonProcess {
+    let sock = dir.0.join("blk.sock");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--socket-path").arg(&sock).arg("--path").arg(image);
+    cmd.stderr(Stdio::from(std::fs::File::create(log).unwrap()));
+    DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10)).unwrap()
+}
+
+fn wait_for_log(log: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn accepts_the_next_frontend_and_exits_cleanly_on_sigterm() {
+    let dir = TempDir::new("lifecycle");
+    let image = dir.image(1 << 20);
+    let log = dir.0.join("daemon.log");
+    let mut daemon = spawn_daemon(&dir, &image, &log);
+    // DaemonProcess::spawn's readiness probe was frontend 1; two more come and go.
+    for n in 2..=3 {
+        let conn = UnixStream::connect(daemon.socket()).unwrap();
+        wait_for_log(&log, &format!("frontend {n} connected"));
+        drop(conn);
+        wait_for_log(&log, &format!("frontend {n} disconnected"));
+    }
+    // SIGTERM while a frontend is connected: the connection is shut down, the
+    // daemon exits 0 and removes its socket.
+    let _conn = UnixStream::connect(daemon.socket()).unwrap();
+    wait_for_log(&log, "frontend 4 connected");
+    let status = daemon
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+        .unwrap()
+        .expect("daemon exits after SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(!daemon.socket().exists(), "socket removed on exit");
+    let text = wait_for_log(&log, "stopped after 4 frontend(s)");
+    assert!(
+        !text.contains("exiting now"),
+        "clean stop, not the fallback: {text}"
+    );
+}
+
+#[test]
+fn sigint_while_idle_removes_the_socket() {
+    let dir = TempDir::new("sigint");
+    let image = dir.image(1 << 20);
+    let log = dir.0.join("daemon.log");
+    let mut daemon = spawn_daemon(&dir, &image, &log);
+    wait_for_log(&log, "frontend 1 disconnected");
+    let status = daemon
+        .signal_and_wait(libc::SIGINT, Duration::from_secs(10))
+        .unwrap()
+        .expect("daemon exits after SIGINT");
+    assert!(status.success());
+    assert!(!daemon.socket().exists());
+}
+
+#[test]
+fn serves_an_inherited_listening_socket_and_leaves_it_in_place() {
+    let dir = TempDir::new("fd");
+    let image = dir.image(1 << 20);
+    let sock = dir.0.join("inherited.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    // dup() gives a descriptor without FD_CLOEXEC, so the child inherits it.
+    // SAFETY: dup of a listener we own; the copy is handed to the child.
+    let fd = unsafe { libc::dup(listener.as_raw_fd()) };
+    assert!(fd >= 0);
+    let log = dir.0.join("daemon.log");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--fd").arg(fd.to_string()).arg("--path").arg(&image);
+    cmd.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    let mut daemon = DaemonProcess::spawn_on_inherited_socket(
+        "vhost-user-blk",
+        cmd,
+        &sock,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    // SAFETY: closing our copy of the descriptor the child inherited.
+    unsafe { libc::close(fd) };
+    wait_for_log(&log, &format!("listening on inherited fd {fd}"));
+    wait_for_log(&log, "frontend 1 connected");
+    let status = daemon
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
+        .unwrap()
+        .expect("exits");
+    assert!(status.success());
+    assert!(
+        sock.exists(),
+        "an inherited socket is not the daemon's to remove"
+    );
+
+    // A descriptor that is not a socket is refused.
+    let (_, text) = run_expecting_failure(&["--fd", "0", "--path", image.to_str().unwrap()]);
+    assert!(text.contains("not an open socket"), "{text}");
+}
