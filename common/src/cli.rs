@@ -8,7 +8,12 @@ use std::path::PathBuf;
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct ListenArgs {
     /// Path of the vhost-user unix socket to create and listen on.
-    #[arg(long, value_name = "PATH", required_unless_present = "fd", conflicts_with = "fd")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "fd",
+        conflicts_with = "fd"
+    )]
     pub socket_path: Option<PathBuf>,
 
     /// An inherited, already listening unix socket file descriptor (systemd or libvirt

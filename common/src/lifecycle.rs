@@ -249,7 +249,12 @@ fn is_plain_disconnect(e: &vhost_user_backend::Error) -> bool {
 /// `new_backend` makes the backend for each connection (sharing whatever it
 /// captured, like an open image file). Errors of a single connection are logged and
 /// the next frontend is accepted; only set-up errors end the loop.
-pub fn serve<B, F>(name: &str, addr: &ListenAddr, stop: &StopHandle, mut new_backend: F) -> Result<()>
+pub fn serve<B, F>(
+    name: &str,
+    addr: &ListenAddr,
+    stop: &StopHandle,
+    mut new_backend: F,
+) -> Result<()>
 where
     B: ServedBackend,
     F: FnMut() -> io::Result<B>,
@@ -263,8 +268,8 @@ where
     while wait_for_connection(&listener, stop)? {
         let backend = new_backend().map_err(Error::NewBackend)?;
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon =
-            VhostUserDaemon::new(name.to_string(), backend.clone(), memory).map_err(Error::NewDaemon)?;
+        let mut daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), memory)
+            .map_err(Error::NewDaemon)?;
         backend
             .attach(&daemon.get_epoll_handlers())
             .map_err(Error::Attach)?;

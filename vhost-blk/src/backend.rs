@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::{debug, info};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
+use vhostkit_common::guest_error;
+use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
-use vhostkit_common::guest_error;
-use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::config::BlkConfig;
 use crate::disk::Disk;
@@ -105,7 +107,8 @@ impl BlkBackend {
         let config = &self.inner.config;
         let limits = &self.inner.device.limits;
         let mut c = [0u8; CONFIG_LEN];
-        let mut put = |offset: usize, bytes: &[u8]| c[offset..offset + bytes.len()].copy_from_slice(bytes);
+        let mut put =
+            |offset: usize, bytes: &[u8]| c[offset..offset + bytes.len()].copy_from_slice(bytes);
         put(0, &disk.sectors().to_le_bytes()); // capacity
         put(8, &0u32.to_le_bytes()); // size_max: no limit
         put(12, &seg_max(config.queue_size).to_le_bytes());
@@ -202,11 +205,22 @@ impl VhostUserBackend for BlkBackend {
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // Only the writeback byte is writable, and only with CONFIG_WCE.
-        let wce = self.inner.acked_features.load(Ordering::Relaxed) & bit(VIRTIO_BLK_F_CONFIG_WCE) != 0;
+        let wce =
+            self.inner.acked_features.load(Ordering::Relaxed) & bit(VIRTIO_BLK_F_CONFIG_WCE) != 0;
         if offset as usize == CONFIG_WRITEBACK_OFFSET && buf.len() == 1 && wce {
             let writeback = buf[0] != 0;
-            info!("guest set the write cache to {}", if writeback { "write-back" } else { "write-through" });
-            self.inner.device.writeback.store(writeback, Ordering::Relaxed);
+            info!(
+                "guest set the write cache to {}",
+                if writeback {
+                    "write-back"
+                } else {
+                    "write-through"
+                }
+            );
+            self.inner
+                .device
+                .writeback
+                .store(writeback, Ordering::Relaxed);
             return Ok(());
         }
         guest_error!("SET_CONFIG refused: offset {offset} length {}", buf.len());
@@ -215,7 +229,9 @@ impl VhostUserBackend for BlkBackend {
 
     fn queues_per_thread(&self) -> Vec<u64> {
         // One worker thread per queue.
-        (0..self.inner.config.num_queues).map(|q| 1u64 << q).collect()
+        (0..self.inner.config.num_queues)
+            .map(|q| 1u64 << q)
+            .collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -275,7 +291,9 @@ fn clear_eventfd(fd: std::os::fd::RawFd) {
 impl ServedBackend for BlkBackend {
     fn attach(&self, handlers: &[Arc<VringEpollHandler<Self>>]) -> io::Result<()> {
         for (index, handler) in handlers.iter().enumerate() {
-            let Some(worker) = self.worker(index) else { continue };
+            let Some(worker) = self.worker(index) else {
+                continue;
+            };
             if let Some(fd) = worker.completion_fd() {
                 handler.register_listener(fd, EventSet::IN, u64::from(self.completion_event()))?;
             }

@@ -86,7 +86,10 @@ impl TryFrom<Args> for BlkConfig {
             ));
         }
         if args.poll_us > 1_000_000 {
-            return Err(format!("--poll-us {}: at most 1000000 (one second)", args.poll_us));
+            return Err(format!(
+                "--poll-us {}: at most 1000000 (one second)",
+                args.poll_us
+            ));
         }
         let serial = match &args.serial {
             Some(s) if s.len() > ID_BYTES => {
@@ -144,15 +147,30 @@ mod tests {
             v.extend_from_slice(extra);
             parse(&v)
         };
-        assert!(with(&["--num-queues", "0"]).unwrap_err().contains("--num-queues"));
+        assert!(with(&["--num-queues", "0"])
+            .unwrap_err()
+            .contains("--num-queues"));
         assert!(with(&["--num-queues", "65"]).is_err());
-        assert!(with(&["--queue-size", "100"]).unwrap_err().contains("power of two"));
+        assert!(with(&["--queue-size", "100"])
+            .unwrap_err()
+            .contains("power of two"));
         assert!(with(&["--queue-size", "1"]).is_err());
-        assert!(with(&["--serial", "012345678901234567890"]).unwrap_err().contains("20 bytes"));
+        assert!(with(&["--serial", "012345678901234567890"])
+            .unwrap_err()
+            .contains("20 bytes"));
         assert!(with(&["--engine", "aio"]).is_err());
         assert!(with(&["--poll-us", "5000000"]).is_err());
         assert!(parse(&["--path", "/tmp/d"]).is_err());
-        let c = with(&["--engine", "sync", "--num-queues", "4", "--serial", "abc", "--readonly"]).unwrap();
+        let c = with(&[
+            "--engine",
+            "sync",
+            "--num-queues",
+            "4",
+            "--serial",
+            "abc",
+            "--readonly",
+        ])
+        .unwrap();
         assert_eq!(c.engine, EngineKind::Sync);
         assert_eq!(c.num_queues, 4);
         assert_eq!(&c.serial[..4], b"abc\0");

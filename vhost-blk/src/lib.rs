@@ -38,7 +38,11 @@ pub fn run(mut config: BlkConfig, stop: &StopHandle) -> Result<(), String> {
         "serving {} ({} bytes, {}{}) with {} queue(s) of up to {} entries, engine {}",
         config.path.display(),
         disk.size,
-        if disk.readonly { "read-only" } else { "read-write" },
+        if disk.readonly {
+            "read-only"
+        } else {
+            "read-write"
+        },
         if config.direct { ", O_DIRECT" } else { "" },
         config.num_queues,
         config.queue_size,

@@ -117,12 +117,21 @@ pub struct Request {
 /// What the validated request asks of the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    Read { offset: u64, len: u64 },
-    Write { offset: u64, len: u64 },
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    Write {
+        offset: u64,
+        len: u64,
+    },
     Flush,
     GetId,
     /// DISCARD or WRITE_ZEROES: the segments are read from `readable` by the worker.
-    Segments { write_zeroes: bool, count: u32 },
+    Segments {
+        write_zeroes: bool,
+        count: u32,
+    },
     /// Answer with this status at once.
     Fail(u8),
 }
@@ -289,7 +298,7 @@ impl Request {
                     return Action::Fail(STATUS_IOERR);
                 }
                 let len = span_total(spans);
-                if len % SECTOR_SIZE != 0 || spans.len() > MAX_DATA_SEGMENTS {
+                if !len.is_multiple_of(SECTOR_SIZE) || spans.len() > MAX_DATA_SEGMENTS {
                     return Action::Fail(STATUS_IOERR);
                 }
                 let Some(offset) = self.sector.checked_mul(SECTOR_SIZE) else {
@@ -324,7 +333,7 @@ impl Request {
                 } else {
                     limits.max_discard_seg
                 };
-                if len == 0 || len % u64::from(SEGMENT_LEN) != 0 {
+                if len == 0 || !len.is_multiple_of(u64::from(SEGMENT_LEN)) {
                     return Action::Fail(STATUS_IOERR);
                 }
                 let count = len / u64::from(SEGMENT_LEN);
@@ -471,8 +480,20 @@ mod tests {
         r.parse(&m, 3, chain.into_iter()).unwrap();
         assert_eq!(r.kind, Some(RequestType::In));
         assert_eq!(r.status, GuestAddress(0x200));
-        assert_eq!(r.writable, vec![Span { addr: GuestAddress(0x1000), len: 4096 }]);
-        assert_eq!(r.action(&limits()), Action::Read { offset: 4096, len: 4096 });
+        assert_eq!(
+            r.writable,
+            vec![Span {
+                addr: GuestAddress(0x1000),
+                len: 4096
+            }]
+        );
+        assert_eq!(
+            r.action(&limits()),
+            Action::Read {
+                offset: 4096,
+                len: 4096
+            }
+        );
     }
 
     #[test]
@@ -484,14 +505,32 @@ mod tests {
         let chain = [d(0x100, 16 + 512, false, true), d(0x2000, 1, true, false)];
         let mut r = Request::default();
         r.parse(&m, 0, chain.into_iter()).unwrap();
-        assert_eq!(r.readable, vec![Span { addr: GuestAddress(0x110), len: 512 }]);
-        assert_eq!(r.action(&limits()), Action::Write { offset: 0, len: 512 });
+        assert_eq!(
+            r.readable,
+            vec![Span {
+                addr: GuestAddress(0x110),
+                len: 512
+            }]
+        );
+        assert_eq!(
+            r.action(&limits()),
+            Action::Write {
+                offset: 0,
+                len: 512
+            }
+        );
 
         header(&m, 0x100, VIRTIO_BLK_T_IN, 0);
         let chain = [d(0x100, 16, false, true), d(0x2000, 513, true, false)];
         r.parse(&m, 0, chain.into_iter()).unwrap();
         assert_eq!(r.status, GuestAddress(0x2200));
-        assert_eq!(r.writable, vec![Span { addr: GuestAddress(0x2000), len: 512 }]);
+        assert_eq!(
+            r.writable,
+            vec![Span {
+                addr: GuestAddress(0x2000),
+                len: 512
+            }]
+        );
     }
 
     #[test]
@@ -501,17 +540,26 @@ mod tests {
         let mut r = Request::default();
         // Cut short: the last descriptor still says NEXT.
         let chain = [d(0x100, 16, false, true), d(0x200, 1, true, true)];
-        assert_eq!(r.parse(&m, 0, chain.into_iter()), Err(ChainError::Truncated));
+        assert_eq!(
+            r.parse(&m, 0, chain.into_iter()),
+            Err(ChainError::Truncated)
+        );
         assert_eq!(r.parse(&m, 0, [].into_iter()), Err(ChainError::Truncated));
         // No writable status.
         let chain = [d(0x100, 16, false, false)];
         assert_eq!(r.parse(&m, 0, chain.into_iter()), Err(ChainError::NoStatus));
         // Header too short.
         let chain = [d(0x100, 8, false, true), d(0x200, 1, true, false)];
-        assert_eq!(r.parse(&m, 0, chain.into_iter()), Err(ChainError::ShortHeader));
+        assert_eq!(
+            r.parse(&m, 0, chain.into_iter()),
+            Err(ChainError::ShortHeader)
+        );
         // Header writable: then there is no readable header at all.
         let chain = [d(0x100, 16, true, true), d(0x200, 1, true, false)];
-        assert_eq!(r.parse(&m, 0, chain.into_iter()), Err(ChainError::ShortHeader));
+        assert_eq!(
+            r.parse(&m, 0, chain.into_iter()),
+            Err(ChainError::ShortHeader)
+        );
         // Readable after writable.
         let chain = [
             d(0x100, 16, false, true),
@@ -560,15 +608,30 @@ mod tests {
         assert_eq!(r.action(&l), Action::Fail(STATUS_IOERR));
         // Exactly the last sector is fine.
         parse(&mut r, VIRTIO_BLK_T_IN, 2047, 512, true);
-        assert_eq!(r.action(&l), Action::Read { offset: 2047 * 512, len: 512 });
+        assert_eq!(
+            r.action(&l),
+            Action::Read {
+                offset: 2047 * 512,
+                len: 512
+            }
+        );
         // Unknown type.
         parse(&mut r, 77, 0, 512, true);
         assert_eq!(r.action(&l), Action::Fail(STATUS_UNSUPP));
         // Write to a read-only disk.
         parse(&mut r, VIRTIO_BLK_T_OUT, 0, 512, false);
-        let ro = Limits { readonly: true, ..limits() };
+        let ro = Limits {
+            readonly: true,
+            ..limits()
+        };
         assert_eq!(r.action(&ro), Action::Fail(STATUS_IOERR));
-        assert_eq!(r.action(&l), Action::Write { offset: 0, len: 512 });
+        assert_eq!(
+            r.action(&l),
+            Action::Write {
+                offset: 0,
+                len: 512
+            }
+        );
     }
 
     #[test]
@@ -592,7 +655,10 @@ mod tests {
         let l = limits();
         assert_eq!(
             r.action(&l),
-            Action::Segments { write_zeroes: true, count: 2 }
+            Action::Segments {
+                write_zeroes: true,
+                count: 2
+            }
         );
         assert_eq!(r.segment(&m, 0, true, &l), Ok((4096, 4096, true)));
         // 2040 + 16 sectors runs past the 2048-sector disk.
@@ -606,13 +672,22 @@ mod tests {
     fn iovecs_refuse_addresses_outside_memory() {
         let m = mem();
         let mut iov = Vec::new();
-        let ok = [Span { addr: GuestAddress(0x1000), len: 512 }];
+        let ok = [Span {
+            addr: GuestAddress(0x1000),
+            len: 512,
+        }];
         spans_to_iovecs(&m, &ok, &mut iov).unwrap();
         assert_eq!(iov.len(), 1);
         assert_eq!(iov[0].iov_len, 512);
-        let bad = [Span { addr: GuestAddress(0xff00), len: 512 }];
+        let bad = [Span {
+            addr: GuestAddress(0xff00),
+            len: 512,
+        }];
         assert!(spans_to_iovecs(&m, &bad, &mut iov).is_err());
-        let far = [Span { addr: GuestAddress(1 << 40), len: 512 }];
+        let far = [Span {
+            addr: GuestAddress(1 << 40),
+            len: 512,
+        }];
         assert!(spans_to_iovecs(&m, &far, &mut iov).is_err());
     }
 }

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use vhost_user_backend::{VringState, VringT};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryMmap};
 use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryMmap};
 
 use crate::disk::Disk;
 use crate::engine::{Completion, IoEngine, IoOp};
@@ -106,7 +106,11 @@ impl QueueWorker {
         let deadline = (!self.poll.is_zero()).then(|| Instant::now() + self.poll);
         loop {
             self.drain_avail(&mut state, &mem)?;
-            if state.get_queue_mut().enable_notification(&*mem).map_err(queue_err)? {
+            if state
+                .get_queue_mut()
+                .enable_notification(&*mem)
+                .map_err(queue_err)?
+            {
                 continue; // More arrived while notifications were off.
             }
             // Busy-poll for a while before going back to sleep, if asked to.
@@ -157,7 +161,10 @@ impl QueueWorker {
         let mut state = vring.get_mut();
         while self.engine.in_flight() > 0 {
             if let Err(e) = self.engine.wait() {
-                warn!("queue {}: waiting for in-flight I/O failed: {e}", self.index);
+                warn!(
+                    "queue {}: waiting for in-flight I/O failed: {e}",
+                    self.index
+                );
                 break;
             }
             self.complete_ready(state.get_queue_mut(), &mem);
@@ -232,8 +239,10 @@ impl QueueWorker {
         let action = slot.request.action(&self.device.limits);
         let op = match action {
             Action::Fail(status) => {
-                debug!("queue {index}: request {head} {:?} refused with status {status}",
-                    slot.request.kind);
+                debug!(
+                    "queue {index}: request {head} {:?} refused with status {status}",
+                    slot.request.kind
+                );
                 return self.finish(slot_index, status, 1, queue, mem);
             }
             Action::GetId => {
@@ -243,7 +252,10 @@ impl QueueWorker {
                     Err(_) => self.finish(slot_index, STATUS_IOERR, 1, queue, mem),
                 };
             }
-            Action::Segments { write_zeroes, count } => {
+            Action::Segments {
+                write_zeroes,
+                count,
+            } => {
                 let status = self.run_segments(slot_index, write_zeroes, count, mem);
                 return self.finish(slot_index, status, 1, queue, mem);
             }
@@ -254,18 +266,32 @@ impl QueueWorker {
             }
             Action::Read { offset, len } | Action::Write { offset, len } => {
                 let read = matches!(action, Action::Read { .. });
-                let spans = if read { &slot.request.writable } else { &slot.request.readable };
+                let spans = if read {
+                    &slot.request.writable
+                } else {
+                    &slot.request.readable
+                };
                 if let Err(addr) = spans_to_iovecs(&**mem, spans, &mut slot.iovecs) {
-                    guest_error!("queue {index}: request {head}: data at {:#x} outside guest memory", addr.0);
+                    guest_error!(
+                        "queue {index}: request {head}: data at {:#x} outside guest memory",
+                        addr.0
+                    );
                     return self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
                 }
                 slot.expected = len as usize;
                 slot.used_len = if read { len as u32 + 1 } else { 1 };
                 if read {
-                    IoOp::Read { offset, iovecs: &slot.iovecs }
+                    IoOp::Read {
+                        offset,
+                        iovecs: &slot.iovecs,
+                    }
                 } else {
                     let sync = !self.device.writeback.load(Ordering::Relaxed);
-                    IoOp::Write { offset, iovecs: &slot.iovecs, sync }
+                    IoOp::Write {
+                        offset,
+                        iovecs: &slot.iovecs,
+                        sync,
+                    }
                 }
             }
         };
@@ -303,8 +329,15 @@ impl QueueWorker {
             if let Err(e) = result {
                 // Discard is advisory; a backing that cannot punch holes still
                 // answers a failed discard with IOERR so the guest knows.
-                warn!("queue {}: {} at {offset}+{len} failed: {e}", self.index,
-                    if write_zeroes { "write-zeroes" } else { "discard" });
+                warn!(
+                    "queue {}: {} at {offset}+{len} failed: {e}",
+                    self.index,
+                    if write_zeroes {
+                        "write-zeroes"
+                    } else {
+                        "discard"
+                    }
+                );
                 return STATUS_IOERR;
             }
         }
@@ -323,12 +356,17 @@ impl QueueWorker {
             let (status, used_len) = match result {
                 Ok(n) if n == slot.expected => (STATUS_OK, slot.used_len),
                 Ok(n) => {
-                    warn!("queue {}: short transfer of request {}: {n} of {} bytes",
-                        self.index, slot.request.head, slot.expected);
+                    warn!(
+                        "queue {}: short transfer of request {}: {n} of {} bytes",
+                        self.index, slot.request.head, slot.expected
+                    );
                     (STATUS_IOERR, 1)
                 }
                 Err(e) => {
-                    warn!("queue {}: request {} failed: {e}", self.index, slot.request.head);
+                    warn!(
+                        "queue {}: request {} failed: {e}",
+                        self.index, slot.request.head
+                    );
                     (STATUS_IOERR, 1)
                 }
             };
@@ -350,7 +388,10 @@ impl QueueWorker {
         slot.memory = None;
         let head = slot.request.head;
         let used_len = if let Err(e) = mem.write_obj(status, slot.request.status) {
-            guest_error!("queue {}: cannot write status of request {head}: {e}", self.index);
+            guest_error!(
+                "queue {}: cannot write status of request {head}: {e}",
+                self.index
+            );
             0
         } else {
             used_len
@@ -377,4 +418,3 @@ fn signal_if_needed(state: &mut VringState<GuestMemory>, mem: &Arc<GuestMemoryMm
 fn queue_err(e: virtio_queue::Error) -> io::Error {
     io::Error::other(e.to_string())
 }
-

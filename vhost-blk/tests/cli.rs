@@ -15,10 +15,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "vhostkit-cli-{name}-{}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("vhostkit-cli-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -73,12 +70,8 @@ fn configuration_errors_give_a_clear_message_and_nonzero_exit() {
     assert_eq!(code, 1);
     assert!(text.contains("cannot open /nonexistent/disk.img"), "{text}");
 
-    let (_, text) = run_expecting_failure(&[
-        "--socket-path",
-        "/nonexistent-dir/s.sock",
-        "--path",
-        image,
-    ]);
+    let (_, text) =
+        run_expecting_failure(&["--socket-path", "/nonexistent-dir/s.sock", "--path", image]);
     assert!(text.contains("does not exist"), "{text}");
 
     // A read-write open of a file that is not a disk fails with a clear message.
@@ -170,7 +163,10 @@ fn serves_an_inherited_listening_socket_and_leaves_it_in_place() {
     assert!(fd >= 0);
     let log = dir.0.join("daemon.log");
     let mut cmd = Command::new(BIN);
-    cmd.arg("--fd").arg(fd.to_string()).arg("--path").arg(&image);
+    cmd.arg("--fd")
+        .arg(fd.to_string())
+        .arg("--path")
+        .arg(&image);
     cmd.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     let mut daemon = DaemonProcess::spawn_on_inherited_socket(
         "vhost-user-blk",

@@ -23,9 +23,16 @@ use std::sync::Arc;
 /// One operation. The iovecs point into guest memory.
 #[derive(Clone, Copy, Debug)]
 pub enum IoOp<'a> {
-    Read { offset: u64, iovecs: &'a [libc::iovec] },
+    Read {
+        offset: u64,
+        iovecs: &'a [libc::iovec],
+    },
     /// `sync`: the data must be on stable storage when it completes (write-through).
-    Write { offset: u64, iovecs: &'a [libc::iovec], sync: bool },
+    Write {
+        offset: u64,
+        iovecs: &'a [libc::iovec],
+        sync: bool,
+    },
     Flush,
 }
 

@@ -24,7 +24,11 @@ impl SyncEngine {
         let fd = self.file.as_raw_fd();
         match op {
             IoOp::Read { offset, iovecs } => rw_all(fd, offset, iovecs, false, 0),
-            IoOp::Write { offset, iovecs, sync } => {
+            IoOp::Write {
+                offset,
+                iovecs,
+                sync,
+            } => {
                 let flags = if sync { libc::RWF_DSYNC } else { 0 };
                 rw_all(fd, offset, iovecs, true, flags)
             }
@@ -42,7 +46,13 @@ impl SyncEngine {
 
 /// preadv2/pwritev2 until every byte moved (or an error, or end of file for reads,
 /// which the caller's bounds check rules out).
-fn rw_all(fd: RawFd, mut offset: u64, iovecs: &[libc::iovec], write: bool, flags: i32) -> io::Result<usize> {
+fn rw_all(
+    fd: RawFd,
+    mut offset: u64,
+    iovecs: &[libc::iovec],
+    write: bool,
+    flags: i32,
+) -> io::Result<usize> {
     let mut local: Vec<libc::iovec> = iovecs.to_vec();
     let mut rest: &mut [libc::iovec] = &mut local;
     let mut total = 0usize;
@@ -66,7 +76,10 @@ fn rw_all(fd: RawFd, mut offset: u64, iovecs: &[libc::iovec], write: bool, flags
             return Err(err);
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short transfer"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short transfer",
+            ));
         }
         let mut n = n as usize;
         total += n;
@@ -114,4 +127,3 @@ impl IoEngine for SyncEngine {
         None
     }
 }
-
