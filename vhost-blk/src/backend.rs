@@ -46,7 +46,6 @@ struct Inner {
     device: Arc<DeviceState>,
     workers: Vec<Mutex<QueueWorker>>,
     acked_features: AtomicU64,
-    event_idx: AtomicBool,
 }
 
 fn bit(n: u32) -> u64 {
@@ -88,7 +87,6 @@ impl BlkBackend {
                 device,
                 workers,
                 acked_features: AtomicU64::new(0),
-                event_idx: AtomicBool::new(false),
             }),
         })
     }
@@ -178,8 +176,9 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.inner.event_idx.store(enabled, Ordering::Relaxed);
+    fn set_event_idx(&self, _enabled: bool) {
+        // The library configures each vring's queue for EVENT_IDX; the worker's
+        // enable/disable/needs_notification calls follow it from there.
     }
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
