@@ -1,1 +1,962 @@
-//! Linux guests under QEMU.
+//! Linux guests under QEMU, for tests and benchmarks that drive our daemons from a
+//! real virtio driver.
+//!
+//! The guest is Debian's kernel plus an initramfs of busybox, fio and iperf3 made by
+//! `scripts/build-guest-image.sh` into `build/guest/`. Its `/init` loads the virtio
+//! modules, runs `/run.sh` if there is one, and powers off. Each run appends a small
+//! cpio archive holding the caller's `run.sh` to the shared base image (the kernel
+//! unpacks concatenated archives), so a new script needs no image rebuild.
+//!
+//! ```no_run
+//! use vhostkit_tests::guest::{BlkDevice, Guest, GuestImage};
+//! # fn main() -> Result<(), vhostkit_tests::guest::GuestError> {
+//! let image = GuestImage::ensure()?;
+//! let out = Guest::new(&image, "echo VHOSTKIT-RESULT answer 42")
+//!     .blk(BlkDevice::new("/tmp/blk.sock", 2))
+//!     .run()?;
+//! out.check_run_ok()?;
+//! assert_eq!(out.result("answer"), Some("42"));
+//! # Ok(()) }
+//! ```
+//!
+//! Scripts report back on the serial console: `VHOSTKIT-RESULT <key> <value>` lines
+//! ([`GuestOutput::result`]) and blocks between `VHOSTKIT-BEGIN <name>` and
+//! `VHOSTKIT-END <name>` lines ([`GuestOutput::section`], e.g. for fio's JSON).
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Console marker lines printed by the guest's `/init`.
+pub const MARK_RUN_BEGIN: &str = "VHOSTKIT-RUN-BEGIN";
+pub const MARK_RUN_END: &str = "VHOSTKIT-RUN-END rc=";
+pub const MARK_POWEROFF: &str = "VHOSTKIT-POWEROFF";
+/// Prefix of the result lines scripts print: `VHOSTKIT-RESULT <key> <value>`.
+pub const MARK_RESULT: &str = "VHOSTKIT-RESULT ";
+
+/// Errors of the guest harness.
+#[derive(Debug)]
+pub enum GuestError {
+    /// The guest image is not built (or not complete).
+    ImageMissing { dir: PathBuf, reason: String },
+    /// `scripts/build-guest-image.sh` failed.
+    BuildFailed { script: PathBuf, status: String },
+    /// Host-side I/O (temporary files, spawning QEMU).
+    Io { what: String, source: io::Error },
+    /// The guest did not power off in time; QEMU was killed.
+    Timeout {
+        after: Duration,
+        console: String,
+        stderr: String,
+    },
+    /// QEMU exited with an error status.
+    QemuFailed {
+        status: ExitStatus,
+        console: String,
+        stderr: String,
+    },
+    /// The guest ran, but not as expected (no markers, `run.sh` failed, ...).
+    Run { reason: String, console: String },
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, GuestError>;
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> GuestError {
+    let what = what.into();
+    move |source| GuestError::Io { what, source }
+}
+
+fn fmt_console(f: &mut fmt::Formatter<'_>, console: &str, stderr: &str) -> fmt::Result {
+    writeln!(f, "\n----- guest console -----")?;
+    for line in console.lines() {
+        writeln!(f, "| {line}")?;
+    }
+    writeln!(f, "----- end of console -----")?;
+    if !stderr.trim().is_empty() {
+        writeln!(f, "----- qemu stderr -----\n{}", stderr.trim_end())?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestError::ImageMissing { dir, reason } => write!(
+                f,
+                "guest image missing in {}: {reason}; build it with scripts/build-guest-image.sh",
+                dir.display()
+            ),
+            GuestError::BuildFailed { script, status } => {
+                write!(f, "{} failed ({status})", script.display())
+            }
+            GuestError::Io { what, .. } => write!(f, "{what}"),
+            GuestError::Timeout {
+                after,
+                console,
+                stderr,
+            } => {
+                write!(f, "guest timed out after {after:?}; QEMU killed")?;
+                fmt_console(f, console, stderr)
+            }
+            GuestError::QemuFailed {
+                status,
+                console,
+                stderr,
+            } => {
+                write!(f, "QEMU exited with {status}")?;
+                fmt_console(f, console, stderr)
+            }
+            GuestError::Run { reason, console } => {
+                write!(f, "guest run failed: {reason}")?;
+                fmt_console(f, console, "")
+            }
+        }
+    }
+}
+
+impl std::error::Error for GuestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GuestError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's folder).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// The image builder script.
+pub fn build_script() -> PathBuf {
+    workspace_root().join("scripts/build-guest-image.sh")
+}
+
+/// Which initramfs to boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Initrd {
+    /// busybox + fio + iperf3 (~87 MB).
+    Full,
+    /// busybox only (~3 MB): boots faster, for scripts that need no fio or iperf3.
+    Mini,
+}
+
+/// A built guest image: kernel and initramfs files.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    pub dir: PathBuf,
+    /// Kernel release, e.g. `6.1.0-56-amd64`.
+    pub kernel_release: String,
+    /// The uncompressed ELF kernel (booted through PVH; faster than the bzImage).
+    pub kernel_elf: PathBuf,
+    /// The package's bzImage.
+    pub kernel_bzimage: PathBuf,
+    pub initrd_full: PathBuf,
+    pub initrd_mini: PathBuf,
+}
+
+impl GuestImage {
+    /// The image folder: `$VHOSTKIT_GUEST_DIR`, else `<workspace>/build/guest`.
+    pub fn default_dir() -> PathBuf {
+        match std::env::var_os("VHOSTKIT_GUEST_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => workspace_root().join("build/guest"),
+        }
+    }
+
+    /// Finds a complete image in [`GuestImage::default_dir`] without building anything.
+    pub fn locate() -> Result<Self> {
+        Self::locate_in(&Self::default_dir())
+    }
+
+    /// Finds a complete image in `dir` (as described by its `guest.env`).
+    pub fn locate_in(dir: &Path) -> Result<Self> {
+        let missing = |reason: String| GuestError::ImageMissing {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let env = fs::read_to_string(dir.join("guest.env"))
+            .map_err(|e| missing(format!("cannot read guest.env: {e}")))?;
+        let get = |key: &str| -> Result<String> {
+            env.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(|v| v.trim().to_string())
+                .ok_or_else(|| missing(format!("guest.env has no {key}")))
+        };
+        let image = GuestImage {
+            dir: dir.to_path_buf(),
+            kernel_release: get("KVER")?,
+            kernel_elf: dir.join(get("KERNEL_ELF")?),
+            kernel_bzimage: dir.join(get("KERNEL_BZIMAGE")?),
+            initrd_full: dir.join(get("INITRD")?),
+            initrd_mini: dir.join(get("INITRD_MINI")?),
+        };
+        for file in [
+            &image.kernel_elf,
+            &image.kernel_bzimage,
+            &image.initrd_full,
+            &image.initrd_mini,
+        ] {
+            if !file.is_file() {
+                return Err(missing(format!("{} does not exist", file.display())));
+            }
+        }
+        Ok(image)
+    }
+
+    /// Runs `scripts/build-guest-image.sh` (a no-op taking milliseconds when the image
+    /// is current; a download and build of a few tens of seconds otherwise), then
+    /// locates the image. With `$VHOSTKIT_GUEST_DIR` set, the image there is used
+    /// as it is and nothing is built.
+    pub fn ensure() -> Result<Self> {
+        if std::env::var_os("VHOSTKIT_GUEST_DIR").is_some() {
+            return Self::locate();
+        }
+        let script = build_script();
+        if !script.is_file() {
+            return Self::locate();
+        }
+        // The script's progress goes to our stderr; it prints nothing else.
+        let status = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .map_err(io_err(format!("cannot run {}", script.display())))?;
+        if !status.success() {
+            return Err(GuestError::BuildFailed {
+                script,
+                status: status.to_string(),
+            });
+        }
+        Self::locate()
+    }
+}
+
+/// How QEMU executes the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization (the host CPU has vmx or svm).
+    Kvm,
+    /// QEMU's binary translator: slow, and the guest CPU bounds any I/O figure.
+    Tcg,
+}
+
+impl Accel {
+    /// KVM when the host CPU has vmx or svm and /dev/kvm opens, else TCG.
+    /// `VHOSTKIT_GUEST_ACCEL=kvm|tcg` overrides. (A /dev/kvm without hardware
+    /// virtualization, such as kvm_pvm, cannot boot Linux in useful time.)
+    pub fn detect() -> Accel {
+        match std::env::var("VHOSTKIT_GUEST_ACCEL").as_deref() {
+            Ok("kvm") => return Accel::Kvm,
+            Ok("tcg") => return Accel::Tcg,
+            _ => {}
+        }
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let hw_virt = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+        let kvm_usable = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if hw_virt && kvm_usable {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    }
+
+    fn qemu_args(self) -> [&'static str; 4] {
+        match self {
+            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
+            Accel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "KVM (hardware virtualization)",
+            Accel::Tcg => "TCG (software emulation, no vmx/svm on this host)",
+        })
+    }
+}
+
+/// A vhost-user-blk device given to the guest (`vhost-user-blk-pci`, so the guest
+/// sees `/dev/vda`, `/dev/vdb`, ... in the order given).
+#[derive(Clone, Debug)]
+pub struct BlkDevice {
+    pub socket: PathBuf,
+    pub num_queues: u16,
+    /// Extra `-device` properties, e.g. `queue-size=256`.
+    pub props: Vec<String>,
+}
+
+impl BlkDevice {
+    pub fn new(socket: impl Into<PathBuf>, num_queues: u16) -> Self {
+        BlkDevice {
+            socket: socket.into(),
+            num_queues,
+            props: Vec::new(),
+        }
+    }
+}
+
+/// A temporary folder, removed with its contents on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A new folder under the system temporary folder.
+    pub fn new(tag: &str) -> io::Result<Self> {
+        Self::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A new folder under `parent` (e.g. `/dev/shm` for images in memory).
+    pub fn new_in(parent: &Path, tag: &str) -> io::Result<Self> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = parent.join(format!(
+            "vhostkit-{tag}-{}-{n}-{nanos:08x}",
+            std::process::id()
+        ));
+        fs::create_dir(&path)?;
+        Ok(TempDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Writes a cpio archive in the "newc" format the kernel unpacks: the given files
+/// (path relative to `/`, mode, contents) with their parent folders, then the trailer.
+pub fn write_newc_cpio<W: Write>(out: &mut W, files: &[(&str, u32, &[u8])]) -> io::Result<()> {
+    fn entry<W: Write>(
+        out: &mut W,
+        ino: u32,
+        name: &str,
+        mode: u32,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let namesize = name.len() + 1;
+        let header = format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{namesize:08x}{:08x}",
+            0, // uid
+            0, // gid
+            1, // nlink
+            0, // mtime
+            data.len(),
+            0, // devmajor
+            0, // devminor
+            0, // rdevmajor
+            0, // rdevminor
+            0, // check
+        );
+        out.write_all(header.as_bytes())?;
+        out.write_all(name.as_bytes())?;
+        out.write_all(&[0])?;
+        let pad = (4 - (110 + namesize) % 4) % 4;
+        out.write_all(&[0u8; 3][..pad])?;
+        out.write_all(data)?;
+        out.write_all(&[0u8; 3][..(4 - data.len() % 4) % 4])?;
+        Ok(())
+    }
+    let mut ino = 1u32;
+    let mut dirs: Vec<String> = Vec::new();
+    for (path, mode, data) in files {
+        let path = path.trim_start_matches('/');
+        let parts: Vec<&str> = path.split('/').collect();
+        for i in 1..parts.len() {
+            let dir = parts[..i].join("/");
+            if !dirs.contains(&dir) {
+                entry(out, ino, &dir, 0o040755, &[])?;
+                ino += 1;
+                dirs.push(dir);
+            }
+        }
+        entry(out, ino, path, 0o100000 | (mode & 0o7777), data)?;
+        ino += 1;
+    }
+    entry(out, 0, "TRAILER!!!", 0, &[])
+}
+
+/// One guest boot: what to run and with which devices. Built with [`Guest::new`] and
+/// the setters, started with [`Guest::run`] or [`Guest::run_with`].
+pub struct Guest<'a> {
+    image: &'a GuestImage,
+    script: String,
+    files: Vec<(String, u32, Vec<u8>)>,
+    initrd: Initrd,
+    blk: Vec<BlkDevice>,
+    extra_args: Vec<String>,
+    cmdline_extra: String,
+    memory_mib: u32,
+    cpus: u32,
+    timeout: Duration,
+    accel: Accel,
+    echo: bool,
+}
+
+/// Guests run one at a time per process: under TCG each is CPU-bound, and the
+/// timeouts assume the guest has the host to itself.
+static ONE_GUEST_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+impl<'a> Guest<'a> {
+    /// A guest that runs `script` as `/run.sh` (with busybox `sh`).
+    ///
+    /// Defaults: the full initramfs (with fio), 2 vCPUs, 512 MiB, a 180 s timeout,
+    /// accel from [`Accel::detect`], console echoed to stderr.
+    pub fn new(image: &'a GuestImage, script: &str) -> Self {
+        let echo = std::env::var_os("VHOSTKIT_GUEST_QUIET").is_none();
+        Guest {
+            image,
+            script: script.to_string(),
+            files: Vec::new(),
+            initrd: Initrd::Full,
+            blk: Vec::new(),
+            extra_args: Vec::new(),
+            cmdline_extra: String::new(),
+            memory_mib: 512,
+            cpus: 2,
+            timeout: Duration::from_secs(180),
+            accel: Accel::detect(),
+            echo,
+        }
+    }
+
+    /// Adds a vhost-user-blk-pci device.
+    pub fn blk(mut self, dev: BlkDevice) -> Self {
+        self.blk.push(dev);
+        self
+    }
+
+    /// Adds a file to the guest's root (path relative to `/`).
+    pub fn file(mut self, path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((path.to_string(), mode, contents.into()));
+        self
+    }
+
+    /// Extra QEMU arguments, appended after the harness's own.
+    pub fn qemu_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Extra kernel command line words.
+    pub fn cmdline(mut self, extra: &str) -> Self {
+        self.cmdline_extra = extra.to_string();
+        self
+    }
+
+    pub fn initrd(mut self, initrd: Initrd) -> Self {
+        self.initrd = initrd;
+        self
+    }
+
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    /// How long the guest may run, from QEMU's start to its exit.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn accel(mut self, accel: Accel) -> Self {
+        self.accel = accel;
+        self
+    }
+
+    /// Whether to copy console lines to stderr as they arrive (prefixed `guest| `).
+    /// Default on; `VHOSTKIT_GUEST_QUIET=1` turns it off.
+    pub fn echo(mut self, echo: bool) -> Self {
+        self.echo = echo;
+        self
+    }
+
+    /// Boots the guest, waits for it to power off, and returns its console.
+    pub fn run(&self) -> Result<GuestOutput> {
+        self.run_with(&mut |_| {})
+    }
+
+    /// Like [`Guest::run`], and calls `on_line` with every console line as it
+    /// arrives (e.g. to sample a daemon's CPU time when a marker appears).
+    pub fn run_with(&self, on_line: &mut dyn FnMut(&str)) -> Result<GuestOutput> {
+        let _one = ONE_GUEST_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tmp = TempDir::new("guest").map_err(io_err("cannot create a temporary folder"))?;
+        let initrd = tmp.join("initrd.cpio");
+        self.write_initrd(&initrd)?;
+        let cmd = self.command(&initrd);
+        eprintln!(
+            "guest: booting Linux {} under {}, {} vCPU, {} MiB, {} vhost-user-blk device(s), timeout {:?}",
+            self.image.kernel_release,
+            self.accel,
+            self.cpus,
+            self.memory_mib,
+            self.blk.len(),
+            self.timeout
+        );
+        run_qemu(cmd, self.timeout, self.echo, self.accel, on_line)
+    }
+
+    fn write_initrd(&self, path: &Path) -> Result<()> {
+        let base = match self.initrd {
+            Initrd::Full => &self.image.initrd_full,
+            Initrd::Mini => &self.image.initrd_mini,
+        };
+        let write = || -> io::Result<()> {
+            let mut out = io::BufWriter::new(File::create(path)?);
+            let mut input = File::open(base)?;
+            let len = io::copy(&mut input, &mut out)?;
+            // The appended archive must start on a 4-byte boundary.
+            out.write_all(&[0u8; 3][..((4 - len % 4) % 4) as usize])?;
+            let mut files: Vec<(&str, u32, &[u8])> =
+                vec![("run.sh", 0o755, self.script.as_bytes())];
+            for (p, mode, data) in &self.files {
+                files.push((p, *mode, data));
+            }
+            write_newc_cpio(&mut out, &files)?;
+            out.flush()
+        };
+        write().map_err(io_err(format!(
+            "cannot write the guest initrd {} (from {})",
+            path.display(),
+            base.display()
+        )))
+    }
+
+    /// The QEMU command line for this guest.
+    fn command(&self, initrd: &Path) -> Command {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35"])
+            .args(self.accel.qemu_args())
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-m", &format!("{}M", self.memory_mib)])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                self.memory_mib
+            ))
+            .args(["-numa", "node,memdev=mem"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-vga", "none", "-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&self.image.kernel_elf)
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 {}",
+                self.cmdline_extra
+            ));
+        for (i, dev) in self.blk.iter().enumerate() {
+            cmd.arg("-chardev")
+                .arg(format!("socket,id=blk{i},path={}", dev.socket.display()));
+            let mut device = format!(
+                "vhost-user-blk-pci,chardev=blk{i},num-queues={}",
+                dev.num_queues
+            );
+            for p in &dev.props {
+                device.push(',');
+                device.push_str(p);
+            }
+            cmd.arg("-device").arg(device);
+        }
+        cmd.args(&self.extra_args);
+        cmd
+    }
+}
+
+enum Event {
+    Line(String),
+    Eof,
+}
+
+fn run_qemu(
+    mut cmd: Command,
+    timeout: Duration,
+    echo: bool,
+    accel: Accel,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<GuestOutput> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err(
+            "cannot start qemu-system-x86_64 (install qemu-system-x86)",
+        ))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end_matches(['\n', '\r']).to_string();
+                    if tx.send(Event::Line(line)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Event::Eof);
+    });
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+
+    let deadline = start + timeout;
+    let mut console = String::new();
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Event::Line(line)) => {
+                if echo {
+                    eprintln!("guest| {line}");
+                }
+                on_line(&line);
+                console.push_str(&line);
+                console.push('\n');
+            }
+            Ok(Event::Eof) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    if timed_out {
+        let _ = child.kill();
+    }
+    // stdout is closed: QEMU is exiting; give it a moment, then insist.
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline + Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().map_err(io_err("cannot wait for QEMU"))?;
+            }
+            Err(e) => return Err(io_err("cannot wait for QEMU")(e)),
+        }
+    };
+    let _ = reader.join();
+    // Lines the reader queued after we stopped listening (on timeout).
+    while let Ok(Event::Line(line)) = rx.try_recv() {
+        console.push_str(&line);
+        console.push('\n');
+    }
+    let stderr = stderr_reader.join().unwrap_or_default();
+    let elapsed = start.elapsed();
+    if timed_out {
+        return Err(GuestError::Timeout {
+            after: elapsed,
+            console,
+            stderr,
+        });
+    }
+    if !status.success() {
+        return Err(GuestError::QemuFailed {
+            status,
+            console,
+            stderr,
+        });
+    }
+    eprintln!(
+        "guest: powered off after {:.1} s ({})",
+        elapsed.as_secs_f64(),
+        match accel {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG",
+        }
+    );
+    Ok(GuestOutput {
+        console,
+        stderr,
+        accel,
+        elapsed,
+    })
+}
+
+/// What a guest printed, and how it ran.
+#[derive(Clone, Debug)]
+pub struct GuestOutput {
+    /// The serial console, one line per line, `\r` removed.
+    pub console: String,
+    /// QEMU's own stderr (warnings).
+    pub stderr: String,
+    pub accel: Accel,
+    /// From QEMU's start to its exit.
+    pub elapsed: Duration,
+}
+
+impl GuestOutput {
+    /// `run.sh`'s exit status, if `/init` reported one.
+    pub fn run_rc(&self) -> Option<i32> {
+        self.console
+            .lines()
+            .find_map(|l| after_marker(l, MARK_RUN_END))
+            .and_then(|rc| rc.trim().parse().ok())
+    }
+
+    /// Checks that `/init` started `run.sh`, that it exited with 0, and that the
+    /// guest powered off by itself.
+    pub fn check_run_ok(&self) -> Result<()> {
+        let has = |mark: &str| {
+            self.console
+                .lines()
+                .any(|l| after_marker(l, mark).is_some())
+        };
+        let fail = |reason: String| {
+            Err(GuestError::Run {
+                reason,
+                console: self.console.clone(),
+            })
+        };
+        if !has(MARK_RUN_BEGIN) {
+            return fail(format!(
+                "no {MARK_RUN_BEGIN} marker: /init did not reach run.sh"
+            ));
+        }
+        match self.run_rc() {
+            Some(0) => {}
+            Some(rc) => return fail(format!("run.sh exited with status {rc}")),
+            None => return fail("run.sh did not finish (no VHOSTKIT-RUN-END marker)".into()),
+        }
+        if !has(MARK_POWEROFF) {
+            return fail(format!("no {MARK_POWEROFF} marker"));
+        }
+        Ok(())
+    }
+
+    /// All `VHOSTKIT-RESULT <key> <value>` lines, in order.
+    pub fn results(&self) -> Vec<(String, String)> {
+        parse_results(&self.console)
+    }
+
+    /// The value of the last `VHOSTKIT-RESULT <key> ...` line.
+    pub fn result(&self, key: &str) -> Option<&str> {
+        self.console
+            .lines()
+            .rev()
+            .filter_map(|l| after_marker(l, MARK_RESULT))
+            .find_map(|rest| {
+                let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+                (k == key).then_some(v.trim())
+            })
+    }
+
+    /// [`GuestOutput::result`], or a [`GuestError::Run`] naming the missing key.
+    pub fn require(&self, key: &str) -> Result<&str> {
+        self.result(key).ok_or_else(|| GuestError::Run {
+            reason: format!("no `VHOSTKIT-RESULT {key}` line"),
+            console: self.console.clone(),
+        })
+    }
+
+    /// The lines between `VHOSTKIT-BEGIN <name>` and `VHOSTKIT-END <name>`.
+    pub fn section(&self, name: &str) -> Option<String> {
+        section(&self.console, name)
+    }
+
+    /// All sections called `name`, in order (a script may print one per fio job).
+    pub fn sections(&self, name: &str) -> Vec<String> {
+        sections(&self.console, name)
+    }
+}
+
+/// The rest of `line` after `mark`, wherever the mark starts: a guest program's
+/// progress output (fio's ETA line ends in `\r`, not `\n`) may precede it.
+fn after_marker<'l>(line: &'l str, mark: &str) -> Option<&'l str> {
+    line.find(mark).map(|at| &line[at + mark.len()..])
+}
+
+/// All `VHOSTKIT-RESULT <key> <value>` lines of `console`.
+pub fn parse_results(console: &str) -> Vec<(String, String)> {
+    console
+        .lines()
+        .filter_map(|l| after_marker(l, MARK_RESULT))
+        .map(|rest| {
+            let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+            (k.to_string(), v.trim().to_string())
+        })
+        .collect()
+}
+
+/// The first block between `VHOSTKIT-BEGIN <name>` and `VHOSTKIT-END <name>` lines.
+pub fn section(console: &str, name: &str) -> Option<String> {
+    sections(console, name).into_iter().next()
+}
+
+/// Every block between `VHOSTKIT-BEGIN <name>` and `VHOSTKIT-END <name>` lines.
+/// A block without its end line is left out.
+pub fn sections(console: &str, name: &str) -> Vec<String> {
+    let begin = format!("VHOSTKIT-BEGIN {name}");
+    let end = format!("VHOSTKIT-END {name}");
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in console.lines() {
+        if after_marker(line, &begin).is_some_and(|rest| rest.trim().is_empty()) {
+            current = Some(String::new());
+        } else if after_marker(line, &end).is_some_and(|rest| rest.trim().is_empty()) {
+            if let Some(block) = current.take() {
+                out.push(block);
+            }
+        } else if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONSOLE: &str = "VHOSTKIT-INIT kernel 6.1\r\nVHOSTKIT-RUN-BEGIN\nVHOSTKIT-RESULT fio_rc 0\n\
+VHOSTKIT-BEGIN fio\n{\"a\": 1}\nVHOSTKIT-END fio\nVHOSTKIT-RESULT mq_queues 2\nVHOSTKIT-RESULT fio_rc 3\n\
+VHOSTKIT-BEGIN fio\n{\"b\": 2}\nVHOSTKIT-END fio\nJobs: 1 (f=1)\rVHOSTKIT-RESULT late 1\n\
+VHOSTKIT-RUN-END rc=0\nVHOSTKIT-POWEROFF\n";
+
+    fn output(console: &str) -> GuestOutput {
+        GuestOutput {
+            console: console.replace('\r', ""),
+            stderr: String::new(),
+            accel: Accel::Tcg,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn results_and_sections() {
+        let out = output(CONSOLE);
+        assert_eq!(out.result("mq_queues"), Some("2"));
+        assert_eq!(out.result("fio_rc"), Some("3"), "the last line wins");
+        assert_eq!(out.result("absent"), None);
+        assert!(out.require("absent").is_err());
+        assert_eq!(
+            out.result("late"),
+            Some("1"),
+            "a marker after progress output"
+        );
+        assert_eq!(out.results().len(), 4);
+        assert_eq!(out.section("fio").as_deref(), Some("{\"a\": 1}\n"));
+        assert_eq!(out.sections("fio").len(), 2);
+        assert_eq!(out.run_rc(), Some(0));
+        out.check_run_ok().unwrap();
+    }
+
+    #[test]
+    fn check_run_ok_catches_failures() {
+        let failed = output(&CONSOLE.replace("rc=0", "rc=1"));
+        let err = failed.check_run_ok().unwrap_err().to_string();
+        assert!(err.contains("status 1"), "{err}");
+        let no_poweroff = output(&CONSOLE.replace(MARK_POWEROFF, ""));
+        assert!(no_poweroff.check_run_ok().is_err());
+        let no_run = output("VHOSTKIT-INIT kernel 6.1\n");
+        assert!(no_run.check_run_ok().is_err());
+    }
+
+    #[test]
+    fn cpio_is_newc_and_aligned() {
+        let mut buf = Vec::new();
+        write_newc_cpio(
+            &mut buf,
+            &[("run.sh", 0o755, b"echo hi\n"), ("etc/x/y", 0o644, b"1")],
+        )
+        .unwrap();
+        assert_eq!(buf.len() % 4, 0);
+        assert!(buf.starts_with(b"070701"));
+        let text = String::from_utf8_lossy(&buf);
+        for name in ["run.sh\0", "etc\0", "etc/x\0", "etc/x/y\0", "TRAILER!!!\0"] {
+            assert!(text.contains(name), "{name} missing");
+        }
+        // The file header carries mode 0100755 and size 8.
+        let at = text.find("run.sh").unwrap() - 110;
+        assert_eq!(&text[at + 14..at + 22], "000081ed");
+        assert_eq!(&text[at + 54..at + 62], "00000008");
+    }
+
+    #[test]
+    fn cpio_unpacks_with_gnu_cpio() {
+        if Command::new("cpio").arg("--version").output().is_err() {
+            eprintln!("SKIPPED: no cpio on this host");
+            return;
+        }
+        let dir = TempDir::new("cpio-test").unwrap();
+        let mut buf = Vec::new();
+        write_newc_cpio(
+            &mut buf,
+            &[("run.sh", 0o755, b"echo hi\n"), ("a/b", 0o600, b"xyz")],
+        )
+        .unwrap();
+        let mut child = Command::new("cpio")
+            .args(["-idm", "--quiet"])
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&buf).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(fs::read(dir.join("run.sh")).unwrap(), b"echo hi\n");
+        assert_eq!(fs::read(dir.join("a/b")).unwrap(), b"xyz");
+    }
+}
