@@ -691,3 +691,105 @@ mod tests {
         assert!(spans_to_iovecs(&m, &far, &mut iov).is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use vm_memory::{GuestMemoryMmap, GuestMemoryRegion};
+
+    const MEM_BASE: u64 = 0x10000;
+    const MEM_SIZE: u64 = 0x20000;
+
+    /// Addresses clustered around guest memory's edges, plus anywhere at all.
+    fn addr() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            MEM_BASE..MEM_BASE + MEM_SIZE,
+            (MEM_BASE + MEM_SIZE - 64)..(MEM_BASE + MEM_SIZE + 64),
+            (MEM_BASE - 64)..(MEM_BASE + 64),
+            any::<u64>(),
+        ]
+    }
+
+    fn len() -> impl Strategy<Value = u32> {
+        prop_oneof![0u32..64, 500u32..5000, any::<u32>()]
+    }
+
+    fn desc() -> impl Strategy<Value = (u64, u32, bool, u32, u64)> {
+        (addr(), len(), any::<bool>(), 0u32..10, any::<u64>())
+    }
+
+    proptest! {
+        /// Whatever the chain, parsing and validating never panics, and whatever is
+        /// accepted for I/O translates only to host memory inside guest RAM, with the
+        /// exact length the action names.
+        #[test]
+        fn parse_never_panics_and_iovecs_stay_inside(
+            descs in proptest::collection::vec(desc(), 0..8),
+            truncated in any::<bool>(),
+            sector in prop_oneof![0u64..4096, any::<u64>()],
+        ) {
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(MEM_BASE), MEM_SIZE as usize)]).unwrap();
+            let region = mem.iter().next().unwrap();
+            let host_start = region.get_host_address(vm_memory::MemoryRegionAddress(0)).unwrap() as usize;
+            let host_end = host_start + MEM_SIZE as usize;
+            let n = descs.len();
+            let chain: Vec<Descriptor> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, &(a, l, write, kind, fill))| {
+                    // Plant a header with a plausible type where a descriptor points.
+                    let _ = mem.write_obj(kind, GuestAddress(a));
+                    let _ = mem.write_obj(sector, GuestAddress(a.wrapping_add(8)));
+                    let _ = mem.write_obj(fill, GuestAddress(a.wrapping_add(16)));
+                    let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                    if i + 1 < n || truncated {
+                        flags |= VRING_DESC_F_NEXT as u16;
+                    }
+                    Descriptor::new(a, l, flags, 0)
+                })
+                .collect();
+            let limits = Limits {
+                disk_size: 2 << 20,
+                readonly: false,
+                max_discard_sectors: 1 << 20,
+                max_discard_seg: 4,
+                max_write_zeroes_sectors: 1 << 20,
+                max_write_zeroes_seg: 4,
+            };
+            let mut request = Request::default();
+            if request.parse(&mem, 0, chain.into_iter()).is_err() {
+                return Ok(());
+            }
+            prop_assert!(mem.address_in_range(request.status));
+            let mut iovecs = Vec::new();
+            match request.action(&limits) {
+                Action::Read { offset, len } | Action::Write { offset, len } => {
+                    prop_assert!(offset + len <= limits.disk_size);
+                    let spans = if matches!(request.action(&limits), Action::Read { .. }) {
+                        &request.writable
+                    } else {
+                        &request.readable
+                    };
+                    if spans_to_iovecs(&mem, spans, &mut iovecs).is_ok() {
+                        let total: usize = iovecs.iter().map(|v| v.iov_len).sum();
+                        prop_assert_eq!(total as u64, len);
+                        for v in &iovecs {
+                            let start = v.iov_base as usize;
+                            prop_assert!(start >= host_start && start + v.iov_len <= host_end);
+                        }
+                    }
+                }
+                Action::Segments { write_zeroes, count } => {
+                    for i in 0..count {
+                        if let Ok((offset, len, _)) = request.segment(&mem, i, write_zeroes, &limits) {
+                            prop_assert!(offset + len <= limits.disk_size);
+                        }
+                    }
+                }
+                Action::Flush | Action::GetId | Action::Fail(_) => {}
+            }
+        }
+    }
+}
