@@ -1,0 +1,750 @@
+//! blk-bench: our vhost-user-blk against qemu-storage-daemon's vhost-user-blk export,
+//! driven by the same user-space vhost-user driver (no guest), on the same image in
+//! tmpfs, in one run.
+//!
+//! Every workload row is measured `--repeats` times per backend, alternating ours and
+//! the peer, each time with a freshly started daemon; the table shows the medians. A
+//! second row set runs our daemon with `--engine null` (requests complete without
+//! touching the image): the transport ceiling, with no peer.
+//!
+//! The driver keeps QD requests in flight per queue (one driver thread per queue),
+//! refills as completions arrive, publishes a batch with one avail-index store and
+//! kicks once, uses EVENT_IDX, and blocks on the call eventfd instead of spinning.
+//!
+//! ```text
+//! cargo build --release -p vhost-blk -p vhostkit-benches
+//! target/release/blk-bench --seconds 3 --repeats 3 --json blk.json --svg blk.svg
+//! target/release/blk-bench --quick            # CI smoke run
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use vhostkit_benches::report::{process_cpu_seconds, Measurement, Report, Row};
+use vhostkit_common::driver::blk::{BlkDevice, BlkQueue, BlkRequest, SECTOR_SIZE, VIRTIO_BLK_S_OK};
+use vhostkit_common::driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
+use vhostkit_tests::daemon::{
+    qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
+};
+
+/// Compare vhost-user-blk with qemu-storage-daemon through a user-space driver.
+#[derive(Parser, Debug)]
+#[command(name = "blk-bench", about, long_about = None)]
+struct Args {
+    /// Image size (suffix K, M or G); the image lives in --dir (tmpfs).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    image_size: u64,
+
+    /// Measured seconds per row, per backend, per repeat.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+
+    /// Measurements per row and backend; the table shows the median.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+
+    /// Only rows whose name contains one of these comma-separated strings
+    /// (e.g. "randread,QD32"); "null" selects the null-engine rows.
+    #[arg(long)]
+    rows: Option<String>,
+
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+
+    /// Write an SVG chart of ours/peer here.
+    #[arg(long, value_name = "PATH")]
+    svg: Option<PathBuf>,
+
+    /// Short run for a CI smoke test (0.3 s rows, one repeat, 64 MiB image).
+    #[arg(long)]
+    quick: bool,
+
+    /// Virtqueue size the driver sets up.
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+
+    /// I/O engine of our daemon for the comparison rows.
+    #[arg(long, default_value = "io_uring", value_parser = ["io_uring", "sync"])]
+    engine: String,
+
+    /// qemu-storage-daemon aio mode; io_uring falls back to threads if refused.
+    #[arg(long, default_value = "io_uring", value_parser = ["io_uring", "threads", "native"])]
+    qsd_aio: String,
+
+    /// Skip the null-engine rows.
+    #[arg(long)]
+    no_null: bool,
+
+    /// Folder for the image and sockets (tmpfs, so the disk is not what is measured).
+    #[arg(long, default_value = "/dev/shm")]
+    dir: PathBuf,
+
+    /// Our daemon's binary (default: vhost-user-blk next to this executable).
+    #[arg(long, value_name = "PATH")]
+    ours_bin: Option<PathBuf>,
+
+    /// Busy-poll the used ring this many microseconds before blocking on the call
+    /// eventfd (0: block at once; spinning steals CPU from the daemon on small hosts).
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
+
+    /// List the row names and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let size = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))?;
+    if size < (1 << 20) || size % (1 << 20) != 0 {
+        return Err(format!("size {s:?}: must be a multiple of 1 MiB"));
+    }
+    Ok(size)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pattern {
+    RandRead,
+    RandWrite,
+    SeqRead,
+}
+
+#[derive(Clone, Debug)]
+struct Workload {
+    name: String,
+    pattern: Pattern,
+    bs: u32,
+    qd: usize,
+    queues: u16,
+}
+
+fn workloads() -> Vec<Workload> {
+    let mut v = Vec::new();
+    for (pattern, pname) in [
+        (Pattern::RandRead, "randread"),
+        (Pattern::RandWrite, "randwrite"),
+    ] {
+        for queues in [1u16, 2] {
+            for qd in [1usize, 32] {
+                v.push(Workload {
+                    name: format!("4k {pname} QD{qd} {queues}q"),
+                    pattern,
+                    bs: 4096,
+                    qd,
+                    queues,
+                });
+            }
+        }
+    }
+    v.push(Workload {
+        name: "128k seqread QD8 1q".into(),
+        pattern: Pattern::SeqRead,
+        bs: 128 << 10,
+        qd: 8,
+        queues: 1,
+    });
+    v
+}
+
+/// A backend as started for one measurement.
+#[derive(Clone, Debug)]
+enum Backend {
+    Ours { bin: PathBuf, engine: String },
+    Qsd { aio: String },
+}
+
+impl Backend {
+    fn label(&self) -> String {
+        match self {
+            Backend::Ours { engine, .. } => format!("ours/{engine}"),
+            Backend::Qsd { aio } => format!("qsd/{aio}"),
+        }
+    }
+
+    fn start(
+        &self,
+        image: &Path,
+        dir: &Path,
+        queues: u16,
+        qsize: u16,
+    ) -> Result<DaemonProcess, String> {
+        let socket = dir.join(match self {
+            Backend::Ours { .. } => "ours.sock",
+            Backend::Qsd { .. } => "qsd.sock",
+        });
+        let (name, cmd) = match self {
+            Backend::Ours { bin, engine } => {
+                let mut cmd = Command::new(bin);
+                cmd.arg("--socket-path")
+                    .arg(&socket)
+                    .arg("--path")
+                    .arg(image)
+                    .arg("--num-queues")
+                    .arg(queues.to_string())
+                    .arg("--queue-size")
+                    .arg(qsize.to_string())
+                    .arg("--engine")
+                    .arg(engine)
+                    .arg("--log-level")
+                    .arg("warn");
+                ("vhost-user-blk", cmd)
+            }
+            Backend::Qsd { aio } => (
+                "qemu-storage-daemon",
+                qemu_storage_daemon_cmd(image, &socket, queues, aio),
+            ),
+        };
+        DaemonProcess::spawn(name, cmd, &socket, Duration::from_secs(10))
+            .map_err(|e| format!("{}: {e}", self.label()))
+    }
+}
+
+/// A small, fast PRNG (xorshift64*), one per driver thread.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Picks the sector of each next request of one driver thread.
+struct Offsets {
+    pattern: Pattern,
+    rng: Rng,
+    blocks: u64,
+    sectors_per_block: u64,
+    cursor: u64,
+}
+
+impl Offsets {
+    fn next(&mut self) -> u64 {
+        let block = match self.pattern {
+            Pattern::RandRead | Pattern::RandWrite => self.rng.next() % self.blocks,
+            Pattern::SeqRead => {
+                let b = self.cursor;
+                self.cursor = (self.cursor + 1) % self.blocks;
+                b
+            }
+        };
+        block * self.sectors_per_block
+    }
+}
+
+struct Worker {
+    q: BlkQueue,
+    bufs: Vec<u64>,
+    free: Vec<u64>,
+    offsets: Offsets,
+    write: bool,
+    bs: u32,
+    spin: Duration,
+    ops: u64,
+    errors: u64,
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+impl Worker {
+    /// Keeps every buffer in flight until `deadline`; returns completions seen.
+    fn run_until(&mut self, deadline: Instant) -> Result<u64, String> {
+        let start_ops = self.ops;
+        loop {
+            let mut got = 0;
+            while let Some(c) = self.q.pop().map_err(|e| e.to_string())? {
+                if c.status != VIRTIO_BLK_S_OK {
+                    self.errors += 1;
+                }
+                self.ops += 1;
+                got += 1;
+                self.free.push(c.token);
+            }
+            if Instant::now() >= deadline {
+                return Ok(self.ops - start_ops);
+            }
+            if !self.free.is_empty() {
+                while let Some(tok) = self.free.pop() {
+                    let data = [(self.bufs[tok as usize], self.bs)];
+                    let sector = self.offsets.next();
+                    let req = if self.write {
+                        BlkRequest::write(sector, &data)
+                    } else {
+                        BlkRequest::read(sector, &data)
+                    };
+                    self.q.add(&req, tok).map_err(|e| e.to_string())?;
+                }
+                self.q.submit().map_err(|e| e.to_string())?;
+            }
+            if got == 0 && !self.spin_for_used() && !self.q.wait(WAIT).map_err(|e| e.to_string())? {
+                return Err(format!("no completion within {WAIT:?}"));
+            }
+        }
+    }
+
+    fn spin_for_used(&self) -> bool {
+        if self.spin.is_zero() {
+            return false;
+        }
+        let until = Instant::now() + self.spin;
+        while Instant::now() < until {
+            if self.q.queue().has_used() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
+    /// Waits for every request in flight.
+    fn drain(&mut self) -> Result<(), String> {
+        while self.q.in_flight() > 0 {
+            while let Some(c) = self.q.pop().map_err(|e| e.to_string())? {
+                self.free.push(c.token);
+            }
+            if self.q.in_flight() > 0 && !self.q.wait(WAIT).map_err(|e| e.to_string())? {
+                return Err("requests did not complete while draining".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Settings {
+    image: PathBuf,
+    image_size: u64,
+    dir: PathBuf,
+    seconds: f64,
+    queue_size: u16,
+    spin: Duration,
+}
+
+/// One measurement of `w` on a freshly started `backend`.
+/// What one measurement saw besides the figures of the report.
+struct Extra {
+    event_idx: bool,
+    /// Kicks and call-eventfd sleeps per request (warm-up included).
+    kicks_per_op: f64,
+    sleeps_per_op: f64,
+}
+
+fn measure(backend: &Backend, w: &Workload, s: &Settings) -> Result<(Measurement, Extra), String> {
+    let daemon = backend.start(&s.image, &s.dir, 2, s.queue_size)?;
+    let pid = daemon.pid();
+    let mem_size = (u64::from(w.bs) * w.qd as u64 * u64::from(w.queues) + (16 << 20))
+        .next_multiple_of(1 << 20);
+    let mut dev = BlkDevice::connect(daemon.socket(), &DriverConfig::with_mem_size(mem_size))
+        .map_err(|e| format!("{}: connect: {e}", backend.label()))?;
+    let event_idx = dev.driver.has_feature(VIRTIO_RING_F_EVENT_IDX);
+    let capacity = dev.config.capacity * SECTOR_SIZE;
+    if capacity < s.image_size {
+        return Err(format!(
+            "{}: capacity {capacity} < image {}",
+            backend.label(),
+            s.image_size
+        ));
+    }
+    let queues = dev
+        .setup_queues(w.queues, s.queue_size, w.qd)
+        .map_err(|e| format!("{}: queue set-up: {e}", backend.label()))?;
+    let mem = dev.driver.memory().clone();
+
+    let measured = Duration::from_secs_f64(s.seconds);
+    let warmup = Duration::from_secs_f64((s.seconds / 5.0).clamp(0.05, 0.5));
+    let barrier = Arc::new(Barrier::new(usize::from(w.queues) + 1));
+    let mut handles = Vec::new();
+    for (i, q) in queues.into_iter().enumerate() {
+        let mut bufs = Vec::with_capacity(w.qd);
+        for _ in 0..w.qd {
+            let b = mem
+                .alloc(u64::from(w.bs), 4096)
+                .map_err(|e| e.to_string())?;
+            mem.fill(b, u64::from(w.bs), 0x3c ^ i as u8)
+                .map_err(|e| e.to_string())?;
+            bufs.push(b);
+        }
+        let blocks = s.image_size / u64::from(w.bs);
+        let mut worker = Worker {
+            q,
+            free: (0..w.qd as u64).rev().collect(),
+            bufs,
+            offsets: Offsets {
+                pattern: w.pattern,
+                rng: Rng(0x9e37_79b9_7f4a_7c15
+                    ^ ((i as u64 + 1) << 32)
+                    ^ u64::from(std::process::id())),
+                blocks,
+                sectors_per_block: u64::from(w.bs) / SECTOR_SIZE,
+                cursor: blocks / u64::from(w.queues) * i as u64,
+            },
+            write: w.pattern == Pattern::RandWrite,
+            bs: w.bs,
+            spin: s.spin,
+            ops: 0,
+            errors: 0,
+        };
+        let barrier = barrier.clone();
+        handles.push(std::thread::spawn(move || {
+            let warm = worker.run_until(Instant::now() + warmup);
+            barrier.wait();
+            let run = match warm {
+                Ok(_) => worker.run_until(Instant::now() + measured),
+                Err(e) => Err(e),
+            };
+            barrier.wait();
+            let drained = worker.drain();
+            let ops = run?;
+            drained?;
+            let st = worker.q.queue().stats();
+            Ok::<(u64, u64, u64, u64), String>((ops, worker.errors, st.kicks, st.sleeps))
+        }));
+    }
+    barrier.wait();
+    let cpu0 = process_cpu_seconds(pid).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    barrier.wait();
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = process_cpu_seconds(pid).map_err(|e| e.to_string())?;
+    let mut ops = 0u64;
+    let mut errors = 0u64;
+    let mut kicks = 0u64;
+    let mut sleeps = 0u64;
+    for h in handles {
+        let (o, e, k, z) = h
+            .join()
+            .map_err(|_| "driver thread panicked".to_string())??;
+        ops += o;
+        errors += e;
+        kicks += k;
+        sleeps += z;
+    }
+    drop(dev);
+    drop(daemon);
+    if errors > 0 {
+        return Err(format!("{}: {errors} requests failed", backend.label()));
+    }
+    if ops == 0 {
+        return Err(format!("{}: no request completed", backend.label()));
+    }
+    let ops_per_sec = ops as f64 / elapsed;
+    Ok((
+        Measurement {
+            ops_per_sec,
+            mb_per_sec: ops_per_sec * f64::from(w.bs) / 1e6,
+            cpu_s_per_mop: Some((cpu1 - cpu0) / (ops as f64 / 1e6)),
+        },
+        Extra {
+            event_idx,
+            kicks_per_op: kicks as f64 / ops as f64,
+            sleeps_per_op: sleeps as f64 / ops as f64,
+        },
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Field-wise median of the repeats.
+fn median_of(ms: &[Measurement]) -> Measurement {
+    let cpu: Vec<f64> = ms.iter().filter_map(|m| m.cpu_s_per_mop).collect();
+    Measurement {
+        ops_per_sec: median(ms.iter().map(|m| m.ops_per_sec).collect()),
+        mb_per_sec: median(ms.iter().map(|m| m.mb_per_sec).collect()),
+        cpu_s_per_mop: (!cpu.is_empty()).then(|| median(cpu)),
+    }
+}
+
+fn progress(tag: &str, w: &Workload, backend: &Backend, rep: usize, m: &Measurement, x: &Extra) {
+    eprintln!(
+        "  {tag} {:<22} {:<16} rep {rep}: {:>9.0} ops/s {:>8.1} MB/s {:>6.2} CPU s/Mop  ({:.2} kicks, {:.2} sleeps per op)",
+        w.name,
+        backend.label(),
+        m.ops_per_sec,
+        m.mb_per_sec,
+        m.cpu_s_per_mop.unwrap_or(f64::NAN),
+        x.kicks_per_op,
+        x.sleeps_per_op,
+    );
+}
+
+/// Creates the image filled with pseudo-random bytes (so reads do not hit holes).
+fn make_image(path: &Path, size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut chunk = vec![0u8; 1 << 20];
+    for _ in 0..size / chunk.len() as u64 {
+        for w in chunk.chunks_exact_mut(8) {
+            w.copy_from_slice(&rng.next().to_le_bytes());
+        }
+        f.write_all(&chunk)?;
+    }
+    f.sync_all()
+}
+
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn selected(filter: &Option<String>, name: &str) -> bool {
+    match filter {
+        None => true,
+        Some(f) => f
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .any(|p| name.contains(p)),
+    }
+}
+
+fn run(mut args: Args) -> Result<(), String> {
+    if args.quick {
+        args.seconds = 0.3;
+        args.repeats = 1;
+        args.image_size = 64 << 20;
+    }
+    if args.repeats == 0 || !args.seconds.is_finite() || args.seconds <= 0.0 {
+        return Err("--repeats and --seconds must be positive".into());
+    }
+    let null_name = |w: &Workload| format!("{} [ours null engine]", w.name);
+    let work: Vec<Workload> = workloads()
+        .into_iter()
+        .filter(|w| selected(&args.rows, &w.name))
+        .collect();
+    let null_work: Vec<Workload> = if args.no_null {
+        Vec::new()
+    } else {
+        workloads()
+            .into_iter()
+            .filter(|w| selected(&args.rows, &null_name(w)))
+            .collect()
+    };
+    if args.list {
+        for w in &work {
+            println!("{}", w.name);
+        }
+        for w in &null_work {
+            println!("{}", null_name(w));
+        }
+        return Ok(());
+    }
+    if work.is_empty() && null_work.is_empty() {
+        return Err("--rows selects no row (see --list)".into());
+    }
+
+    let bin = args
+        .ours_bin
+        .clone()
+        .unwrap_or_else(|| workspace_bin("vhost-user-blk"));
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: build it with `cargo build --release -p vhost-blk`",
+            bin.display()
+        ));
+    }
+    let dir = args
+        .dir
+        .join(format!("vhostkit-blk-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _guard = DirGuard(dir.clone());
+    let image = dir.join("disk.img");
+    eprintln!(
+        "blk-bench: creating {} MiB image {}",
+        args.image_size >> 20,
+        image.display()
+    );
+    make_image(&image, args.image_size).map_err(|e| format!("{}: {e}", image.display()))?;
+
+    let settings = Settings {
+        image: image.clone(),
+        image_size: args.image_size,
+        dir: dir.clone(),
+        seconds: args.seconds,
+        queue_size: args.queue_size,
+        spin: Duration::from_micros(args.spin_us),
+    };
+    let ours = Backend::Ours {
+        bin: bin.clone(),
+        engine: args.engine.clone(),
+    };
+    let ours_null = Backend::Ours {
+        bin,
+        engine: "null".into(),
+    };
+
+    // qemu-storage-daemon: the requested aio mode, or threads if it refuses it.
+    let mut peer = Backend::Qsd {
+        aio: args.qsd_aio.clone(),
+    };
+    let mut qsd_note = format!("qemu-storage-daemon aio={}", args.qsd_aio);
+    if !work.is_empty() {
+        if let Err(e) = peer.start(&image, &dir, 2, args.queue_size) {
+            eprintln!("blk-bench: {e}; falling back to aio=threads");
+            qsd_note = format!(
+                "qemu-storage-daemon aio=threads (aio={} refused)",
+                args.qsd_aio
+            );
+            peer = Backend::Qsd {
+                aio: "threads".into(),
+            };
+        }
+    }
+    let peer_name = qemu_storage_daemon_version().unwrap_or_else(|| "qemu-storage-daemon".into());
+
+    let mut report = Report::new(
+        "vhost-user-blk vs qemu-storage-daemon (user-space vhost-user driver, no guest)",
+        &format!("vhostkit vhost-user-blk --engine {}", args.engine),
+        &peer_name,
+    );
+    let total = work.len() + null_work.len();
+    let mut event_idx_seen = true;
+    let mut n = 0;
+    for w in &work {
+        n += 1;
+        let tag = format!("[{n}/{total}]");
+        let mut ours_ms = Vec::new();
+        let mut peer_ms = Vec::new();
+        for rep in 1..=args.repeats {
+            // Alternate which backend goes first, so drift hits both alike.
+            let order: [&Backend; 2] = if rep % 2 == 1 {
+                [&ours, &peer]
+            } else {
+                [&peer, &ours]
+            };
+            for b in order {
+                let (m, x) = measure(b, w, &settings)?;
+                event_idx_seen &= x.event_idx;
+                progress(&tag, w, b, rep, &m, &x);
+                if matches!(b, Backend::Ours { .. }) {
+                    ours_ms.push(m);
+                } else {
+                    peer_ms.push(m);
+                }
+            }
+        }
+        report.rows.push(Row {
+            workload: w.name.clone(),
+            ours: median_of(&ours_ms),
+            peer: Some(median_of(&peer_ms)),
+        });
+    }
+    for w in &null_work {
+        n += 1;
+        let tag = format!("[{n}/{total}]");
+        let mut ms = Vec::new();
+        for rep in 1..=args.repeats {
+            let (m, x) = measure(&ours_null, w, &settings)?;
+            event_idx_seen &= x.event_idx;
+            progress(&tag, w, &ours_null, rep, &m, &x);
+            ms.push(m);
+        }
+        report.rows.push(Row {
+            workload: null_name(w),
+            ours: median_of(&ms),
+            peer: None,
+        });
+    }
+
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    report.notes = vec![
+        format!(
+            "image: {} MiB of random data in {} (tmpfs), shared by both backends; one daemon at a time, started fresh per measurement",
+            args.image_size >> 20,
+            args.dir.display()
+        ),
+        format!("peer: {qsd_note}, cache.direct=off; ours: --engine {} (null rows: --engine null)", args.engine),
+        format!(
+            "{} s measured per row (after a short warm-up), median of {} repeats per backend, backends alternating",
+            args.seconds, args.repeats
+        ),
+        format!(
+            "driver: queue size {}, one thread per queue, QD requests kept in flight, batched publish + one kick, EVENT_IDX {}, blocks on the call eventfd{}",
+            args.queue_size,
+            if event_idx_seen { "on" } else { "off for some backend" },
+            if args.spin_us > 0 { format!(" after spinning {} us", args.spin_us) } else { String::new() }
+        ),
+        "CPU s/Mop: utime+stime of the daemon process (all threads) over the measured interval, per million requests".into(),
+        format!("host: {cores} CPUs, shared with the driver threads"),
+    ];
+
+    print!("{}", report.to_table());
+    if let Some(p) = &args.json {
+        report
+            .write_json(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &args.svg {
+        report
+            .write_svg(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("blk-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2048k"), Ok(2 << 20));
+        assert!(parse_size("1000").is_err());
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn row_filter_and_median() {
+        assert!(selected(&None, "4k randread QD1 1q"));
+        let f = Some("QD32, seq".to_string());
+        assert!(selected(&f, "4k randwrite QD32 2q"));
+        assert!(selected(&f, "128k seqread QD8 1q"));
+        assert!(!selected(&f, "4k randread QD1 1q"));
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(workloads().len(), 9);
+    }
+
+    #[test]
+    fn cli_parses() {
+        let a = Args::try_parse_from(["blk-bench", "--quick", "--rows", "randread"]).unwrap();
+        assert!(a.quick);
+        assert!(Args::try_parse_from(["blk-bench", "--engine", "bogus"]).is_err());
+    }
+}
