@@ -63,7 +63,8 @@ if [ "$FORCE" = 0 ] && up_to_date; then
     exit 0
 fi
 START=$(date +%s)
-rm -f "$OUT/stamp"
+# Also drop the compressed archives older versions of this script made.
+rm -f "$OUT/stamp" "$OUT"/initramfs*.cpio.gz
 
 # ---------------------------------------------------------------- host tools
 # Commands this script runs, and the Debian package that provides each. fio and
