@@ -1,5 +1,5 @@
 //! The user-space vhost-user driver against qemu-storage-daemon's vhost-user-blk
-//! export, end to end: negotiation, config space, writes and reads with direct and
+//! export (and, when built, our vhost-user-blk), end to end: negotiation, config space, writes and reads with direct and
 //! indirect chains at queue depth > 1 on two queues (one thread each), GET_ID, FLUSH,
 //! WRITE_ZEROES, a canary check of guest memory, disconnect with requests in flight,
 //! and reconnecting to the same daemon.
@@ -16,7 +16,7 @@ use vhostkit_common::driver::{
     DriverConfig, GuestMem, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
-use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, DaemonProcess};
+use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, workspace_bin, DaemonProcess};
 
 const IMAGE_SIZE: u64 = 64 << 20;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -144,18 +144,78 @@ fn driver_against_qemu_storage_daemon() {
         return;
     }
     let dir = TempDir::new("driver-qsd");
-    let mut qsd = start_qsd(&dir.0, 2);
+    let qsd = start_qsd(&dir.0, 2);
+    exercise(qsd, true);
+}
 
-    let mut dev = BlkDevice::connect(qsd.socket(), &DriverConfig::default()).expect("connect");
+/// The same session against our own daemon, if it has been built
+/// (`cargo build -p vhost-blk`).
+#[test]
+fn driver_against_vhost_user_blk() {
+    let bin = workspace_bin("vhost-user-blk");
+    if !bin.exists() {
+        eprintln!("{} not built; skipping", bin.display());
+        return;
+    }
+    let dir = TempDir::new("driver-ours");
+    let image = dir.0.join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(IMAGE_SIZE))
+        .expect("create image");
+    let socket = dir.0.join("ours.sock");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg("--socket-path")
+        .arg(&socket)
+        .arg("--path")
+        .arg(&image)
+        .arg("--num-queues")
+        .arg("2")
+        .arg("--log-level")
+        .arg("warn");
+    let daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &socket, Duration::from_secs(10))
+        .expect("start vhost-user-blk");
+    exercise(daemon, false);
+}
+
+/// One full session on a backend serving a 64 MiB image with 2 queues, then a
+/// disconnect mid-I/O and a second session.
+fn exercise(mut daemon: DaemonProcess, expect_single_frontend: bool) {
+    let mut dev = BlkDevice::connect(daemon.socket(), &DriverConfig::default()).expect("connect");
     let d = &dev.driver;
     assert!(d.has_feature(VIRTIO_F_VERSION_1));
     assert!(d.has_feature(VIRTIO_RING_F_EVENT_IDX));
     assert!(d.has_feature(VIRTIO_RING_F_INDIRECT_DESC));
-    assert!(d.num_queues() >= 2, "qsd offers {} queues", d.num_queues());
+    assert!(
+        d.num_queues() >= 2,
+        "the backend offers {} queues",
+        d.num_queues()
+    );
     assert_eq!(dev.config.capacity, IMAGE_SIZE / SECTOR_SIZE);
     assert_eq!(dev.config.num_queues, 2);
     assert!(dev.config.blk_size >= 512);
     assert!(dev.config.seg_max >= 2, "seg_max {}", dev.config.seg_max);
+
+    // A second frontend while the first is connected: qsd accepts the connection
+    // but serves one frontend at a time, so it does not answer; the driver's socket
+    // timeout turns that into an error instead of a hang.
+    let second = BlkDevice::connect(
+        daemon.socket(),
+        &DriverConfig {
+            timeout: Some(Duration::from_millis(500)),
+            ..DriverConfig::default()
+        },
+    );
+    eprintln!(
+        "second frontend while the first is connected: {}",
+        match &second {
+            Ok(_) => "served".to_string(),
+            Err(e) => format!("refused ({e})"),
+        }
+    );
+    if expect_single_frontend {
+        assert!(second.is_err());
+    }
+    drop(second);
 
     let mem = dev.driver.memory().clone();
     // Canary over all of guest memory that the allocator has not handed out yet:
@@ -251,10 +311,13 @@ fn driver_against_qemu_storage_daemon() {
     drop(dev);
     drop(queues);
     std::thread::sleep(Duration::from_millis(100));
-    assert!(qsd.is_running(), "qsd died after a disconnect mid-I/O");
+    assert!(
+        daemon.is_running(),
+        "the daemon died after a disconnect mid-I/O"
+    );
 
-    // qsd listens again: a second session sees the first session's data.
-    let mut dev2 = BlkDevice::connect(qsd.socket(), &DriverConfig::default())
+    // The daemon listens again: a second session sees the first session's data.
+    let mut dev2 = BlkDevice::connect(daemon.socket(), &DriverConfig::default())
         .expect("reconnect after disconnect");
     let mut q = dev2.setup_queues(1, 64, 8).unwrap().remove(0);
     let mem2: Arc<GuestMem> = dev2.driver.memory().clone();
@@ -265,5 +328,5 @@ fn driver_against_qemu_storage_daemon() {
     assert_eq!(c.status, VIRTIO_BLK_S_OK);
     assert_eq!(mem2.read_vec(buf, 4096).unwrap(), pattern(4096, 2, 4096));
     drop(dev2);
-    assert!(qsd.is_running());
+    assert!(daemon.is_running());
 }

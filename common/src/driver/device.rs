@@ -9,8 +9,12 @@
 //! message that has no reply of its own asks for an ack, so a backend's refusal
 //! shows up as an error of the call that caused it.
 
+use std::io;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VHOST_USER_MAX_VRINGS,
@@ -42,6 +46,12 @@ pub struct DriverConfig {
     pub protocol_features: VhostUserProtocolFeatures,
     /// Entries of the indirect table each descriptor gets (0: no indirect chains).
     pub max_indirect: u16,
+    /// Longest a control request (one vhost-user message and its reply) may take;
+    /// past it the socket is shut down and the request fails with
+    /// [`Error::ControlTimeout`]. `None`: wait forever. A backend that serves one
+    /// frontend at a time (qemu-storage-daemon) accepts a second connection but does
+    /// not answer it, so without a timeout a second `connect` hangs.
+    pub timeout: Option<Duration>,
 }
 
 impl DriverConfig {
@@ -79,18 +89,99 @@ impl Default for DriverConfig {
             features: Self::DEFAULT_FEATURES,
             protocol_features: Self::default_protocol_features(),
             max_indirect: 32,
+            timeout: Some(Duration::from_secs(10)),
         }
     }
 }
 
-fn vhost_err(request: &'static str) -> impl FnOnce(vhost::Error) -> Error {
-    move |source| Error::Vhost { request, source }
+/// Shuts the control socket down if a request takes longer than the timeout.
+///
+/// vhost's `Frontend` retries a receive that times out (`SO_RCVTIMEO`) forever, so a
+/// socket timeout alone cannot bound a request; shutting the socket down makes the
+/// pending receive return and the request fail.
+struct Watchdog {
+    shared: Arc<(Mutex<WatchState>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct WatchState {
+    deadline: Option<Instant>,
+    fired: bool,
+    stop: bool,
+}
+
+impl Watchdog {
+    fn new(stream: UnixStream, timeout: Duration) -> io::Result<Self> {
+        let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("vhost-user-watchdog".into())
+            .spawn(move || {
+                let (lock, cv) = &*s;
+                let mut st = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                loop {
+                    if st.stop {
+                        return;
+                    }
+                    st = match st.deadline {
+                        None => cv.wait(st).unwrap_or_else(PoisonError::into_inner),
+                        Some(d) => {
+                            let now = Instant::now();
+                            if now >= d {
+                                let _ = stream.shutdown(std::net::Shutdown::Both);
+                                st.fired = true;
+                                st.deadline = None;
+                                st
+                            } else {
+                                cv.wait_timeout(st, d - now)
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .0
+                            }
+                        }
+                    };
+                }
+            })?;
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+            timeout,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, WatchState> {
+        self.shared.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn arm(&self) {
+        self.state().deadline = Some(Instant::now() + self.timeout);
+        self.shared.1.notify_one();
+    }
+
+    /// Disarms; returns whether it fired (now or earlier).
+    fn disarm(&self) -> bool {
+        let mut st = self.state();
+        st.deadline = None;
+        st.fired
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state().stop = true;
+        self.shared.1.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A vhost-user connection to one backend, with its guest memory. See the
 /// [module docs](self). Dropping it closes the socket.
 pub struct Driver {
     frontend: Frontend,
+    watchdog: Option<Watchdog>,
     mem: Arc<GuestMem>,
     max_indirect: u16,
     offered_features: u64,
@@ -127,53 +218,90 @@ impl Driver {
         mem: Arc<GuestMem>,
     ) -> Result<Self> {
         let path = socket.as_ref();
-        let mut frontend =
-            Frontend::connect(path, VHOST_USER_MAX_VRINGS).map_err(|source| Error::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let offered_features = frontend.get_features().map_err(vhost_err("GET_FEATURES"))?;
-        let features = offered_features & cfg.features;
-
-        let mut offered_protocol = VhostUserProtocolFeatures::empty();
-        let mut protocol = VhostUserProtocolFeatures::empty();
-        if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-            offered_protocol = frontend
-                .get_protocol_features()
-                .map_err(vhost_err("GET_PROTOCOL_FEATURES"))?;
-            protocol = offered_protocol & cfg.protocol_features;
-            frontend
-                .set_protocol_features(protocol)
-                .map_err(vhost_err("SET_PROTOCOL_FEATURES"))?;
-            if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            }
-        }
-        let num_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            frontend
-                .get_queue_num()
-                .map_err(vhost_err("GET_QUEUE_NUM"))?
-        } else {
-            1
+        let connect_err = |source| Error::Connect {
+            path: path.display().to_string(),
+            source,
         };
-        frontend.set_owner().map_err(vhost_err("SET_OWNER"))?;
-        frontend
-            .set_features(features)
-            .map_err(vhost_err("SET_FEATURES"))?;
-        let region = mem.region_info()?;
-        frontend
-            .set_mem_table(&[region])
-            .map_err(vhost_err("SET_MEM_TABLE"))?;
-        Ok(Driver {
-            frontend,
+        // Like vhost's Frontend::connect, retry briefly while the backend is not yet
+        // listening.
+        let mut tries = 0;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(connect_err(e)),
+            }
+        };
+        let watchdog = match cfg.timeout {
+            Some(t) => Some(
+                Watchdog::new(stream.try_clone().map_err(connect_err)?, t).map_err(connect_err)?,
+            ),
+            None => None,
+        };
+        let mut d = Driver {
+            frontend: Frontend::from_stream(stream, VHOST_USER_MAX_VRINGS),
+            watchdog,
             mem,
             max_indirect: cfg.max_indirect,
-            offered_features,
-            features,
-            offered_protocol,
-            protocol,
-            num_queues,
+            offered_features: 0,
+            features: 0,
+            offered_protocol: VhostUserProtocolFeatures::empty(),
+            protocol: VhostUserProtocolFeatures::empty(),
+            num_queues: 1,
+        };
+        d.handshake(cfg)?;
+        Ok(d)
+    }
+
+    /// Runs `f` (one or more requests on the raw [`Frontend`]) under the control
+    /// timeout of [`DriverConfig::timeout`]; `request` names it in errors. Tests that
+    /// send messages of their own should use this rather than [`Driver::frontend`].
+    pub fn request<T>(
+        &mut self,
+        request: &'static str,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
+        if let Some(w) = &self.watchdog {
+            w.arm();
+        }
+        let r = f(&mut self.frontend);
+        let fired = self.watchdog.as_ref().is_some_and(Watchdog::disarm);
+        r.map_err(|source| {
+            if fired {
+                Error::ControlTimeout { request }
+            } else {
+                Error::Vhost { request, source }
+            }
         })
+    }
+
+    fn handshake(&mut self, cfg: &DriverConfig) -> Result<()> {
+        self.offered_features = self.request("GET_FEATURES", |f| f.get_features())?;
+        self.features = self.offered_features & cfg.features;
+        if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            self.offered_protocol =
+                self.request("GET_PROTOCOL_FEATURES", |f| f.get_protocol_features())?;
+            let protocol = self.offered_protocol & cfg.protocol_features;
+            self.request("SET_PROTOCOL_FEATURES", |f| {
+                f.set_protocol_features(protocol)
+            })?;
+            self.protocol = protocol;
+            if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
+        }
+        if self.protocol.contains(VhostUserProtocolFeatures::MQ) {
+            self.num_queues = self.request("GET_QUEUE_NUM", |f| f.get_queue_num())?;
+        }
+        self.request("SET_OWNER", |f| f.set_owner())?;
+        let features = self.features;
+        self.request("SET_FEATURES", |f| f.set_features(features))?;
+        let region = self.mem.region_info()?;
+        self.request("SET_MEM_TABLE", |f| f.set_mem_table(&[region]))?;
+        Ok(())
     }
 
     /// The guest memory shared with the backend.
@@ -253,20 +381,13 @@ impl Driver {
             avail_ring_addr: self.mem.host_address(a.avail, l.avail_bytes())?,
             log_addr: None,
         };
-        let f = &mut self.frontend;
-        f.set_vring_num(i, queue.size())
-            .map_err(vhost_err("SET_VRING_NUM"))?;
-        f.set_vring_addr(i, &config)
-            .map_err(vhost_err("SET_VRING_ADDR"))?;
-        f.set_vring_base(i, 0)
-            .map_err(vhost_err("SET_VRING_BASE"))?;
-        f.set_vring_call(i, queue.call_fd())
-            .map_err(vhost_err("SET_VRING_CALL"))?;
-        f.set_vring_kick(i, queue.kick_fd())
-            .map_err(vhost_err("SET_VRING_KICK"))?;
+        self.request("SET_VRING_NUM", |f| f.set_vring_num(i, queue.size()))?;
+        self.request("SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
+        self.request("SET_VRING_BASE", |f| f.set_vring_base(i, 0))?;
+        self.request("SET_VRING_CALL", |f| f.set_vring_call(i, queue.call_fd()))?;
+        self.request("SET_VRING_KICK", |f| f.set_vring_kick(i, queue.kick_fd()))?;
         if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-            f.set_vring_enable(i, true)
-                .map_err(vhost_err("SET_VRING_ENABLE"))?;
+            self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
         }
         Ok(())
     }
@@ -278,16 +399,14 @@ impl Driver {
 
     /// SET_VRING_ENABLE.
     pub fn set_vring_enable(&mut self, index: u16, enable: bool) -> Result<()> {
-        self.frontend
-            .set_vring_enable(usize::from(index), enable)
-            .map_err(vhost_err("SET_VRING_ENABLE"))
+        self.request("SET_VRING_ENABLE", |f| {
+            f.set_vring_enable(usize::from(index), enable)
+        })
     }
 
     /// GET_VRING_BASE: stops the queue on the backend and returns its next avail index.
     pub fn get_vring_base(&mut self, index: u16) -> Result<u32> {
-        self.frontend
-            .get_vring_base(usize::from(index))
-            .map_err(vhost_err("GET_VRING_BASE"))
+        self.request("GET_VRING_BASE", |f| f.get_vring_base(usize::from(index)))
     }
 
     /// Reads `len` bytes of device config space at `offset` (GET_CONFIG; needs the
@@ -297,10 +416,9 @@ impl Driver {
             return Err(Error::MissingFeature("the CONFIG protocol feature"));
         }
         let buf = vec![0u8; len as usize];
-        let (_, payload) = self
-            .frontend
-            .get_config(offset, len, VhostUserConfigFlags::empty(), &buf)
-            .map_err(vhost_err("GET_CONFIG"))?;
+        let (_, payload) = self.request("GET_CONFIG", |f| {
+            f.get_config(offset, len, VhostUserConfigFlags::empty(), &buf)
+        })?;
         if payload.len() != len as usize {
             return Err(Error::ConfigSize {
                 got: payload.len(),

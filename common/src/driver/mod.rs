@@ -16,8 +16,12 @@
 //!   SET_FEATURES, SET_MEM_TABLE) with the feature masks of a [`DriverConfig`];
 //!   [`Driver::setup_queue`] sends SET_VRING_NUM/ADDR/BASE/CALL/KICK and
 //!   SET_VRING_ENABLE for one queue and returns its [`Queue`]; [`Driver::get_config`]
-//!   reads device config space. Dropping the `Driver` closes the socket, also with
-//!   requests in flight.
+//!   reads device config space. Every control request runs under
+//!   [`DriverConfig::timeout`] (a watchdog shuts the socket down when a backend does
+//!   not answer, e.g. qemu-storage-daemon to a second frontend);
+//!   [`Driver::request`] runs requests of a test's own on the raw `Frontend` under the
+//!   same timeout. Dropping the `Driver` closes the socket, also with requests in
+//!   flight; the [`Queue`]s and memory stay valid (they hold the memory mapping).
 //! - [`Queue`] ([`virtq`]): the driver side of one split virtqueue. The managed API
 //!   tracks free descriptors: [`Queue::add`] places a chain of [`Buf`]s as direct
 //!   descriptors or as one indirect table, [`Queue::publish`] makes everything added
@@ -83,7 +87,7 @@ pub enum Error {
     Connect {
         path: String,
         #[source]
-        source: vhost::Error,
+        source: io::Error,
     },
     #[error("vhost-user request {request} failed")]
     Vhost {
@@ -111,6 +115,8 @@ pub enum Error {
     BadDescIndex(u16),
     #[error("timed out waiting for the backend")]
     Timeout,
+    #[error("vhost-user request {request} got no answer in time (connection shut down)")]
+    ControlTimeout { request: &'static str },
     #[error("the backend returned {got} config bytes, {wanted} wanted")]
     ConfigSize { got: usize, wanted: usize },
     #[error("no free request slot (all {0} in flight)")]
