@@ -105,12 +105,18 @@ impl QueueWorker {
         let mut state = vring.get_mut();
         let deadline = (!self.poll.is_zero()).then(|| Instant::now() + self.poll);
         loop {
-            self.drain_avail(&mut state, &mem)?;
-            if state
+            let readable = self.drain_avail(&mut state, &mem)?;
+            let more = state
                 .get_queue_mut()
                 .enable_notification(&*mem)
-                .map_err(queue_err)?
-            {
+                .map_err(queue_err)?;
+            if !readable {
+                // The avail index is impossible (more than a queue's worth ahead):
+                // nothing can be served until the driver puts it right and kicks
+                // again, with notifications back on for that. Do not spin on it.
+                break;
+            }
+            if more {
                 continue; // More arrived while notifications were off.
             }
             // Busy-poll for a while before going back to sleep, if asked to.
@@ -172,15 +178,18 @@ impl QueueWorker {
         signal_if_needed(&mut state, &mem);
     }
 
+    /// Starts every available request. Returns false if the avail ring cannot be
+    /// read (its index is invalid).
     fn drain_avail(
         &mut self,
         state: &mut VringState<GuestMemory>,
         mem: &Arc<GuestMemoryMmap<()>>,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         loop {
             let queue = state.get_queue_mut();
             queue.disable_notification(&**mem).map_err(queue_err)?;
             let mut popped = 0;
+            let mut readable = true;
             loop {
                 if self.free.is_empty() {
                     // Every slot is in flight (a guest cannot legitimately get here:
@@ -196,6 +205,7 @@ impl QueueWorker {
                     Ok(mut avail) => avail.next(),
                     Err(e) => {
                         guest_error!("queue {}: cannot read the available ring: {e}", self.index);
+                        readable = false;
                         None
                     }
                 };
@@ -210,8 +220,8 @@ impl QueueWorker {
             self.engine.commit()?;
             // Reads from the page cache often finish during the submit itself.
             self.complete_ready(queue, mem);
-            if popped == 0 {
-                return Ok(());
+            if popped == 0 || !readable {
+                return Ok(readable);
             }
         }
     }
@@ -227,6 +237,15 @@ impl QueueWorker {
         C: Iterator<Item = virtio_queue::desc::split::Descriptor>,
     {
         let index = self.index;
+        if head >= queue.size() {
+            // Nothing can go in the used ring for it (the id would be invalid too).
+            guest_error!(
+                "queue {index}: dropping request {head}: head index outside the queue of {} entries",
+                queue.size()
+            );
+            self.free.push(slot_index);
+            return;
+        }
         let slot = &mut self.slots[slot_index];
         if let Err(e) = slot.request.parse(&**mem, head, chain) {
             guest_error!("queue {index}: dropping request {head}: {e}");
