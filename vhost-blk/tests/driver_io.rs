@@ -1,0 +1,786 @@
+//! Functional tests of the daemon through the user-space vhost-user driver: config
+//! space and features, reads and writes (direct and indirect chains, many segments,
+//! many requests in flight on two queues at once) with both the io_uring and the sync
+//! engine, FLUSH, GET_ID, DISCARD and WRITE_ZEROES, the null engine, and that
+//! acknowledged data survives a SIGKILL of the daemon.
+//!
+//! Each test runs its own daemon (a child process) on an image in its own temporary
+//! folder, and checks what the driver reads against the image file itself.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhostkit_common::driver::blk::{
+    self, BlkCompletion, BlkDevice, BlkQueue, BlkRequest, DiscardSegment, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
+use vhostkit_common::driver::{DriverConfig, GuestMem};
+use vhostkit_tests::daemon::DaemonProcess;
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
+const TIMEOUT: Duration = Duration::from_secs(10);
+const SECTOR: u64 = 512;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`.
+const PROTOCOL_FEATURES_BIT: u32 = 30;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vhostkit-driver-io-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// A sparse (all-zero) image of `size` bytes.
+    fn image(&self, size: u64) -> PathBuf {
+        let path = self.path("disk.img");
+        File::create(&path).unwrap().set_len(size).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A daemon on `image` listening on `dir/blk.sock`, its stderr in `dir/<log>`.
+fn spawn_daemon(dir: &TempDir, image: &Path, log: &str, args: &[&str]) -> DaemonProcess {
+    let sock = dir.path("blk.sock");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--path")
+        .arg(image)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::from(File::create(dir.path(log)).unwrap()));
+    DaemonProcess::spawn("vhost-user-blk", cmd, &sock, TIMEOUT).unwrap()
+}
+
+fn connect(dir: &TempDir, mem_size: u64) -> BlkDevice {
+    let cfg = DriverConfig {
+        mem_size,
+        max_indirect: 256,
+        ..DriverConfig::default()
+    };
+    BlkDevice::connect(dir.path("blk.sock"), &cfg).unwrap()
+}
+
+/// Waits until the daemon's log holds `needle` and returns the log.
+fn wait_for_log(dir: &TempDir, log: &str, needle: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(dir.path(log)).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// xorshift64*: reproducible test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n + 8);
+        while v.len() < n {
+            v.extend_from_slice(&self.next().to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+fn read_file(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+/// Position of the first differing byte, for readable failures.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or(if a.len() == b.len() {
+            None
+        } else {
+            Some(a.len().min(b.len()))
+        })
+}
+
+#[track_caller]
+fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    if let Some(i) = first_difference(got, want) {
+        panic!(
+            "{what}: first difference at byte {i} of {} (got {:?}, want {:?})",
+            want.len(),
+            got.get(i),
+            want.get(i)
+        );
+    }
+}
+
+#[track_caller]
+fn assert_ok(c: BlkCompletion, used_len: u32, what: &str) {
+    assert_eq!(
+        (c.status, c.used_len),
+        (VIRTIO_BLK_S_OK, used_len),
+        "{what}: status and used length"
+    );
+}
+
+/// Splits `len` bytes into `pieces` non-empty pieces of arbitrary (not
+/// sector-multiple) lengths and lays them out in guest memory from `buf` with a
+/// 13-byte gap between them, so that no piece is aligned. Returns the descriptors.
+fn scatter(rng: &mut Rng, buf: u64, len: u32, pieces: usize) -> Vec<(u64, u32)> {
+    let pieces = pieces.clamp(1, len as usize);
+    let mut cuts = std::collections::BTreeSet::from([0, len]);
+    while cuts.len() < pieces + 1 {
+        cuts.insert(rng.range(1, u64::from(len) - 1) as u32);
+    }
+    let cuts: Vec<u32> = cuts.into_iter().collect();
+    let mut out = Vec::new();
+    let mut at = buf;
+    for w in cuts.windows(2) {
+        let n = w[1] - w[0];
+        out.push((at, n));
+        at += u64::from(n) + 13;
+    }
+    out
+}
+
+fn write_pieces(mem: &GuestMem, pieces: &[(u64, u32)], data: &[u8]) {
+    let mut done = 0;
+    for &(addr, len) in pieces {
+        mem.write(addr, &data[done..done + len as usize]).unwrap();
+        done += len as usize;
+    }
+    assert_eq!(done, data.len());
+}
+
+fn read_pieces(mem: &GuestMem, pieces: &[(u64, u32)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &(addr, len) in pieces {
+        out.extend(mem.read_vec(addr, len as usize).unwrap());
+    }
+    out
+}
+
+/// Room for `len` bytes scattered by [`scatter`] into at most `pieces` pieces.
+fn scatter_room(len: u64, pieces: u64) -> u64 {
+    len + 13 * pieces + 64
+}
+
+// ---- config space and features ---------------------------------------------------
+
+#[test]
+fn config_space_and_offered_features() {
+    let dir = TempDir::new("config");
+    let image = dir.image(8 << 20);
+    let _daemon = spawn_daemon(
+        &dir,
+        &image,
+        "daemon.log",
+        &["--num-queues", "2", "--queue-size", "128"],
+    );
+    let dev = connect(&dir, 1 << 20);
+
+    let bit = |b: u32| 1u64 << b;
+    let want = bit(VIRTIO_F_VERSION_1)
+        | bit(VIRTIO_RING_F_EVENT_IDX)
+        | bit(VIRTIO_RING_F_INDIRECT_DESC)
+        | bit(VIRTIO_BLK_F_BLK_SIZE)
+        | bit(VIRTIO_BLK_F_SEG_MAX)
+        | bit(VIRTIO_BLK_F_FLUSH)
+        | bit(VIRTIO_BLK_F_DISCARD)
+        | bit(VIRTIO_BLK_F_WRITE_ZEROES)
+        | bit(VIRTIO_BLK_F_MQ)
+        | bit(VIRTIO_BLK_F_CONFIG_WCE)
+        | bit(VIRTIO_BLK_F_TOPOLOGY)
+        | bit(PROTOCOL_FEATURES_BIT);
+    let offered = dev.driver.offered_features();
+    assert_eq!(
+        offered,
+        want,
+        "offered {offered:#x}, want {want:#x} (extra {:#x}, missing {:#x})",
+        offered & !want,
+        want & !offered
+    );
+    assert_eq!(offered & bit(VIRTIO_BLK_F_RO), 0, "RO without --readonly");
+    // The driver acks all of it.
+    assert_eq!(dev.driver.features(), want);
+    assert_eq!(dev.driver.num_queues(), 2, "GET_QUEUE_NUM");
+
+    let c = dev.config;
+    assert_eq!(c.capacity, (8 << 20) / SECTOR);
+    assert_eq!(c.size_max, 0);
+    assert_eq!(c.seg_max, 128 - 2, "queue size minus header and status");
+    assert_eq!(c.blk_size, 512);
+    assert_eq!(c.physical_block_exp, 3, "4 KiB physical blocks on a file");
+    assert_eq!(c.alignment_offset, 0);
+    assert_eq!(c.min_io_size, 1);
+    assert_eq!(c.writeback, 1, "write-back cache on by default");
+    assert_eq!(c.num_queues, 2);
+    // The daemon's limits: 32 segments of at most 4 GiB - 512 bytes each.
+    let max_sectors = (u32::MAX >> 9) - 1;
+    assert_eq!(c.max_discard_sectors, max_sectors);
+    assert_eq!(c.max_discard_seg, 32);
+    assert_eq!(c.discard_sector_alignment, 8);
+    assert_eq!(c.max_write_zeroes_sectors, max_sectors);
+    assert_eq!(c.max_write_zeroes_seg, 32);
+    assert_eq!(c.write_zeroes_may_unmap, 1);
+}
+
+#[test]
+fn readonly_disk_offers_ro_and_no_discard() {
+    let dir = TempDir::new("config-ro");
+    let image = dir.image(1 << 20);
+    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--readonly"]);
+    let dev = connect(&dir, 1 << 20);
+    let offered = dev.driver.offered_features();
+    let bit = |b: u32| 1u64 << b;
+    assert_ne!(offered & bit(VIRTIO_BLK_F_RO), 0, "RO with --readonly");
+    assert_eq!(offered & bit(VIRTIO_BLK_F_DISCARD), 0);
+    assert_eq!(offered & bit(VIRTIO_BLK_F_WRITE_ZEROES), 0);
+    for b in [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_RING_F_INDIRECT_DESC,
+        VIRTIO_BLK_F_FLUSH,
+        VIRTIO_BLK_F_MQ,
+    ] {
+        assert_ne!(offered & bit(b), 0, "feature bit {b}");
+    }
+    assert_eq!(dev.config.capacity, (1 << 20) / SECTOR);
+    assert_eq!(dev.config.num_queues, 1);
+}
+
+// ---- reads and writes --------------------------------------------------------------
+
+/// Deterministic reads and writes on queue 0: direct and indirect chains, one and many
+/// segments, up to the SEG_MAX the device announces.
+fn chains_and_segments(dev: &BlkDevice, q: &mut BlkQueue, image: &Path, first: u64) {
+    let mem = dev.driver.memory().clone();
+    let mut rng = Rng::new(1);
+    let seg_max = dev.config.seg_max as usize;
+    let wbuf = mem.alloc(scatter_room(256 << 10, 256), 4096).unwrap();
+    let rbuf = mem.alloc(scatter_room(256 << 10, 256), 4096).unwrap();
+    // (sector, bytes, pieces, write indirect, read indirect)
+    let cases: &[(u64, u32, usize, bool, bool)] = &[
+        (0, 4096, 1, false, false),
+        (8, 4096, 1, true, true),
+        (17, 512, 1, false, true),
+        (100, 64 << 10, 5, true, false),
+        (300, 7 * 512, 7, false, false),
+        // As many data segments as SEG_MAX allows, direct and indirect: the chain
+        // then fills the whole queue (header + seg_max + status).
+        (1000, (seg_max * 512) as u32, seg_max, false, false),
+        (2000, (seg_max * 1024) as u32, seg_max, true, true),
+        (4000, 256 << 10, 3, true, false),
+    ];
+    for (i, &(sector, len, pieces, w_ind, r_ind)) in cases.iter().enumerate() {
+        let sector = first + sector;
+        let data = rng.bytes(len as usize);
+        let wp = scatter(&mut rng, wbuf, len, pieces);
+        assert_eq!(wp.len(), pieces.min(len as usize), "case {i}: pieces");
+        write_pieces(&mem, &wp, &data);
+        let c = q
+            .run(&BlkRequest::write(sector, &wp).indirect(w_ind), TIMEOUT)
+            .unwrap();
+        assert_ok(c, 1, &format!("case {i}: write"));
+
+        let rp = scatter(&mut rng, rbuf, len, pieces);
+        for &(a, l) in &rp {
+            mem.fill(a, u64::from(l), 0x5a).unwrap();
+        }
+        let c = q
+            .run(&BlkRequest::read(sector, &rp).indirect(r_ind), TIMEOUT)
+            .unwrap();
+        assert_ok(c, len + 1, &format!("case {i}: read"));
+        assert_same(
+            &format!("case {i}: read back"),
+            &read_pieces(&mem, &rp),
+            &data,
+        );
+        assert_same(
+            &format!("case {i}: image file"),
+            &read_file(image, sector * SECTOR, len as usize),
+            &data,
+        );
+    }
+    mem.free(wbuf);
+    mem.free(rbuf);
+}
+
+const LANES: usize = 32;
+const LANE_SECTORS: u64 = 128;
+const LANE_BYTES: u64 = LANE_SECTORS * SECTOR;
+const OPS_PER_LANE: usize = 100;
+
+#[derive(Clone, Copy)]
+enum Op {
+    Write,
+    Read,
+}
+
+struct Lane {
+    /// Expected contents of the lane's sectors.
+    shadow: Vec<u8>,
+    wbuf: u64,
+    rbuf: u64,
+    op: Op,
+    offset: u64,
+    len: u32,
+    pieces: Vec<(u64, u32)>,
+    pending: Vec<u8>,
+    done: usize,
+}
+
+/// One thread per queue: keeps `LANES` requests in flight, each lane of the queue's
+/// region with at most one, so results are predictable; random reads and writes with
+/// random segmentation, half of them indirect. Returns the region's final contents.
+fn hammer_queue(mut q: BlkQueue, mem: Arc<GuestMem>, first_sector: u64, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let room = scatter_room(LANE_BYTES, 64);
+    let mut lanes: Vec<Lane> = (0..LANES)
+        .map(|_| Lane {
+            shadow: vec![0; LANE_BYTES as usize],
+            wbuf: mem.alloc(room, 4096).unwrap(),
+            rbuf: mem.alloc(room, 4096).unwrap(),
+            op: Op::Write,
+            offset: 0,
+            len: 0,
+            pieces: Vec::new(),
+            pending: Vec::new(),
+            done: 0,
+        })
+        .collect();
+
+    let issue = |q: &mut BlkQueue, rng: &mut Rng, lane: &mut Lane, index: usize| {
+        let start = rng.range(0, LANE_SECTORS - 1);
+        let sectors = rng.range(1, (LANE_SECTORS - start).min(64));
+        lane.offset = start * SECTOR;
+        lane.len = (sectors * SECTOR) as u32;
+        let indirect = rng.next().is_multiple_of(2);
+        // Direct chains: at most 8 descriptors each, so 32 of them fit a 256-entry
+        // queue; indirect ones take one descriptor whatever their length.
+        let max_pieces = if indirect { 60 } else { 6 };
+        let pieces = rng.range(1, max_pieces) as usize;
+        lane.op = if lane.done == 0 || rng.next().is_multiple_of(2) {
+            Op::Write
+        } else {
+            Op::Read
+        };
+        let sector = first_sector + index as u64 * LANE_SECTORS + start;
+        match lane.op {
+            Op::Write => {
+                lane.pending = rng.bytes(lane.len as usize);
+                lane.pieces = scatter(rng, lane.wbuf, lane.len, pieces);
+                write_pieces(&mem, &lane.pieces, &lane.pending);
+                q.add(
+                    &BlkRequest::write(sector, &lane.pieces).indirect(indirect),
+                    index as u64,
+                )
+                .unwrap();
+            }
+            Op::Read => {
+                lane.pieces = scatter(rng, lane.rbuf, lane.len, pieces);
+                mem.fill(lane.rbuf, room, 0x5a).unwrap();
+                q.add(
+                    &BlkRequest::read(sector, &lane.pieces).indirect(indirect),
+                    index as u64,
+                )
+                .unwrap();
+            }
+        }
+    };
+
+    for (i, lane) in lanes.iter_mut().enumerate() {
+        issue(&mut q, &mut rng, lane, i);
+    }
+    q.submit().unwrap();
+    let mut finished = 0;
+    let mut max_in_flight = q.in_flight();
+    while finished < LANES {
+        let mut reaped = 0;
+        while let Some(c) = q.pop().unwrap() {
+            reaped += 1;
+            let i = c.token as usize;
+            let lane = &mut lanes[i];
+            let range = lane.offset as usize..lane.offset as usize + lane.len as usize;
+            match lane.op {
+                Op::Write => {
+                    assert_ok(c, 1, &format!("queue {} lane {i} write", q.queue().index()));
+                    lane.shadow[range].copy_from_slice(&lane.pending);
+                }
+                Op::Read => {
+                    assert_ok(
+                        c,
+                        lane.len + 1,
+                        &format!("queue {} lane {i} read", q.queue().index()),
+                    );
+                    assert_same(
+                        &format!("queue {} lane {i} read back", q.queue().index()),
+                        &read_pieces(&mem, &lane.pieces),
+                        &lane.shadow[range],
+                    );
+                }
+            }
+            lane.done += 1;
+            if lane.done < OPS_PER_LANE {
+                issue(&mut q, &mut rng, lane, i);
+            } else {
+                finished += 1;
+            }
+        }
+        max_in_flight = max_in_flight.max(q.in_flight());
+        q.submit().unwrap();
+        if reaped == 0 && finished < LANES {
+            assert!(
+                q.wait(TIMEOUT).unwrap(),
+                "queue {}: no completion",
+                q.queue().index()
+            );
+        }
+    }
+    assert_eq!(
+        max_in_flight, LANES,
+        "the queue really had {LANES} in flight"
+    );
+    lanes.into_iter().flat_map(|l| l.shadow).collect()
+}
+
+fn read_write_suite(engine: &str) {
+    let dir = TempDir::new(&format!("rw-{engine}"));
+    let region = LANES as u64 * LANE_BYTES;
+    let image = dir.image(2 * region + (4 << 20));
+    let _daemon = spawn_daemon(
+        &dir,
+        &image,
+        "daemon.log",
+        &[
+            "--engine",
+            engine,
+            "--num-queues",
+            "2",
+            "--queue-size",
+            "256",
+        ],
+    );
+    wait_for_log(&dir, "daemon.log", &format!("engine {engine}"));
+    let mut dev = connect(&dir, 48 << 20);
+    let mut queues = dev.setup_queues(2, 256, LANES).unwrap();
+
+    // The deterministic cases use the last 4 MiB; the lanes the two regions before.
+    chains_and_segments(&dev, &mut queues[0], &image, 2 * region / SECTOR);
+
+    let mem = dev.driver.memory().clone();
+    let started = Instant::now();
+    let threads: Vec<_> = queues
+        .into_iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let mem = mem.clone();
+            std::thread::spawn(move || {
+                hammer_queue(q, mem, i as u64 * region / SECTOR, 7 + i as u64)
+            })
+        })
+        .collect();
+    let results: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!(
+        "{engine}: {} requests on 2 queues in {:?}",
+        2 * LANES * OPS_PER_LANE,
+        started.elapsed()
+    );
+    // What the driver last wrote is what the file holds.
+    for (i, want) in results.iter().enumerate() {
+        let got = read_file(&image, i as u64 * region, region as usize);
+        assert_same(&format!("image region of queue {i}"), &got, want);
+    }
+}
+
+#[test]
+fn read_write_io_uring() {
+    read_write_suite("io_uring");
+}
+
+#[test]
+fn read_write_sync() {
+    read_write_suite("sync");
+}
+
+// ---- FLUSH, GET_ID, DISCARD, WRITE_ZEROES ----------------------------------------
+
+/// Writes `data` at `sector` through the driver.
+fn write_at(q: &mut BlkQueue, mem: &GuestMem, buf: u64, sector: u64, data: &[u8]) {
+    mem.write(buf, data).unwrap();
+    let c = q
+        .run(
+            &BlkRequest::write(sector, &[(buf, data.len() as u32)]),
+            TIMEOUT,
+        )
+        .unwrap();
+    assert_ok(c, 1, &format!("write at sector {sector}"));
+}
+
+/// Reads `len` bytes at `sector` through the driver.
+fn read_at(q: &mut BlkQueue, mem: &GuestMem, buf: u64, sector: u64, len: u32) -> Vec<u8> {
+    mem.fill(buf, u64::from(len), 0x5a).unwrap();
+    let c = q
+        .run(&BlkRequest::read(sector, &[(buf, len)]), TIMEOUT)
+        .unwrap();
+    assert_ok(c, len + 1, &format!("read at sector {sector}"));
+    mem.read_vec(buf, len as usize).unwrap()
+}
+
+fn flush_get_id_discard_write_zeroes(engine: &str) {
+    let dir = TempDir::new(&format!("cmds-{engine}"));
+    let image = dir.image(4 << 20);
+    let serial = "vhostkit-serial-01";
+    let _daemon = spawn_daemon(
+        &dir,
+        &image,
+        "daemon.log",
+        &["--engine", engine, "--serial", serial],
+    );
+    wait_for_log(&dir, "daemon.log", &format!("engine {engine}"));
+    let mut dev = connect(&dir, 4 << 20);
+    let mut q = dev.setup_queues(1, 64, 4).unwrap().remove(0);
+    let mem = dev.driver.memory().clone();
+
+    // FLUSH: OK, nothing but the status written.
+    let c = q.run(&BlkRequest::flush(), TIMEOUT).unwrap();
+    assert_ok(c, 1, "flush");
+    let c = q.run(&BlkRequest::flush().indirect(true), TIMEOUT).unwrap();
+    assert_ok(c, 1, "indirect flush");
+
+    // GET_ID into a 32-byte buffer: exactly 20 bytes written, NUL-padded.
+    let idbuf = mem.alloc(32, 8).unwrap();
+    for indirect in [false, true] {
+        mem.fill(idbuf, 32, 0xa5).unwrap();
+        let c = q
+            .run(
+                &BlkRequest::get_id(&[(idbuf, 32)]).indirect(indirect),
+                TIMEOUT,
+            )
+            .unwrap();
+        assert_ok(c, 20 + 1, "get_id");
+        let mut want = [0u8; 20];
+        want[..serial.len()].copy_from_slice(serial.as_bytes());
+        let got = mem.read_vec(idbuf, 32).unwrap();
+        assert_eq!(&got[..20], &want, "serial, NUL-padded to 20 bytes");
+        assert_eq!(&got[20..], &[0xa5; 12], "nothing written past 20 bytes");
+    }
+
+    // DISCARD and WRITE_ZEROES, with and without UNMAP, one and several segments,
+    // aligned and not: the ranges read back as zeroes, nothing around them changes.
+    let mut rng = Rng::new(3);
+    let buf = mem.alloc(256 << 10, 4096).unwrap();
+    let area = 512u64; // 256 KiB at sector 512
+    let area_len = 256 << 10;
+    let zeroing: &[(u32, &[DiscardSegment])] = &[
+        (VIRTIO_BLK_T_DISCARD, &[seg(520, 8, 0)]),
+        (VIRTIO_BLK_T_DISCARD, &[seg(540, 3, 0), seg(601, 17, 0)]),
+        (VIRTIO_BLK_T_WRITE_ZEROES, &[seg(650, 16, 0)]),
+        (VIRTIO_BLK_T_WRITE_ZEROES, &[seg(701, 1, 0), seg(710, 5, 0)]),
+        (
+            VIRTIO_BLK_T_WRITE_ZEROES,
+            &[seg(720, 16, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP)],
+        ),
+        (
+            VIRTIO_BLK_T_WRITE_ZEROES,
+            &[
+                seg(750, 1, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP),
+                seg(761, 9, 0),
+            ],
+        ),
+    ];
+    for (i, &(kind, segments)) in zeroing.iter().enumerate() {
+        let mut want = rng.bytes(area_len);
+        write_at(&mut q, &mem, buf, area, &want);
+        let req = if kind == VIRTIO_BLK_T_DISCARD {
+            BlkRequest::discard(segments)
+        } else {
+            BlkRequest::write_zeroes(segments)
+        };
+        let c = q.run(&req.indirect(i % 2 == 1), TIMEOUT).unwrap();
+        assert_ok(c, 1, &format!("case {i}: discard/write-zeroes"));
+        for s in segments {
+            let from = ((s.sector - area) * SECTOR) as usize;
+            want[from..from + s.num_sectors as usize * SECTOR as usize].fill(0);
+        }
+        let got = read_at(&mut q, &mem, buf, area, area_len as u32);
+        assert_same(&format!("case {i}: read back"), &got, &want);
+        assert_same(
+            &format!("case {i}: image file"),
+            &read_file(&image, area * SECTOR, area_len),
+            &want,
+        );
+    }
+}
+
+fn seg(sector: u64, num_sectors: u32, flags: u32) -> DiscardSegment {
+    DiscardSegment {
+        sector,
+        num_sectors,
+        flags,
+    }
+}
+
+#[test]
+fn flush_get_id_discard_write_zeroes_io_uring() {
+    flush_get_id_discard_write_zeroes("io_uring");
+}
+
+#[test]
+fn flush_get_id_discard_write_zeroes_sync() {
+    flush_get_id_discard_write_zeroes("sync");
+}
+
+// ---- the null engine ---------------------------------------------------------------
+
+#[test]
+fn null_engine_completes_without_touching_the_file() {
+    let dir = TempDir::new("null");
+    let image = dir.image(1 << 20);
+    let before = read_file(&image, 0, 1 << 20);
+    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--engine", "null"]);
+    wait_for_log(&dir, "daemon.log", "engine null");
+    let mut dev = connect(&dir, 1 << 20);
+    let mut q = dev.setup_queues(1, 64, 8).unwrap().remove(0);
+    let mem = dev.driver.memory().clone();
+    let mut rng = Rng::new(5);
+    let buf = mem.alloc(64 << 10, 4096).unwrap();
+    for (i, sector) in [0u64, 8, 100, 2047].into_iter().enumerate() {
+        let data = rng.bytes(if sector == 2047 { 512 } else { 16 << 10 });
+        mem.write(buf, &data).unwrap();
+        let len = data.len() as u32;
+        let c = q
+            .run(
+                &BlkRequest::write(sector, &[(buf, len)]).indirect(i % 2 == 0),
+                TIMEOUT,
+            )
+            .unwrap();
+        assert_ok(c, 1, "null write");
+        // A read completes OK and leaves the buffer alone.
+        mem.fill(buf, u64::from(len), 0xa5).unwrap();
+        let c = q
+            .run(&BlkRequest::read(sector, &[(buf, len)]), TIMEOUT)
+            .unwrap();
+        assert_ok(c, len + 1, "null read");
+        assert_eq!(
+            mem.read_vec(buf, len as usize).unwrap(),
+            vec![0xa5; len as usize]
+        );
+    }
+    assert_ok(
+        q.run(&BlkRequest::flush(), TIMEOUT).unwrap(),
+        1,
+        "null flush",
+    );
+    // Bounds are still checked before the engine.
+    let c = q
+        .run(&BlkRequest::read(2048, &[(buf, 512)]), TIMEOUT)
+        .unwrap();
+    assert_eq!(c.status, blk::VIRTIO_BLK_S_IOERR, "read past the end");
+    assert_same("image file", &read_file(&image, 0, 1 << 20), &before);
+}
+
+// ---- acknowledged data survives a crash ------------------------------------------
+
+fn no_lost_acknowledged_data(engine: &str) {
+    let dir = TempDir::new(&format!("crash-{engine}"));
+    let image = dir.image(8 << 20);
+    let mut daemon = spawn_daemon(&dir, &image, "daemon1.log", &["--engine", engine]);
+    let mut rng = Rng::new(11);
+    let data = rng.bytes(2 << 20);
+    {
+        let mut dev = connect(&dir, 8 << 20);
+        let mut q = dev.setup_queues(1, 128, 32).unwrap().remove(0);
+        let mem = dev.driver.memory().clone();
+        let buf = mem.alloc(2 << 20, 4096).unwrap();
+        mem.write(buf, &data).unwrap();
+        // 32 writes of 64 KiB in flight at once, then a FLUSH once they are acked.
+        let chunks: Vec<[(u64, u32); 1]> = (0..32u64)
+            .map(|i| [(buf + i * (64 << 10), 64 << 10)])
+            .collect();
+        let reqs: Vec<BlkRequest> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| BlkRequest::write(1000 + i as u64 * 128, c))
+            .collect();
+        for c in q.run_all(&reqs, TIMEOUT).unwrap() {
+            assert_ok(c, 1, "write");
+        }
+        assert_ok(q.run(&BlkRequest::flush(), TIMEOUT).unwrap(), 1, "flush");
+        // The daemon dies with the frontend still connected.
+        let status = daemon
+            .signal_and_wait(libc::SIGKILL, TIMEOUT)
+            .unwrap()
+            .expect("SIGKILL ends the daemon");
+        assert!(!status.success());
+    }
+    let _daemon = spawn_daemon(&dir, &image, "daemon2.log", &["--engine", engine]);
+    let mut dev = connect(&dir, 8 << 20);
+    let mut q = dev.setup_queues(1, 128, 4).unwrap().remove(0);
+    let mem = dev.driver.memory().clone();
+    let buf = mem.alloc(2 << 20, 4096).unwrap();
+    let got = read_at(&mut q, &mem, buf, 1000, 2 << 20);
+    assert_same("read back after restart", &got, &data);
+    assert_same(
+        "image file after restart",
+        &read_file(&image, 1000 * SECTOR, 2 << 20),
+        &data,
+    );
+}
+
+#[test]
+fn no_lost_acknowledged_data_io_uring() {
+    no_lost_acknowledged_data("io_uring");
+}
+
+#[test]
+fn no_lost_acknowledged_data_sync() {
+    no_lost_acknowledged_data("sync");
+}
