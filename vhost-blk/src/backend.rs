@@ -222,8 +222,13 @@ impl VhostUserBackend for BlkBackend {
                 .store(writeback, Ordering::Relaxed);
             return Ok(());
         }
-        guest_error!("SET_CONFIG refused: offset {offset} length {}", buf.len());
-        Err(io::Error::from_raw_os_error(libc::EINVAL))
+        // Like QEMU's virtio-blk, ignore writes to read-only fields. An error here
+        // would make the vhost-user library drop the whole connection.
+        guest_error!(
+            "SET_CONFIG ignored: offset {offset} length {} is not writable",
+            buf.len()
+        );
+        Ok(())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

@@ -784,3 +784,56 @@ fn no_lost_acknowledged_data_io_uring() {
 fn no_lost_acknowledged_data_sync() {
     no_lost_acknowledged_data("sync");
 }
+
+/// CONFIG_WCE: the guest turns the write cache off (write-through) and on again
+/// through the `writeback` config byte; nothing else in config space is writable.
+#[test]
+fn guest_switches_the_write_cache_through_config_space() {
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::VhostUserFrontend;
+    const WRITEBACK: u32 = 32;
+
+    let dir = TempDir::new("wce");
+    let image = dir.image(1 << 20);
+    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &[]);
+    let mut dev = connect(&dir, 1 << 20);
+    let writeback = |dev: &mut BlkDevice| dev.driver.get_config(WRITEBACK, 1).unwrap()[0];
+    assert_eq!(writeback(&mut dev), 1);
+
+    dev.driver
+        .frontend()
+        .set_config(WRITEBACK, VhostUserConfigFlags::WRITABLE, &[0])
+        .unwrap();
+    assert_eq!(writeback(&mut dev), 0);
+    wait_for_log(&dir, "daemon.log", "write cache to write-through");
+
+    // Writes still go through (now with RWF_DSYNC) and land in the file.
+    let mut queues = dev.setup_queues(1, 64, 8).unwrap();
+    let mem = dev.driver.memory().clone();
+    let buf = mem.alloc(4096, 4096).unwrap();
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    write_at(&mut queues[0], &mem, buf, 8, &data);
+    assert_same(
+        "write-through data in the file",
+        &read_file(&image, 8 * SECTOR, 4096),
+        &data,
+    );
+
+    dev.driver
+        .frontend()
+        .set_config(WRITEBACK, VhostUserConfigFlags::WRITABLE, &[1])
+        .unwrap();
+    assert_eq!(writeback(&mut dev), 1);
+    wait_for_log(&dir, "daemon.log", "write cache to write-back");
+
+    // Capacity (offset 0) is not the guest's to change: the write is ignored and
+    // logged, as QEMU's virtio-blk does, and the connection stays up.
+    let before = dev.driver.get_config(0, 8).unwrap();
+    dev.driver
+        .frontend()
+        .set_config(0, VhostUserConfigFlags::WRITABLE, &[0xff; 8])
+        .unwrap();
+    assert_eq!(dev.driver.get_config(0, 8).unwrap(), before);
+    wait_for_log(&dir, "daemon.log", "SET_CONFIG ignored: offset 0 length 8");
+    assert_eq!(read_at(&mut queues[0], &mem, buf, 8, 4096), data);
+}
