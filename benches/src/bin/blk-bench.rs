@@ -338,7 +338,7 @@ struct Settings {
 /// What one measurement saw besides the figures of the report.
 struct Extra {
     event_idx: bool,
-    /// Kicks and call-eventfd sleeps per request (warm-up included).
+    /// Kicks and call-eventfd sleeps per request in the measured interval.
     kicks_per_op: f64,
     sleeps_per_op: f64,
 }
@@ -402,16 +402,22 @@ fn measure(backend: &Backend, w: &Workload, s: &Settings) -> Result<(Measurement
         handles.push(std::thread::spawn(move || {
             let warm = worker.run_until(Instant::now() + warmup);
             barrier.wait();
+            let st0 = worker.q.queue().stats();
             let run = match warm {
                 Ok(_) => worker.run_until(Instant::now() + measured),
                 Err(e) => Err(e),
             };
+            let st1 = worker.q.queue().stats();
             barrier.wait();
             let drained = worker.drain();
             let ops = run?;
             drained?;
-            let st = worker.q.queue().stats();
-            Ok::<(u64, u64, u64, u64), String>((ops, worker.errors, st.kicks, st.sleeps))
+            Ok::<(u64, u64, u64, u64), String>((
+                ops,
+                worker.errors,
+                st1.kicks - st0.kicks,
+                st1.sleeps - st0.sleeps,
+            ))
         }));
     }
     barrier.wait();
