@@ -374,12 +374,18 @@ impl BlkQueue {
     }
 
     /// Adds all `reqs` (tokens are their indexes), submits once and waits for all of
-    /// them; returns the completions in request order.
+    /// them; returns the completions in request order. The queue must have nothing
+    /// else in flight.
     pub fn run_all(
         &mut self,
         reqs: &[BlkRequest<'_>],
         timeout: Duration,
     ) -> Result<Vec<BlkCompletion>> {
+        if self.in_flight() > 0 {
+            return Err(Error::InvalidRequest(
+                "run/run_all on a queue with requests in flight",
+            ));
+        }
         for (i, r) in reqs.iter().enumerate() {
             self.add(r, i as u64)?;
         }
