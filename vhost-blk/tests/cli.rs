@@ -193,3 +193,91 @@ fn serves_an_inherited_listening_socket_and_leaves_it_in_place() {
     let (_, text) = run_expecting_failure(&["--fd", "0", "--path", image.to_str().unwrap()]);
     assert!(text.contains("not an open socket"), "{text}");
 }
+
+/// Runs the child with io_uring_setup denied (EPERM) by a seccomp filter, as a
+/// kernel with io_uring disabled (sysctl or a container's seccomp profile) would.
+fn deny_io_uring(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe prctl calls on data it owns.
+    unsafe {
+        cmd.pre_exec(|| {
+            const IO_URING_SETUP: u32 = 425;
+            // struct seccomp_data: nr at offset 0.
+            let filter = [
+                libc::sock_filter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 0,
+                }, // ld [nr]
+                libc::sock_filter {
+                    code: 0x15,
+                    jt: 0,
+                    jf: 1,
+                    k: IO_URING_SETUP,
+                }, // jeq
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                },
+                libc::sock_filter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                },
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn refused_io_uring_falls_back_to_sync_with_one_warning() {
+    let dir = TempDir::new("nouring");
+    let image = dir.image(1 << 20);
+    let sock = dir.0.join("blk.sock");
+    let log = dir.0.join("daemon.log");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--path")
+        .arg(&image);
+    cmd.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    deny_io_uring(&mut cmd);
+    let mut daemon =
+        DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10)).unwrap();
+    let text = wait_for_log(&log, "engine sync");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("io_uring is not available"), "{text}");
+
+    // And it serves I/O on the sync engine.
+    use vhostkit_common::driver::blk::{BlkDevice, BlkRequest, VIRTIO_BLK_S_OK};
+    use vhostkit_common::driver::DriverConfig;
+    let mut dev = BlkDevice::connect(&sock, &DriverConfig::with_mem_size(1 << 20)).unwrap();
+    let mut queues = dev.setup_queues(1, 16, 4).unwrap();
+    let mem = dev.driver.memory().clone();
+    let buf = mem.alloc(4096, 4096).unwrap();
+    mem.fill(buf, 4096, 0x5a).unwrap();
+    let timeout = Duration::from_secs(5);
+    let done = queues[0]
+        .run(&BlkRequest::write(8, &[(buf, 4096)]), timeout)
+        .unwrap();
+    assert_eq!(done.status, VIRTIO_BLK_S_OK);
+    let on_disk = std::fs::read(&image).unwrap();
+    assert!(on_disk[4096..8192].iter().all(|&b| b == 0x5a));
+    assert!(daemon.is_running());
+}

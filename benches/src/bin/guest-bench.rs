@@ -93,7 +93,7 @@ struct Args {
     engine: String,
     /// qemu-storage-daemon's aio mode (threads or io_uring; native needs O_DIRECT,
     /// which /dev/shm does not offer).
-    #[arg(long, default_value = "threads")]
+    #[arg(long, default_value = "io_uring")]
     peer_aio: String,
     /// A/A run: the peer in both columns, to see the run-to-run noise.
     #[arg(long)]
