@@ -28,10 +28,11 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::util::TempDir;
 
 /// Console marker lines printed by the guest's `/init`.
 pub const MARK_RUN_BEGIN: &str = "VHOSTKIT-RUN-BEGIN";
@@ -312,49 +313,6 @@ impl BlkDevice {
             num_queues,
             props: Vec::new(),
         }
-    }
-}
-
-/// A temporary folder, removed with its contents on drop.
-#[derive(Debug)]
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// A new folder under the system temporary folder.
-    pub fn new(tag: &str) -> io::Result<Self> {
-        Self::new_in(&std::env::temp_dir(), tag)
-    }
-
-    /// A new folder under `parent` (e.g. `/dev/shm` for images in memory).
-    pub fn new_in(parent: &Path, tag: &str) -> io::Result<Self> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = parent.join(format!(
-            "vhostkit-{tag}-{}-{n}-{nanos:08x}",
-            std::process::id()
-        ));
-        fs::create_dir(&path)?;
-        Ok(TempDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
     }
 }
 

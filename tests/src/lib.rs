@@ -3,3 +3,6 @@
 
 pub mod daemon;
 pub mod guest;
+pub mod util;
+
+pub use util::{wait_for_log, Rng, TempDir};

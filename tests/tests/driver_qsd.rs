@@ -17,32 +17,11 @@ use vhostkit_common::driver::{
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, workspace_bin, DaemonProcess};
+use vhostkit_tests::TempDir;
 
 const IMAGE_SIZE: u64 = 64 << 20;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const CANARY: u8 = 0x5a;
-
-/// A fresh directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("vhostkit-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn have_qsd() -> bool {
     std::process::Command::new("qemu-storage-daemon")
@@ -143,8 +122,8 @@ fn driver_against_qemu_storage_daemon() {
         eprintln!("qemu-storage-daemon not installed; skipping");
         return;
     }
-    let dir = TempDir::new("driver-qsd");
-    let qsd = start_qsd(&dir.0, 2);
+    let dir = TempDir::new("driver-qsd").unwrap();
+    let qsd = start_qsd(&dir.path(), 2);
     exercise(qsd, true);
 }
 
@@ -181,8 +160,8 @@ fn start_ours(dir: &Path, queues: u16) -> Option<DaemonProcess> {
 /// The same session against our own daemon, if it has been built.
 #[test]
 fn driver_against_vhost_user_blk() {
-    let dir = TempDir::new("driver-ours");
-    if let Some(daemon) = start_ours(&dir.0, 2) {
+    let dir = TempDir::new("driver-ours").unwrap();
+    if let Some(daemon) = start_ours(&dir.path(), 2) {
         exercise(daemon, false);
     }
 }
@@ -479,8 +458,8 @@ fn raw_hostile_chains_against_qemu_storage_daemon() {
     if !have_qsd() {
         return;
     }
-    let dir = TempDir::new("driver-qsd-raw");
-    let mut qsd = start_qsd(&dir.0, 1);
+    let dir = TempDir::new("driver-qsd-raw").unwrap();
+    let mut qsd = start_qsd(&dir.path(), 1);
     for kind in [
         Hostile::OutsideMemory,
         Hostile::DirectLoop,
@@ -492,8 +471,8 @@ fn raw_hostile_chains_against_qemu_storage_daemon() {
 
 #[test]
 fn raw_hostile_chains_against_vhost_user_blk() {
-    let dir = TempDir::new("driver-ours-raw");
-    if let Some(mut daemon) = start_ours(&dir.0, 1) {
+    let dir = TempDir::new("driver-ours-raw").unwrap();
+    if let Some(mut daemon) = start_ours(&dir.path(), 1) {
         for kind in [
             Hostile::OutsideMemory,
             Hostile::DirectLoop,

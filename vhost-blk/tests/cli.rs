@@ -3,36 +3,18 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vhostkit_tests::daemon::DaemonProcess;
+use vhostkit_tests::TempDir;
+
+fn wait_for_log(log: &Path, needle: &str) -> String {
+    vhostkit_tests::wait_for_log(log, needle, Duration::from_secs(10))
+}
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vhostkit-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn image(&self, size: u64) -> PathBuf {
-        let path = self.0.join("disk.img");
-        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn run_expecting_failure(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -44,9 +26,9 @@ fn run_expecting_failure(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn configuration_errors_give_a_clear_message_and_nonzero_exit() {
-    let dir = TempDir::new("config");
-    let image = dir.image(1 << 20);
-    let sock = dir.0.join("s.sock");
+    let dir = TempDir::new("cli-config").unwrap();
+    let image = dir.image(1 << 20).unwrap();
+    let sock = dir.join("s.sock");
     let sock = sock.to_str().unwrap();
     let image = image.to_str().unwrap();
 
@@ -84,33 +66,18 @@ fn configuration_errors_give_a_clear_message_and_nonzero_exit() {
 }
 
 fn spawn_daemon(dir: &TempDir, image: &Path, log: &Path) -> DaemonProcess {
-    let sock = dir.0.join("blk.sock");
+    let sock = dir.join("blk.sock");
     let mut cmd = Command::new(BIN);
     cmd.arg("--socket-path").arg(&sock).arg("--path").arg(image);
     cmd.stderr(Stdio::from(std::fs::File::create(log).unwrap()));
     DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10)).unwrap()
 }
 
-fn wait_for_log(log: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log never said {needle:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn accepts_the_next_frontend_and_exits_cleanly_on_sigterm() {
-    let dir = TempDir::new("lifecycle");
-    let image = dir.image(1 << 20);
-    let log = dir.0.join("daemon.log");
+    let dir = TempDir::new("cli-lifecycle").unwrap();
+    let image = dir.image(1 << 20).unwrap();
+    let log = dir.join("daemon.log");
     let mut daemon = spawn_daemon(&dir, &image, &log);
     // DaemonProcess::spawn's readiness probe was frontend 1; two more come and go.
     for n in 2..=3 {
@@ -138,9 +105,9 @@ fn accepts_the_next_frontend_and_exits_cleanly_on_sigterm() {
 
 #[test]
 fn sigint_while_idle_removes_the_socket() {
-    let dir = TempDir::new("sigint");
-    let image = dir.image(1 << 20);
-    let log = dir.0.join("daemon.log");
+    let dir = TempDir::new("cli-sigint").unwrap();
+    let image = dir.image(1 << 20).unwrap();
+    let log = dir.join("daemon.log");
     let mut daemon = spawn_daemon(&dir, &image, &log);
     wait_for_log(&log, "frontend 1 disconnected");
     let status = daemon
@@ -153,15 +120,15 @@ fn sigint_while_idle_removes_the_socket() {
 
 #[test]
 fn serves_an_inherited_listening_socket_and_leaves_it_in_place() {
-    let dir = TempDir::new("fd");
-    let image = dir.image(1 << 20);
-    let sock = dir.0.join("inherited.sock");
+    let dir = TempDir::new("cli-fd").unwrap();
+    let image = dir.image(1 << 20).unwrap();
+    let sock = dir.join("inherited.sock");
     let listener = UnixListener::bind(&sock).unwrap();
     // dup() gives a descriptor without FD_CLOEXEC, so the child inherits it.
     // SAFETY: dup of a listener we own; the copy is handed to the child.
     let fd = unsafe { libc::dup(listener.as_raw_fd()) };
     assert!(fd >= 0);
-    let log = dir.0.join("daemon.log");
+    let log = dir.join("daemon.log");
     let mut cmd = Command::new(BIN);
     cmd.arg("--fd")
         .arg(fd.to_string())
@@ -246,10 +213,10 @@ fn deny_io_uring(cmd: &mut Command) {
 
 #[test]
 fn refused_io_uring_falls_back_to_sync_with_one_warning() {
-    let dir = TempDir::new("nouring");
-    let image = dir.image(1 << 20);
-    let sock = dir.0.join("blk.sock");
-    let log = dir.0.join("daemon.log");
+    let dir = TempDir::new("cli-nouring").unwrap();
+    let image = dir.image(1 << 20).unwrap();
+    let sock = dir.join("blk.sock");
+    let log = dir.join("daemon.log");
     let mut cmd = Command::new(BIN);
     cmd.arg("--socket-path")
         .arg(&sock)

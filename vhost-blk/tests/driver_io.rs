@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use vhostkit_common::driver::blk::{
 };
 use vhostkit_common::driver::{DriverConfig, GuestMem};
 use vhostkit_tests::daemon::DaemonProcess;
+use vhostkit_tests::{Rng, TempDir};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -30,38 +31,9 @@ const SECTOR: u64 = 512;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const PROTOCOL_FEATURES_BIT: u32 = 30;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("vhostkit-driver-io-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// A sparse (all-zero) image of `size` bytes.
-    fn image(&self, size: u64) -> PathBuf {
-        let path = self.path("disk.img");
-        File::create(&path).unwrap().set_len(size).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A daemon on `image` listening on `dir/blk.sock`, its stderr in `dir/<log>`.
 fn spawn_daemon(dir: &TempDir, image: &Path, log: &str, args: &[&str]) -> DaemonProcess {
-    let sock = dir.path("blk.sock");
+    let sock = dir.join("blk.sock");
     let mut cmd = Command::new(BIN);
     cmd.arg("--socket-path")
         .arg(&sock)
@@ -69,7 +41,7 @@ fn spawn_daemon(dir: &TempDir, image: &Path, log: &str, args: &[&str]) -> Daemon
         .arg(image)
         .args(args)
         .env_remove("RUST_LOG")
-        .stderr(Stdio::from(File::create(dir.path(log)).unwrap()));
+        .stderr(Stdio::from(File::create(dir.join(log)).unwrap()));
     DaemonProcess::spawn("vhost-user-blk", cmd, &sock, TIMEOUT).unwrap()
 }
 
@@ -79,53 +51,12 @@ fn connect(dir: &TempDir, mem_size: u64) -> BlkDevice {
         max_indirect: 256,
         ..DriverConfig::default()
     };
-    BlkDevice::connect(dir.path("blk.sock"), &cfg).unwrap()
+    BlkDevice::connect(dir.join("blk.sock"), &cfg).unwrap()
 }
 
 /// Waits until the daemon's log holds `needle` and returns the log.
 fn wait_for_log(dir: &TempDir, log: &str, needle: &str) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let text = std::fs::read_to_string(dir.path(log)).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log never said {needle:?}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// xorshift64*: reproducible test data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
+    vhostkit_tests::wait_for_log(&dir.join(log), needle, TIMEOUT)
 }
 
 fn read_file(path: &Path, offset: u64, len: usize) -> Vec<u8> {
@@ -216,8 +147,8 @@ fn scatter_room(len: u64, pieces: u64) -> u64 {
 
 #[test]
 fn config_space_and_offered_features() {
-    let dir = TempDir::new("config");
-    let image = dir.image(8 << 20);
+    let dir = TempDir::new("driver-io-config").unwrap();
+    let image = dir.image(8 << 20).unwrap();
     let _daemon = spawn_daemon(
         &dir,
         &image,
@@ -274,8 +205,8 @@ fn config_space_and_offered_features() {
 
 #[test]
 fn readonly_disk_offers_ro_and_no_discard() {
-    let dir = TempDir::new("config-ro");
-    let image = dir.image(1 << 20);
+    let dir = TempDir::new("driver-io-config-ro").unwrap();
+    let image = dir.image(1 << 20).unwrap();
     let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--readonly"]);
     let dev = connect(&dir, 1 << 20);
     let offered = dev.driver.offered_features();
@@ -402,12 +333,12 @@ fn hammer_queue(mut q: BlkQueue, mem: Arc<GuestMem>, first_sector: u64, seed: u6
         let sectors = rng.range(1, (LANE_SECTORS - start).min(64));
         lane.offset = start * SECTOR;
         lane.len = (sectors * SECTOR) as u32;
-        let indirect = rng.next().is_multiple_of(2);
+        let indirect = rng.next_u64().is_multiple_of(2);
         // Direct chains: at most 8 descriptors each, so 32 of them fit a 256-entry
         // queue; indirect ones take one descriptor whatever their length.
         let max_pieces = if indirect { 60 } else { 6 };
         let pieces = rng.range(1, max_pieces) as usize;
-        lane.op = if lane.done == 0 || rng.next().is_multiple_of(2) {
+        lane.op = if lane.done == 0 || rng.next_u64().is_multiple_of(2) {
             Op::Write
         } else {
             Op::Read
@@ -492,9 +423,9 @@ fn hammer_queue(mut q: BlkQueue, mem: Arc<GuestMem>, first_sector: u64, seed: u6
 }
 
 fn read_write_suite(engine: &str) {
-    let dir = TempDir::new(&format!("rw-{engine}"));
+    let dir = TempDir::new(&format!("rw-{engine}")).unwrap();
     let region = LANES as u64 * LANE_BYTES;
-    let image = dir.image(2 * region + (4 << 20));
+    let image = dir.image(2 * region + (4 << 20)).unwrap();
     let _daemon = spawn_daemon(
         &dir,
         &image,
@@ -575,8 +506,8 @@ fn read_at(q: &mut BlkQueue, mem: &GuestMem, buf: u64, sector: u64, len: u32) ->
 }
 
 fn flush_get_id_discard_write_zeroes(engine: &str) {
-    let dir = TempDir::new(&format!("cmds-{engine}"));
-    let image = dir.image(4 << 20);
+    let dir = TempDir::new(&format!("cmds-{engine}")).unwrap();
+    let image = dir.image(4 << 20).unwrap();
     let serial = "vhostkit-serial-01";
     let _daemon = spawn_daemon(
         &dir,
@@ -682,8 +613,8 @@ fn flush_get_id_discard_write_zeroes_sync() {
 
 #[test]
 fn null_engine_completes_without_touching_the_file() {
-    let dir = TempDir::new("null");
-    let image = dir.image(1 << 20);
+    let dir = TempDir::new("driver-io-null").unwrap();
+    let image = dir.image(1 << 20).unwrap();
     let before = read_file(&image, 0, 1 << 20);
     let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--engine", "null"]);
     wait_for_log(&dir, "daemon.log", "engine null");
@@ -730,8 +661,8 @@ fn null_engine_completes_without_touching_the_file() {
 // ---- acknowledged data survives a crash ------------------------------------------
 
 fn no_lost_acknowledged_data(engine: &str) {
-    let dir = TempDir::new(&format!("crash-{engine}"));
-    let image = dir.image(8 << 20);
+    let dir = TempDir::new(&format!("crash-{engine}")).unwrap();
+    let image = dir.image(8 << 20).unwrap();
     let mut daemon = spawn_daemon(&dir, &image, "daemon1.log", &["--engine", engine]);
     let mut rng = Rng::new(11);
     let data = rng.bytes(2 << 20);
@@ -793,8 +724,8 @@ fn guest_switches_the_write_cache_through_config_space() {
     use vhost::vhost_user::VhostUserFrontend;
     const WRITEBACK: u32 = 32;
 
-    let dir = TempDir::new("wce");
-    let image = dir.image(1 << 20);
+    let dir = TempDir::new("driver-io-wce").unwrap();
+    let image = dir.image(1 << 20).unwrap();
     let _daemon = spawn_daemon(&dir, &image, "daemon.log", &[]);
     let mut dev = connect(&dir, 1 << 20);
     let writeback = |dev: &mut BlkDevice| dev.driver.get_config(WRITEBACK, 1).unwrap()[0];
@@ -845,8 +776,8 @@ fn guest_switches_the_write_cache_through_config_space() {
 #[test]
 fn direct_io_completions_wake_the_worker() {
     // The temp folder is on the root filesystem here (ext4); tmpfs has no O_DIRECT.
-    let dir = TempDir::new("direct");
-    let image = dir.image(4 << 20);
+    let dir = TempDir::new("driver-io-direct").unwrap();
+    let image = dir.image(4 << 20).unwrap();
     let probe = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
@@ -854,7 +785,7 @@ fn direct_io_completions_wake_the_worker() {
     if let Err(e) = probe {
         println!(
             "SKIPPED: {} does not support O_DIRECT ({e})",
-            dir.0.display()
+            dir.path().display()
         );
         return;
     }
@@ -866,7 +797,7 @@ fn direct_io_completions_wake_the_worker() {
     let mut rng = Rng::new(7);
     for i in 0..200u64 {
         let sector = rng.range(0, (4 << 20) / SECTOR - 8) & !7;
-        let data: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
+        let data: Vec<u8> = (0..4096).map(|_| rng.next_u64() as u8).collect();
         write_at(&mut queues[0], &mem, buf, sector, &data);
         let back = read_at(&mut queues[0], &mem, buf, sector, 4096);
         assert_same(&format!("round {i}, sector {sector}"), &back, &data);

@@ -16,7 +16,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, DaemonProcess};
-use vhostkit_tests::guest::{BlkDevice, Guest, GuestError, GuestImage, GuestOutput, TempDir};
+use vhostkit_tests::guest::{BlkDevice, Guest, GuestError, GuestImage, GuestOutput};
+use vhostkit_tests::TempDir;
 
 const IMAGE_BYTES: u64 = 256 << 20;
 const NUM_QUEUES: u16 = 2;

@@ -32,6 +32,7 @@ use vhostkit_common::driver::blk::{
 use vhostkit_common::driver::virtq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use vhostkit_common::driver::{DriverConfig, GuestMem, RawDesc, Used, VIRTIO_RING_F_EVENT_IDX};
 use vhostkit_tests::daemon::DaemonProcess;
+use vhostkit_tests::{Rng, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,28 +59,6 @@ fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
     }
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("vhostkit-hostile-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The image's initial contents: every sector different, no zero runs.
 fn pattern(offset: u64, len: usize) -> Vec<u8> {
     (offset..offset + len as u64)
@@ -89,25 +68,6 @@ fn pattern(offset: u64, len: usize) -> Vec<u8> {
 
 fn read_file(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n.div_ceil(8))
-            .flat_map(|_| self.next().to_le_bytes())
-            .take(n)
-            .collect()
-    }
 }
 
 type Connection = (BlkDevice, BlkQueue);
@@ -190,10 +150,10 @@ impl Hostile {
         inflight: usize,
         cfg: DriverConfig,
     ) -> Self {
-        let dir = TempDir::new(name);
-        let image = dir.path("disk.img");
+        let dir = TempDir::new(name).unwrap();
+        let image = dir.join("disk.img");
         std::fs::write(&image, pattern(0, IMAGE_BYTES as usize)).unwrap();
-        let sock = dir.path("blk.sock");
+        let sock = dir.join("blk.sock");
         let mut cmd = Command::new(BIN);
         cmd.arg("--socket-path")
             .arg(&sock)
@@ -203,7 +163,7 @@ impl Hostile {
             .arg(queue_size.to_string())
             .args(args)
             .env_remove("RUST_LOG")
-            .stderr(Stdio::from(File::create(dir.path("daemon.log")).unwrap()));
+            .stderr(Stdio::from(File::create(dir.join("daemon.log")).unwrap()));
         let daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &sock, TIMEOUT).unwrap();
         let (dev, q) = finish_connect(start_connect(&sock, cfg.clone(), queue_size, inflight));
         let mem = dev.driver.memory().clone();
@@ -219,7 +179,7 @@ impl Hostile {
             rings: Vec::new(),
             scratch: 0,
             probe: 0,
-            rng: Rng(0x1234_5678_9abc_def1),
+            rng: Rng::new(0x1234_5678_9abc_def1),
             log_seen: 0,
         };
         h.attached();
@@ -254,7 +214,7 @@ impl Hostile {
     /// Closes the connection (whatever is in flight) and connects a new frontend,
     /// which must be served within [`TIMEOUT`].
     fn reconnect(&mut self, queue_size: u16, inflight: usize) {
-        let sock = self.dir.path("blk.sock");
+        let sock = self.dir.join("blk.sock");
         let rx = start_connect(&sock, self.cfg.clone(), queue_size, inflight);
         // The daemon serves one frontend at a time: the new one waits for this.
         self.disconnect();
@@ -325,7 +285,7 @@ impl Hostile {
     }
 
     fn log_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path("daemon.log"))
+        std::fs::read_to_string(self.dir.join("daemon.log"))
             .unwrap_or_default()
             .lines()
             .map(str::to_owned)
@@ -471,7 +431,7 @@ impl Hostile {
     /// A normal write and read on the same queue work, the daemon still runs.
     #[track_caller]
     fn check_serves(&mut self, what: &str) {
-        let sector = SCRATCH_SECTORS.start + self.rng.next() % 64;
+        let sector = SCRATCH_SECTORS.start + self.rng.next_u64() % 64;
         let buf = self.scratch;
         if !self.readonly {
             let data = self.rng.bytes(4096);
@@ -1256,7 +1216,7 @@ fn disconnect_mid_io(engine: &str, direct: bool) {
         args.push("--direct");
     }
     let mut h = Hostile::with(&format!("disconnect-{engine}-{direct}"), &args, 128, 64);
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     let mut unfinished = Vec::new();
     for round in 0..4 {
         // 64 requests of 8 KiB in flight (writes and reads, half of them indirect),
@@ -1301,7 +1261,7 @@ fn disconnect_mid_io(engine: &str, direct: bool) {
         h.check_log(&format!("round {round}"), &[]);
     }
     eprintln!("{engine}: requests unfinished at each hang-up: {unfinished:?}");
-    let text = std::fs::read_to_string(h.dir.path("daemon.log")).unwrap();
+    let text = std::fs::read_to_string(h.dir.join("daemon.log")).unwrap();
     assert!(!text.contains("panicked"), "{text}");
 }
 
@@ -1332,7 +1292,7 @@ fn vu_header(request: u32, flags: u32, size: u32) -> Vec<u8> {
 fn garbage_on_the_socket_then_a_new_frontend_works() {
     let mut h = Hostile::new("garbage", &[]);
     h.disconnect();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut with_payload = vu_header(5, 1, 0x28); // SET_MEM_TABLE, no fds
     with_payload.extend(rng.bytes(0x28));
     let mut features_then_junk = vu_header(1, 1, 0); // GET_FEATURES
@@ -1348,7 +1308,7 @@ fn garbage_on_the_socket_then_a_new_frontend_works() {
         features_then_junk,
         Vec::new(), // connect and hang up at once
     ];
-    let sock = h.dir.path("blk.sock");
+    let sock = h.dir.join("blk.sock");
     for (i, bytes) in garbage.iter().enumerate() {
         let mut s = UnixStream::connect(&sock).unwrap();
         // The daemon may have hung up already: write errors are fine.
@@ -1362,7 +1322,7 @@ fn garbage_on_the_socket_then_a_new_frontend_works() {
     }
     h.reconnect(QUEUE_SIZE, 4);
     h.check_serves("a new frontend after garbage");
-    let text = std::fs::read_to_string(h.dir.path("daemon.log")).unwrap();
+    let text = std::fs::read_to_string(h.dir.join("daemon.log")).unwrap();
     assert!(!text.contains("panicked"), "{text}");
     // Frontend 1 was DaemonProcess's probe, 2 the first driver; each garbage
     // connection was served as a frontend and ended, then the new driver came.

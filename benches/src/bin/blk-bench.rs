@@ -29,6 +29,7 @@ use vhostkit_common::driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
 use vhostkit_tests::daemon::{
     qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
 };
+use vhostkit_tests::Rng;
 
 /// Compare vhost-user-blk with qemu-storage-daemon through a user-space driver.
 #[derive(Parser, Debug)]
@@ -212,18 +213,6 @@ impl Backend {
     }
 }
 
-/// A small, fast PRNG (xorshift64*), one per driver thread.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Picks the sector of each next request of one driver thread.
 struct Offsets {
     pattern: Pattern,
@@ -236,7 +225,7 @@ struct Offsets {
 impl Offsets {
     fn next(&mut self) -> u64 {
         let block = match self.pattern {
-            Pattern::RandRead | Pattern::RandWrite => self.rng.next() % self.blocks,
+            Pattern::RandRead | Pattern::RandWrite => self.rng.next_u64() % self.blocks,
             Pattern::SeqRead => {
                 let b = self.cursor;
                 self.cursor = (self.cursor + 1) % self.blocks;
@@ -387,9 +376,7 @@ fn measure(backend: &Backend, w: &Workload, s: &Settings) -> Result<(Measurement
             bufs,
             offsets: Offsets {
                 pattern: w.pattern,
-                rng: Rng(0x9e37_79b9_7f4a_7c15
-                    ^ ((i as u64 + 1) << 32)
-                    ^ u64::from(std::process::id())),
+                rng: Rng::new(((i as u64 + 1) << 32) ^ u64::from(std::process::id())),
                 blocks,
                 sectors_per_block: u64::from(w.bs) / SECTOR_SIZE,
                 cursor: blocks / u64::from(w.queues) * i as u64,
@@ -505,11 +492,11 @@ fn progress(tag: &str, w: &Workload, backend: &Backend, rep: usize, m: &Measurem
 fn make_image(path: &Path, size: u64) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path)?;
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = Rng::new(0x1234_5678_9abc_def1);
     let mut chunk = vec![0u8; 1 << 20];
     for _ in 0..size / chunk.len() as u64 {
         for w in chunk.chunks_exact_mut(8) {
-            w.copy_from_slice(&rng.next().to_le_bytes());
+            w.copy_from_slice(&rng.next_u64().to_le_bytes());
         }
         f.write_all(&chunk)?;
     }

@@ -22,7 +22,8 @@ use vhostkit_benches::report::{process_cpu_seconds, Measurement, Report, Row};
 use vhostkit_tests::daemon::{
     qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
 };
-use vhostkit_tests::guest::{Accel, BlkDevice, Guest, GuestImage, TempDir};
+use vhostkit_tests::guest::{Accel, BlkDevice, Guest, GuestImage};
+use vhostkit_tests::TempDir;
 
 const NUM_QUEUES: u16 = 2;
 

@@ -7,11 +7,9 @@
 //! - `null`: completes every operation at once without touching the disk (shows
 //!   the transport's ceiling in benchmarks).
 
-mod null;
 mod sync;
 mod uring;
 
-pub use null::NullEngine;
 pub use sync::SyncEngine;
 pub use uring::UringEngine;
 
@@ -89,7 +87,7 @@ pub fn new_engine(kind: EngineKind, file: Arc<File>, depth: u32) -> io::Result<B
     Ok(match kind {
         EngineKind::IoUring => Box::new(UringEngine::new(file, depth)?),
         EngineKind::Sync => Box::new(SyncEngine::new(file)),
-        EngineKind::Null => Box::new(NullEngine::default()),
+        EngineKind::Null => Box::new(SyncEngine::null()),
     })
 }
 

@@ -6,22 +6,40 @@ use std::sync::Arc;
 
 use super::{Completion, IoEngine, IoOp};
 
-/// Runs each operation to completion in the calling thread.
+/// Runs each operation to completion in the calling thread, at submit time: the
+/// `sync` engine with a file, the `null` engine without one (every operation
+/// succeeds at once, touching neither the disk nor the guest's buffers).
 pub struct SyncEngine {
-    file: Arc<File>,
+    file: Option<Arc<File>>,
     done: VecDeque<Completion>,
 }
 
 impl SyncEngine {
     pub fn new(file: Arc<File>) -> Self {
         SyncEngine {
-            file,
+            file: Some(file),
+            done: VecDeque::new(),
+        }
+    }
+
+    /// The null engine: what the transport costs on its own.
+    pub fn null() -> Self {
+        SyncEngine {
+            file: None,
             done: VecDeque::new(),
         }
     }
 
     fn run(&self, op: IoOp<'_>) -> io::Result<usize> {
-        let fd = self.file.as_raw_fd();
+        let Some(file) = &self.file else {
+            return Ok(match op {
+                IoOp::Read { iovecs, .. } | IoOp::Write { iovecs, .. } => {
+                    iovecs.iter().map(|v| v.iov_len).sum()
+                }
+                IoOp::Flush => 0,
+            });
+        };
+        let fd = file.as_raw_fd();
         match op {
             IoOp::Read { offset, iovecs } => rw_all(fd, offset, iovecs, false, 0),
             IoOp::Write {
@@ -44,9 +62,34 @@ impl SyncEngine {
     }
 }
 
-/// preadv2/pwritev2 until every byte moved (or an error, or end of file for reads,
-/// which the caller's bounds check rules out).
-fn rw_all(
+/// One preadv2/pwritev2 call with `flags`; returns what it moved.
+pub(super) fn rw_once(
+    fd: RawFd,
+    offset: u64,
+    iovecs: &[libc::iovec],
+    write: bool,
+    flags: i32,
+) -> io::Result<usize> {
+    let count = iovecs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+    // SAFETY: the iovecs point at guest memory that the caller keeps mapped for the
+    // duration of the call (IoEngine::submit's contract); `count` entries are valid.
+    let n = unsafe {
+        if write {
+            libc::pwritev2(fd, iovecs.as_ptr(), count, offset as libc::off_t, flags)
+        } else {
+            libc::preadv2(fd, iovecs.as_ptr(), count, offset as libc::off_t, flags)
+        }
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// preadv2/pwritev2 until every byte moved (or an error; end of file for reads,
+/// which the caller's bounds check rules out, is reported as UnexpectedEof).
+pub(super) fn rw_all(
     fd: RawFd,
     mut offset: u64,
     iovecs: &[libc::iovec],
@@ -57,31 +100,17 @@ fn rw_all(
     let mut rest: &mut [libc::iovec] = &mut local;
     let mut total = 0usize;
     while !rest.is_empty() {
-        let count = rest.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
-        // SAFETY: the iovecs point at guest memory that the caller keeps mapped for
-        // the duration of the call (IoEngine::submit's contract); `rest` holds
-        // `count` valid entries.
-        let n = unsafe {
-            if write {
-                libc::pwritev2(fd, rest.as_ptr(), count, offset as libc::off_t, flags)
-            } else {
-                libc::preadv2(fd, rest.as_ptr(), count, offset as libc::off_t, flags)
+        let mut n = match rw_once(fd, offset, rest, write, flags) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "short transfer",
+                ))
             }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "short transfer",
-            ));
-        }
-        let mut n = n as usize;
         total += n;
         offset += n as u64;
         // Advance past what was transferred.
