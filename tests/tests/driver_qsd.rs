@@ -4,7 +4,7 @@
 //! WRITE_ZEROES, a canary check of guest memory, disconnect with requests in flight,
 //! and reconnecting to the same daemon.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,7 +123,7 @@ fn driver_against_qemu_storage_daemon() {
         return;
     }
     let dir = TempDir::new("driver-qsd").unwrap();
-    let qsd = start_qsd(&dir.path(), 2);
+    let qsd = start_qsd(dir.path(), 2);
     exercise(qsd, true);
 }
 
@@ -161,7 +161,7 @@ fn start_ours(dir: &Path, queues: u16) -> Option<DaemonProcess> {
 #[test]
 fn driver_against_vhost_user_blk() {
     let dir = TempDir::new("driver-ours").unwrap();
-    if let Some(daemon) = start_ours(&dir.path(), 2) {
+    if let Some(daemon) = start_ours(dir.path(), 2) {
         exercise(daemon, false);
     }
 }
@@ -459,7 +459,7 @@ fn raw_hostile_chains_against_qemu_storage_daemon() {
         return;
     }
     let dir = TempDir::new("driver-qsd-raw").unwrap();
-    let mut qsd = start_qsd(&dir.path(), 1);
+    let mut qsd = start_qsd(dir.path(), 1);
     for kind in [
         Hostile::OutsideMemory,
         Hostile::DirectLoop,
@@ -472,7 +472,7 @@ fn raw_hostile_chains_against_qemu_storage_daemon() {
 #[test]
 fn raw_hostile_chains_against_vhost_user_blk() {
     let dir = TempDir::new("driver-ours-raw").unwrap();
-    if let Some(mut daemon) = start_ours(&dir.path(), 1) {
+    if let Some(mut daemon) = start_ours(dir.path(), 1) {
         for kind in [
             Hostile::OutsideMemory,
             Hostile::DirectLoop,
