@@ -103,46 +103,61 @@ impl QueueWorker {
             return Ok(());
         };
         let mut state = vring.get_mut();
-        let deadline = (!self.poll.is_zero()).then(|| Instant::now() + self.poll);
         loop {
             let readable = self.drain_avail(&mut state, &mem)?;
-            let more = state
-                .get_queue_mut()
-                .enable_notification(&*mem)
-                .map_err(queue_err)?;
+            // Tell the guest what finished before waiting for more.
+            signal_if_needed(&mut state, &mem);
             if !readable {
                 // The avail index is impossible (more than a queue's worth ahead):
                 // nothing can be served until the driver puts it right and kicks
                 // again, with notifications back on for that. Do not spin on it.
+                state
+                    .get_queue_mut()
+                    .enable_notification(&*mem)
+                    .map_err(queue_err)?;
                 break;
             }
-            if more {
+            // With --poll-us, watch the ring a while longer with notifications
+            // still off, so a driver that sends again soon needs no kick and the
+            // worker no wake-up.
+            if !self.poll.is_zero() && self.poll_avail(&mut state, &mem)? {
+                continue;
+            }
+            if state
+                .get_queue_mut()
+                .enable_notification(&*mem)
+                .map_err(queue_err)?
+            {
                 continue; // More arrived while notifications were off.
             }
-            // Busy-poll for a while before going back to sleep, if asked to.
-            let Some(deadline) = deadline else { break };
-            let mut found = false;
-            while Instant::now() < deadline {
-                if self.engine.in_flight() > 0 {
-                    self.complete_ready(state.get_queue_mut(), &mem);
-                    signal_if_needed(&mut state, &mem);
-                }
-                let queue = state.get_queue_mut();
-                let avail = queue
-                    .avail_idx(&*mem, std::sync::atomic::Ordering::Acquire)
-                    .map_err(queue_err)?;
-                if avail.0 != queue.next_avail() {
-                    found = true;
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-            if !found {
-                break;
-            }
+            break;
         }
-        signal_if_needed(&mut state, &mem);
         Ok(())
+    }
+
+    /// Spins for up to the poll time waiting for new requests, completing and
+    /// signalling in-flight ones meanwhile. True if a request arrived.
+    fn poll_avail(
+        &mut self,
+        state: &mut VringState<GuestMemory>,
+        mem: &Arc<GuestMemoryMmap<()>>,
+    ) -> io::Result<bool> {
+        let deadline = Instant::now() + self.poll;
+        while Instant::now() < deadline {
+            if self.engine.in_flight() > 0 {
+                self.complete_ready(state.get_queue_mut(), mem);
+                signal_if_needed(state, mem);
+            }
+            let queue = state.get_queue_mut();
+            let avail = queue
+                .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
+                .map_err(queue_err)?;
+            if avail.0 != queue.next_avail() {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        Ok(false)
     }
 
     /// The engine's completion eventfd fired.
