@@ -143,9 +143,10 @@ impl Report {
             .collect();
         let bar_h = 22.0;
         let left = 260.0;
-        let width = 760.0;
-        let plot_w = width - left - 60.0;
-        let top = 40.0;
+        let width = 820.0;
+        // Room on the right for the longest bar's label.
+        let plot_w = width - left - 80.0;
+        let top = 60.0;
         let height = top + bar_h * rows.len() as f64 + 40.0;
         let max = rows.iter().map(|r| r.1).fold(1.5_f64, f64::max);
         let scale = plot_w / max;
@@ -156,7 +157,7 @@ impl Report {
         );
         let _ = writeln!(
             svg,
-            r#"<text x="10" y="20" font-size="14">{} — ours/peer ({} vs {})</text>"#,
+            r#"<text x="10" y="20" font-size="14">{}</text><text x="10" y="40">ours/peer, ops/s: {} vs {}</text>"#,
             xml_escape(&self.title),
             xml_escape(&self.ours_name),
             xml_escape(&self.peer_name)
