@@ -291,6 +291,18 @@ pub fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
+/// The descriptor for one buffer of a chain; `next` is the following entry's
+/// index, or None for the chain's last buffer.
+fn buf_desc(b: &Buf, next: Option<u16>) -> RawDesc {
+    RawDesc {
+        addr: b.addr,
+        len: b.len,
+        flags: if b.device_writable { DESC_F_WRITE } else { 0 }
+            | if next.is_some() { DESC_F_NEXT } else { 0 },
+        next: next.unwrap_or(0),
+    }
+}
+
 impl Queue {
     /// Allocates (zeroed) rings of `size` entries in `mem`, indirect tables of
     /// `max_indirect` entries per descriptor (0 for none) and fresh kick and call
@@ -459,14 +471,7 @@ impl Queue {
                 .ok_or(Error::QueueFull { wanted: 1, free: 0 })?;
             let table_off = u64::from(head) * u64::from(self.max_indirect) * DESC_SIZE;
             for (i, b) in bufs.iter().enumerate() {
-                let last = i + 1 == n;
-                let d = RawDesc {
-                    addr: b.addr,
-                    len: b.len,
-                    flags: if b.device_writable { DESC_F_WRITE } else { 0 }
-                        | if last { 0 } else { DESC_F_NEXT },
-                    next: if last { 0 } else { (i + 1) as u16 },
-                };
+                let d = buf_desc(b, (i + 1 < n).then_some((i + 1) as u16));
                 let host = self.indirect_host + (table_off + i as u64 * DESC_SIZE) as usize;
                 self.write_desc_le(host, d);
             }
@@ -493,14 +498,7 @@ impl Queue {
                     .free
                     .pop()
                     .ok_or(Error::QueueFull { wanted: n, free: 0 })?;
-                let last = i + 1 == n;
-                let d = RawDesc {
-                    addr: b.addr,
-                    len: b.len,
-                    flags: if b.device_writable { DESC_F_WRITE } else { 0 }
-                        | if last { 0 } else { DESC_F_NEXT },
-                    next: if last { 0 } else { next },
-                };
+                let d = buf_desc(b, (i + 1 < n).then_some(next));
                 self.write_desc_le(self.desc_slot(id), d);
                 self.next[usize::from(id)] = next;
                 next = id;

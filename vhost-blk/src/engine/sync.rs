@@ -96,6 +96,19 @@ pub(super) fn rw_all(
     write: bool,
     flags: i32,
 ) -> io::Result<usize> {
+    // The usual case moves everything at once; only a short transfer needs a
+    // copy of the iovecs to advance through.
+    let len: usize = iovecs.iter().map(|v| v.iov_len).sum();
+    if iovecs.len() <= libc::UIO_MAXIOV as usize {
+        match rw_once(fd, offset, iovecs, write, flags) {
+            Ok(n) if n == len => return Ok(n),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        // Redo the whole transfer below: rereading or rewriting the same bytes
+        // at the same offset is harmless, and the slow path stays simple.
+    }
     let mut local: Vec<libc::iovec> = iovecs.to_vec();
     let mut rest: &mut [libc::iovec] = &mut local;
     let mut total = 0usize;
