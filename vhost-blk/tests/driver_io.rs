@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -836,4 +836,81 @@ fn polling_spares_the_driver_its_kicks() {
             &data,
         );
     }
+}
+
+/// A loop device over a file, detached on drop.
+struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    fn attach(backing: &Path) -> Result<Self, String> {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing)
+            .output()
+            .map_err(|e| format!("losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(LoopDevice(PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim(),
+        )))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+/// Backing on a block device: its size and block sizes come from ioctls, DISCARD is
+/// BLKDISCARD and WRITE_ZEROES is BLKZEROOUT; data lands on the device (here a loop
+/// device, so in its backing file).
+#[test]
+fn block_device_backing() {
+    let dir = TempDir::new("driver-io-blockdev").unwrap();
+    let backing = dir.image(16 << 20).unwrap();
+    let device = match LoopDevice::attach(&backing) {
+        Ok(device) => device,
+        Err(e) => {
+            println!("SKIPPED: cannot attach a loop device ({e}); needs root and loop support");
+            return;
+        }
+    };
+    let _daemon = spawn_daemon(&dir, &device.0, "daemon.log", &["--engine", "io_uring"]);
+    let log = wait_for_log(&dir, "daemon.log", "serving");
+    assert!(log.contains("16777216 bytes"), "{log}");
+    let mut dev = connect(&dir, 1 << 20);
+    assert_eq!(dev.config.capacity, (16 << 20) / SECTOR);
+    assert_eq!(dev.config.blk_size, 512);
+    let mut queues = dev.setup_queues(1, 64, 8).unwrap();
+    let q = &mut queues[0];
+    let mem = dev.driver.memory().clone();
+    let buf = mem.alloc(8192, 4096).unwrap();
+    let mut rng = Rng::new(11);
+    let data = rng.bytes(8192);
+    for sector in [0u64, 64, 1024] {
+        write_at(q, &mem, buf, sector, &data);
+    }
+    assert_eq!(read_at(q, &mem, buf, 64, 8192), data);
+    let c = q.run(&BlkRequest::flush(), TIMEOUT).unwrap();
+    assert_ok(c, 1, "flush");
+    assert_same(
+        "device data in the backing file",
+        &read_file(&backing, 64 * SECTOR, 8192),
+        &data,
+    );
+
+    let c = q
+        .run(&BlkRequest::discard(&[seg(0, 16, 0)]), TIMEOUT)
+        .unwrap();
+    assert_ok(c, 1, "BLKDISCARD");
+    let c = q
+        .run(&BlkRequest::write_zeroes(&[seg(64, 16, 0)]), TIMEOUT)
+        .unwrap();
+    assert_ok(c, 1, "BLKZEROOUT");
+    let zeroes = vec![0u8; 8192];
+    assert_eq!(read_at(q, &mem, buf, 0, 8192), zeroes, "discarded range");
+    assert_eq!(read_at(q, &mem, buf, 64, 8192), zeroes, "zeroed range");
+    assert_eq!(read_at(q, &mem, buf, 1024, 8192), data, "untouched range");
 }
