@@ -1,0 +1,43 @@
+//! Builds the test guests (guest/*.S) into freestanding x86_64 ELFs with the
+//! system's `as` and `ld`; their paths reach the crate as `VHOSTKIT_TEST_GUEST`
+//! (prints a hello line, powers off) and `VHOSTKIT_FAULT_GUEST` (triple-faults).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn run(cmd: &mut Command) {
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed: {status}");
+}
+
+/// Assembles guest/NAME.S and links it with guest/hello.ld into OUT_DIR/NAME.elf.
+fn guest(out: &Path, name: &str) -> PathBuf {
+    let obj = out.join(format!("{name}.o"));
+    let elf = out.join(format!("{name}.elf"));
+    let src = format!("guest/{name}.S");
+    println!("cargo:rerun-if-changed={src}");
+    run(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(&src));
+    run(Command::new("ld")
+        .args([
+            "-nostdlib",
+            "-static",
+            "--build-id=none",
+            "-T",
+            "guest/hello.ld",
+            "-o",
+        ])
+        .arg(&elf)
+        .arg(&obj));
+    elf
+}
+
+fn main() {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    println!("cargo:rerun-if-changed=guest/hello.ld");
+    let hello = guest(&out, "hello");
+    let fault = guest(&out, "fault");
+    println!("cargo:rustc-env=VHOSTKIT_TEST_GUEST={}", hello.display());
+    println!("cargo:rustc-env=VHOSTKIT_FAULT_GUEST={}", fault.display());
+}

@@ -1,0 +1,111 @@
+//! Port I/O devices: the COM1 8250 console and the exit device.
+//!
+//! Exit device: writing 0xfe to the i8042 command port 0x64 ("pulse the reset
+//! line", how Linux reboots with `reboot=k` and how a test guest powers off here)
+//! stops the VMM with exit status 0. Other ports read as 0xff and ignore writes.
+
+use std::io::{self, Write};
+
+use log::debug;
+use vm_superio::{Serial, Trigger};
+
+/// COM1 base port; the 8250 decodes 8 ports from here.
+pub const COM1: u16 = 0x3f8;
+/// i8042 command/status port.
+pub const I8042_CMD: u16 = 0x64;
+/// i8042 command "pulse reset line": the guest asks to stop.
+pub const I8042_RESET: u8 = 0xfe;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("serial console output failed")]
+    Serial(#[source] io::Error),
+}
+
+/// No interrupt controller (yet): the serial's interrupt goes nowhere.
+pub struct NoInterrupt;
+
+impl Trigger for NoInterrupt {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the vCPU does after a port write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    /// The guest asked to power off.
+    Stop,
+}
+
+/// The port I/O bus.
+pub struct IoBus<W: Write> {
+    serial: Serial<NoInterrupt, vm_superio::serial::NoEvents, W>,
+}
+
+impl<W: Write> IoBus<W> {
+    pub fn new(out: W) -> Self {
+        IoBus {
+            serial: Serial::new(NoInterrupt, out),
+        }
+    }
+
+    pub fn write(&mut self, port: u16, data: &[u8]) -> Result<Action, DeviceError> {
+        match (port, data) {
+            (COM1..=0x3ff, [value]) => {
+                self.serial
+                    .write((port - COM1) as u8, *value)
+                    .map_err(|e| match e {
+                        vm_superio::serial::Error::IOError(e) => DeviceError::Serial(e),
+                        vm_superio::serial::Error::Trigger(e) => DeviceError::Serial(e),
+                        vm_superio::serial::Error::FullFifo => {
+                            DeviceError::Serial(io::Error::other("serial FIFO full"))
+                        }
+                    })?;
+            }
+            (I8042_CMD, [I8042_RESET]) => return Ok(Action::Stop),
+            _ => debug!("ignored write of {data:x?} to port {port:#x}"),
+        }
+        Ok(Action::Continue)
+    }
+
+    pub fn read(&mut self, port: u16, data: &mut [u8]) {
+        match (port, &mut *data) {
+            (COM1..=0x3ff, [value]) => *value = self.serial.read((port - COM1) as u8),
+            (I8042_CMD, [value]) => *value = 0, // output and input buffers empty
+            _ => {
+                debug!("read of {} bytes from unhandled port {port:#x}", data.len());
+                data.fill(0xff);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn output(&self) -> &W {
+        self.serial.writer()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_and_exit() {
+        let mut bus = IoBus::new(Vec::new());
+        let mut lsr = [0u8];
+        bus.read(COM1 + 5, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0, "THR empty");
+        for b in b"hi\n" {
+            assert_eq!(bus.write(COM1, &[*b]).unwrap(), Action::Continue);
+        }
+        assert_eq!(bus.output(), b"hi\n");
+        assert_eq!(bus.write(I8042_CMD, &[0xd1]).unwrap(), Action::Continue);
+        assert_eq!(bus.write(I8042_CMD, &[I8042_RESET]).unwrap(), Action::Stop);
+        let mut other = [0u8; 2];
+        bus.read(0x1234, &mut other);
+        assert_eq!(other, [0xff, 0xff]);
+    }
+}

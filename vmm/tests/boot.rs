@@ -1,0 +1,191 @@
+//! Runs the `vhostkit` binary on the test guests built by build.rs.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vhostkit_tests::util::TempDir;
+
+const VHOSTKIT: &str = env!("CARGO_BIN_EXE_vhostkit");
+const HELLO: &str = env!("VHOSTKIT_TEST_GUEST");
+const FAULT: &str = env!("VHOSTKIT_FAULT_GUEST");
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Runs `vhostkit ARGS` with warnings-only logging; kills it after TIMEOUT.
+fn vhostkit(args: &[&str]) -> Outcome {
+    let start = Instant::now();
+    let mut child = Command::new(VHOSTKIT)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vhostkit");
+    // Drain the pipes in threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vhostkit {args:?} did not end within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Outcome {
+        code: status.code(),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+        elapsed: start.elapsed(),
+    }
+}
+
+fn have_kvm() -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    println!("SKIPPED: no /dev/kvm");
+    false
+}
+
+/// One error line on stderr, no panic, and the given exit status.
+fn assert_error(o: &Outcome, code: i32, needle: &str) {
+    assert_eq!(o.code, Some(code), "stderr: {}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert_eq!(lines.len(), 1, "want one error line, got: {:?}", o.stderr);
+    assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
+    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+}
+
+#[test]
+fn boots_the_test_guest_and_powers_off() {
+    if !have_kvm() {
+        return;
+    }
+    let o = vhostkit(&["run", "--kernel", HELLO, "--cmdline", "foo=bar quiet"]);
+    println!("boot to power-off took {:?}", o.elapsed);
+    assert_eq!(o.code, Some(0), "stderr: {}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        "vhostkit test guest: hello\ncmdline: foo=bar quiet\n"
+    );
+    assert!(o.stderr.contains("the guest asked to stop"), "{}", o.stderr);
+}
+
+#[test]
+fn secondary_vcpus_park_and_do_not_block_power_off() {
+    if !have_kvm() {
+        return;
+    }
+    let o = vhostkit(&["run", "--kernel", HELLO, "--cpus", "4", "--memory", "1G"]);
+    assert_eq!(o.code, Some(0), "stderr: {}", o.stderr);
+    assert!(
+        o.stdout.starts_with("vhostkit test guest: hello\n"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn triple_fault_is_an_error() {
+    if !have_kvm() {
+        return;
+    }
+    let o = vhostkit(&["run", "--kernel", FAULT]);
+    assert_error(&o, 1, "triple-faulted");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn missing_kernel() {
+    let o = vhostkit(&["run", "--kernel", "/nonexistent/vmlinux"]);
+    assert_error(&o, 2, "--kernel /nonexistent/vmlinux: No such file");
+}
+
+#[test]
+fn command_line_errors() {
+    assert_error(&vhostkit(&["run"]), 2, "--kernel");
+    assert_error(
+        &vhostkit(&["run", "--kernel", HELLO, "--cpus", "0"]),
+        2,
+        "--cpus 0",
+    );
+    assert_error(
+        &vhostkit(&["run", "--kernel", HELLO, "--memory", "12X"]),
+        2,
+        "--memory",
+    );
+}
+
+#[test]
+fn non_elf_kernel() {
+    if !have_kvm() {
+        return; // the VM is created before the kernel is read
+    }
+    let dir = TempDir::new("vmm-non-elf").unwrap();
+    let path = dir.join("kernel.txt");
+    std::fs::write(
+        &path,
+        "this is not a kernel, only a text file long enough to hold an ELF header\n".repeat(4),
+    )
+    .unwrap();
+    let o = vhostkit(&["run", "--kernel", path.to_str().unwrap()]);
+    assert_error(&o, 1, "not a loadable 64-bit ELF");
+    assert!(
+        o.stderr.contains("Invalid Elf magic number"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn kernel_larger_than_memory() {
+    if !have_kvm() {
+        return; // the VM is created before the kernel is read
+    }
+    // The hello guest, moved to load (and enter) at 256 MiB: too high for 64 MiB.
+    let mut elf = std::fs::read(HELLO).unwrap();
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let phoff = u64_at(&elf, 0x20) as usize;
+    let phnum = u16::from_le_bytes([elf[0x38], elf[0x39]]) as usize;
+    let high = 0x1000_0000u64;
+    elf[0x18..0x20].copy_from_slice(&high.to_le_bytes()); // e_entry
+    for i in 0..phnum {
+        let ph = phoff + i * 56;
+        elf[ph + 0x10..ph + 0x18].copy_from_slice(&high.to_le_bytes()); // p_vaddr
+        elf[ph + 0x18..ph + 0x20].copy_from_slice(&high.to_le_bytes()); // p_paddr
+    }
+    let dir = TempDir::new("vmm-big").unwrap();
+    let path = dir.join("high.elf");
+    std::fs::write(&path, &elf).unwrap();
+    let path = path.to_str().unwrap();
+    let o = vhostkit(&["run", "--kernel", path, "--memory", "64M"]);
+    assert_error(&o, 1, "needs guest memory up to 0x10000");
+    assert!(
+        o.stderr.contains("--memory gives 0x4000000"),
+        "{}",
+        o.stderr
+    );
+}
