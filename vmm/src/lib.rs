@@ -5,6 +5,7 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod memory;
+pub mod virtio;
 pub mod vm;
 
 use std::sync::{mpsc, Arc, Mutex};
@@ -24,6 +25,22 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        // Some library errors repeat their source in their own message.
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s.replace('\n', " ")
+}
 
 /// Boots `config.kernel` and runs until the guest powers off (Ok) or fails.
 pub fn run(config: &RunConfig) -> Result<()> {

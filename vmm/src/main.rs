@@ -6,22 +6,6 @@ use log::error;
 use vhostkit_common::logging;
 use vhostkit_vmm::{Cli, Command, RunConfig};
 
-/// The error and its sources on one line.
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        // Some library errors repeat their source in their own message.
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s.replace('\n', " ")
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -53,7 +37,7 @@ fn main() -> ExitCode {
     match vhostkit_vmm::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{}", one_line(&e));
+            error!("{}", vhostkit_vmm::error_chain(&e));
             ExitCode::FAILURE
         }
     }
