@@ -1,6 +1,7 @@
 //! Builds the test guests (guest/*.S) into freestanding x86_64 ELFs with the
 //! system's `as` and `ld`; their paths reach the crate as `VHOSTKIT_TEST_GUEST`
-//! (prints a hello line, powers off) and `VHOSTKIT_FAULT_GUEST` (triple-faults).
+//! (prints a hello line, powers off), `VHOSTKIT_FAULT_GUEST` (triple-faults) and
+//! `VHOSTKIT_VIRTIO_GUEST` (probes the first virtio-mmio window).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +39,8 @@ fn main() {
     println!("cargo:rerun-if-changed=guest/hello.ld");
     let hello = guest(&out, "hello");
     let fault = guest(&out, "fault");
+    let virtio = guest(&out, "virtio");
     println!("cargo:rustc-env=VHOSTKIT_TEST_GUEST={}", hello.display());
     println!("cargo:rustc-env=VHOSTKIT_FAULT_GUEST={}", fault.display());
+    println!("cargo:rustc-env=VHOSTKIT_VIRTIO_GUEST={}", virtio.display());
 }

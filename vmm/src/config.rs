@@ -11,6 +11,8 @@ pub const MIN_MEMORY: u64 = 2 << 20;
 pub const MAX_MEMORY: u64 = 64 << 30;
 /// Most vCPUs.
 pub const MAX_CPUS: u8 = 64;
+/// Most `--disk` devices.
+pub const MAX_DISKS: usize = 8;
 
 /// vhostkit: a small KVM virtual machine monitor.
 #[derive(Parser, Clone, Debug)]
@@ -45,6 +47,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "64M")]
     pub memory: String,
 
+    /// A virtio-blk disk served by a vhost-user backend listening on PATH (e.g.
+    /// vhost-user-blk), as a virtio-mmio device; repeat for more disks (at most 8).
+    #[arg(long, value_name = "socket=PATH")]
+    pub disk: Vec<String>,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -62,6 +69,12 @@ pub enum ConfigError {
     Cpus(u8),
     #[error("--kernel {0}: {1}")]
     Kernel(PathBuf, String),
+    #[error("--disk {0:?}: expected socket=PATH")]
+    Disk(String),
+    #[error("--disk: at most {MAX_DISKS} disks")]
+    TooManyDisks,
+    #[error("--disk needs --memory of at most 3328M (the device windows start at 0xd0000000)")]
+    DiskMemory,
 }
 
 /// The validated configuration of `vhostkit run`.
@@ -71,7 +84,17 @@ pub struct RunConfig {
     pub cmdline: String,
     pub cpus: u8,
     pub memory: u64,
+    /// vhost-user sockets of the virtio-blk disks, in device order.
+    pub disks: Vec<PathBuf>,
     pub log_level: String,
+}
+
+/// Parses a `--disk` value: `socket=PATH`.
+fn parse_disk(s: &str) -> Result<PathBuf, ConfigError> {
+    match s.split_once('=') {
+        Some(("socket", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => Err(ConfigError::Disk(s.to_string())),
+    }
 }
 
 /// Parses "64M", "1G", "512K", "4096B", "64" (MiB) into bytes.
@@ -120,11 +143,24 @@ impl TryFrom<RunArgs> for RunConfig {
             }
             Err(e) => return Err(ConfigError::Kernel(args.kernel, e.to_string())),
         }
+        if args.disk.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks);
+        }
+        // Guest RAM is one range from 0: it must end below the MMIO windows.
+        if !args.disk.is_empty() && memory > crate::devices::VIRTIO_MMIO_BASE {
+            return Err(ConfigError::DiskMemory);
+        }
+        let disks = args
+            .disk
+            .iter()
+            .map(|d| parse_disk(d))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RunConfig {
             kernel: args.kernel,
             cmdline: args.cmdline,
             cpus: args.cpus,
             memory,
+            disks,
             log_level: args.log.log_level,
         })
     }
@@ -200,6 +236,35 @@ mod tests {
             (c.memory, c.cpus, c.cmdline.as_str()),
             (1 << 30, 4, "a=b c")
         );
+    }
+
+    #[test]
+    fn disks() {
+        let k = exe();
+        let c = parse(&["--kernel", &k]).unwrap();
+        assert!(c.disks.is_empty());
+        let c = parse(&[
+            "--kernel",
+            &k,
+            "--disk",
+            "socket=/a.sock",
+            "--disk",
+            "socket=b",
+        ])
+        .unwrap();
+        assert_eq!(c.disks, [PathBuf::from("/a.sock"), PathBuf::from("b")]);
+        for bad in ["/a.sock", "socket=", "path=/a", "sock=/a"] {
+            let e = parse(&["--kernel", &k, "--disk", bad]).unwrap_err();
+            assert!(e.contains("socket=PATH"), "{bad}: {e}");
+        }
+        let mut many = vec!["--kernel", k.as_str()];
+        for _ in 0..=MAX_DISKS {
+            many.extend_from_slice(&["--disk", "socket=/s"]);
+        }
+        assert!(parse(&many).unwrap_err().contains("at most"));
+        let e = parse(&["--kernel", &k, "--disk", "socket=/s", "--memory", "4G"]).unwrap_err();
+        assert!(e.contains("3328M"), "{e}");
+        assert!(parse(&["--kernel", &k, "--disk", "socket=/s", "--memory", "3328M"]).is_ok());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Port I/O devices: the COM1 8250 console and the exit device.
+//! Port I/O devices: the COM1 8250 console and the exit device; the MMIO bus of the
+//! virtio-mmio devices.
 //!
 //! Exit device: writing 0xfe to the i8042 command port 0x64 ("pulse the reset
 //! line", how Linux reboots with `reboot=k` and how a test guest powers off here)
@@ -8,6 +9,53 @@ use std::io::{self, Write};
 
 use log::debug;
 use vm_superio::{Serial, Trigger};
+
+use crate::virtio::mmio::{MmioDevice, MMIO_WINDOW};
+
+/// Guest physical address of the first virtio-mmio device; the next ones follow
+/// every [`MMIO_WINDOW`] bytes (above 3 GiB, in the usual PCI hole).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Interrupt line of the first virtio-mmio device; the next ones count up.
+pub const VIRTIO_MMIO_IRQ: u32 = 5;
+
+/// The MMIO bus: virtio-mmio devices, one 4 KiB window each.
+#[derive(Debug, Default)]
+pub struct MmioBus {
+    devices: Vec<(u64, MmioDevice)>,
+}
+
+impl MmioBus {
+    /// Adds `device` at `base` (windows must not overlap; the caller places them).
+    pub fn add(&mut self, base: u64, device: MmioDevice) {
+        self.devices.push((base, device));
+    }
+
+    fn find(&mut self, addr: u64) -> Option<(u64, &mut MmioDevice)> {
+        self.devices
+            .iter_mut()
+            .find(|(base, _)| addr >= *base && addr - *base < MMIO_WINDOW)
+            .map(|(base, d)| (addr - *base, d))
+    }
+
+    /// A guest read; unbacked addresses read as all ones.
+    pub fn read(&mut self, addr: u64, data: &mut [u8]) {
+        match self.find(addr) {
+            Some((offset, dev)) => dev.read(offset, data),
+            None => {
+                debug!("read of unbacked MMIO {addr:#x}");
+                data.fill(0xff);
+            }
+        }
+    }
+
+    /// A guest write; writes to unbacked addresses are ignored.
+    pub fn write(&mut self, addr: u64, data: &[u8]) {
+        match self.find(addr) {
+            Some((offset, dev)) => dev.write(offset, data),
+            None => debug!("write to unbacked MMIO {addr:#x}"),
+        }
+    }
+}
 
 /// COM1 base port; the 8250 decodes 8 ports from here.
 pub const COM1: u16 = 0x3f8;

@@ -9,7 +9,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use log::{debug, info};
 
 use crate::boot;
-use crate::devices::{Action, DeviceError, IoBus};
+use crate::devices::{Action, DeviceError, IoBus, MmioBus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -93,9 +93,10 @@ pub fn run_vcpu<W: Write>(
     id: u8,
     mut vcpu: VcpuFd,
     bus: Arc<Mutex<IoBus<W>>>,
+    mmio: Arc<Mutex<MmioBus>>,
     done: mpsc::Sender<VcpuResult>,
 ) {
-    let result = run_loop(id, &mut vcpu, &bus);
+    let result = run_loop(id, &mut vcpu, &bus, &mmio);
     match result {
         Ok(Parked::Yes) => {
             debug!("vCPU {id} parked");
@@ -118,7 +119,12 @@ enum Parked {
     PowerOff,
 }
 
-fn run_loop<W: Write>(id: u8, vcpu: &mut VcpuFd, bus: &Mutex<IoBus<W>>) -> Result<Parked> {
+fn run_loop<W: Write>(
+    id: u8,
+    vcpu: &mut VcpuFd,
+    bus: &Mutex<IoBus<W>>,
+    mmio: &Mutex<MmioBus>,
+) -> Result<Parked> {
     loop {
         let exit = match vcpu.run() {
             Ok(exit) => exit,
@@ -136,11 +142,8 @@ fn run_loop<W: Write>(id: u8, vcpu: &mut VcpuFd, bus: &Mutex<IoBus<W>>) -> Resul
                 }
             }
             VcpuExit::IoIn(port, data) => lock(bus).read(port, data),
-            VcpuExit::MmioRead(addr, data) => {
-                debug!("vCPU {id}: read of unbacked MMIO {addr:#x}");
-                data.fill(0xff);
-            }
-            VcpuExit::MmioWrite(addr, _) => debug!("vCPU {id}: write to unbacked MMIO {addr:#x}"),
+            VcpuExit::MmioRead(addr, data) => lock(mmio).read(addr, data),
+            VcpuExit::MmioWrite(addr, data) => lock(mmio).write(addr, data),
             VcpuExit::Hlt if id == 0 => return Err(VmError::BspHalted),
             VcpuExit::Hlt => return Ok(Parked::Yes),
             VcpuExit::Shutdown => return Err(VmError::Shutdown(id)),
@@ -162,8 +165,8 @@ fn run_loop<W: Write>(id: u8, vcpu: &mut VcpuFd, bus: &Mutex<IoBus<W>>) -> Resul
     }
 }
 
-/// The bus lock; a vCPU thread that panicked holding it leaves consistent state
-/// (device writes are single steps), so poisoning is ignored.
-fn lock<W: Write>(bus: &Mutex<IoBus<W>>) -> std::sync::MutexGuard<'_, IoBus<W>> {
+/// A bus lock; a vCPU thread that panicked holding it leaves consistent state
+/// (device accesses are single steps), so poisoning is ignored.
+fn lock<T>(bus: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     bus.lock().unwrap_or_else(|p| p.into_inner())
 }

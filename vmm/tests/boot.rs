@@ -10,6 +10,7 @@ use vhostkit_tests::util::TempDir;
 const VHOSTKIT: &str = env!("CARGO_BIN_EXE_vhostkit");
 const HELLO: &str = env!("VHOSTKIT_TEST_GUEST");
 const FAULT: &str = env!("VHOSTKIT_FAULT_GUEST");
+const VIRTIO: &str = env!("VHOSTKIT_VIRTIO_GUEST");
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Outcome {
@@ -188,4 +189,91 @@ fn kernel_larger_than_memory() {
         "{}",
         o.stderr
     );
+}
+
+/// A vhost-user-blk daemon on a 1 MiB image in `dir`, or None (SKIPPED printed).
+fn blk_daemon(dir: &TempDir) -> Option<vhostkit_tests::daemon::DaemonProcess> {
+    let bin = vhostkit_tests::daemon::workspace_bin("vhost-user-blk");
+    if !bin.exists() {
+        println!(
+            "SKIPPED: {} not built (run `cargo build --workspace --bins` first)",
+            bin.display()
+        );
+        return None;
+    }
+    let image = dir.image(1 << 20).unwrap();
+    let sock = dir.join("blk.sock");
+    let mut cmd = Command::new(bin);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--path")
+        .arg(&image);
+    Some(
+        vhostkit_tests::daemon::DaemonProcess::spawn(
+            "vhost-user-blk",
+            cmd,
+            &sock,
+            Duration::from_secs(10),
+        )
+        .unwrap(),
+    )
+}
+
+#[test]
+fn guest_probes_a_vhost_user_disk_over_virtio_mmio() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = TempDir::new("vmm-disk").unwrap();
+    let Some(daemon) = blk_daemon(&dir) else {
+        return;
+    };
+    let disk = format!("socket={}", daemon.socket().display());
+    let o = vhostkit(&["run", "--kernel", VIRTIO, "--disk", &disk]);
+    assert_eq!(o.code, Some(0), "stderr: {}", o.stderr);
+    // Magic "virt", version 2, block device, 2048 sectors, nothing in window 2.
+    assert_eq!(
+        o.stdout,
+        "virtio-mmio: 74726976 00000002 00000002 00000800 ffffffff \n"
+    );
+    // QueueNotify 7 exited to the VMM and was refused; QueueNotify 0 matched the
+    // ioeventfd of queue 0 and never left the kernel.
+    assert!(
+        o.stderr.contains("QueueNotify 7 before DRIVER_OK"),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("QueueNotify 0"), "{}", o.stderr);
+    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+
+    // The device's address reaches the guest's command line.
+    let o = vhostkit(&["run", "--kernel", HELLO, "--cmdline", "x", "--disk", &disk]);
+    assert_eq!(o.code, Some(0), "stderr: {}", o.stderr);
+    assert!(
+        o.stdout
+            .contains("cmdline: x virtio_mmio.device=4K@0xd0000000:5\n"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn disk_errors() {
+    assert_error(
+        &vhostkit(&["run", "--kernel", HELLO, "--disk", "/x.sock"]),
+        2,
+        "socket=PATH",
+    );
+    if !have_kvm() {
+        return;
+    }
+    let o = vhostkit(&[
+        "run",
+        "--kernel",
+        HELLO,
+        "--disk",
+        "socket=/nonexistent/x.sock",
+    ]);
+    assert_error(&o, 1, "--disk socket=/nonexistent/x.sock");
+    assert!(o.stdout.is_empty());
 }
