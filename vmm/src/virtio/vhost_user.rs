@@ -196,27 +196,30 @@ impl Backend {
     }
 
     /// Reads `buf.len()` bytes of device config space at `offset` (GET_CONFIG).
+    ///
+    /// The request always starts at offset 0 and covers `offset + buf.len()` bytes,
+    /// as QEMU's frontend does (it fetches the whole config): libvhost-user backends
+    /// such as qemu-storage-daemon ignore GET_CONFIG's offset and return the config
+    /// from its start.
     pub fn get_config(&mut self, offset: u32, buf: &mut [u8]) -> Result<()> {
         if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
             return Err(BackendError::NoConfig);
         }
-        let zero = vec![0u8; buf.len()];
+        let start = offset as usize;
+        let wanted = start + buf.len();
+        let zero = vec![0u8; wanted];
         let (_, payload) = req(
             "GET_CONFIG",
-            self.frontend.get_config(
-                offset,
-                buf.len() as u32,
-                VhostUserConfigFlags::empty(),
-                &zero,
-            ),
+            self.frontend
+                .get_config(0, wanted as u32, VhostUserConfigFlags::empty(), &zero),
         )?;
-        if payload.len() != buf.len() {
+        if payload.len() != wanted {
             return Err(BackendError::ConfigSize {
                 got: payload.len(),
-                wanted: buf.len(),
+                wanted,
             });
         }
-        buf.copy_from_slice(&payload);
+        buf.copy_from_slice(&payload[start..]);
         Ok(())
     }
 
