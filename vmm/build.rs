@@ -1,7 +1,9 @@
 //! Builds the test guests (guest/*.S) into freestanding x86_64 ELFs with the
 //! system's `as` and `ld`; their paths reach the crate as `VHOSTKIT_TEST_GUEST`
 //! (prints a hello line, powers off), `VHOSTKIT_FAULT_GUEST` (triple-faults) and
-//! `VHOSTKIT_VIRTIO_GUEST` (probes the first virtio-mmio window).
+//! `VHOSTKIT_VIRTIO_GUEST` (probes the first virtio-mmio window). guest/blk.c, a
+//! polling virtio-blk driver (writes and reads back a sector), is built with the
+//! system's `cc` as freestanding C into `VHOSTKIT_BLK_GUEST`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,10 +18,46 @@ fn run(cmd: &mut Command) {
 /// Assembles guest/NAME.S and links it with guest/hello.ld into OUT_DIR/NAME.elf.
 fn guest(out: &Path, name: &str) -> PathBuf {
     let obj = out.join(format!("{name}.o"));
-    let elf = out.join(format!("{name}.elf"));
     let src = format!("guest/{name}.S");
     println!("cargo:rerun-if-changed={src}");
     run(Command::new("as").args(["--64", "-o"]).arg(&obj).arg(&src));
+    link(out, name, &obj)
+}
+
+/// Compiles guest/NAME.c as freestanding code (no SSE, no red zone: no FPU set-up
+/// and no interrupt stack switch in the guest) and links it like the others.
+fn c_guest(out: &Path, name: &str) -> PathBuf {
+    let obj = out.join(format!("{name}.o"));
+    let src = format!("guest/{name}.c");
+    println!("cargo:rerun-if-changed={src}");
+    run(Command::new("cc")
+        .args([
+            "-m64",
+            "-std=gnu11",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-ffreestanding",
+            "-fno-builtin",
+            "-fno-tree-loop-distribute-patterns",
+            "-fno-pic",
+            "-fno-stack-protector",
+            "-fno-asynchronous-unwind-tables",
+            "-fcf-protection=none",
+            "-mgeneral-regs-only",
+            "-mno-red-zone",
+            "-c",
+            "-o",
+        ])
+        .arg(&obj)
+        .arg(&src));
+    link(out, name, &obj)
+}
+
+/// Links OBJ with guest/hello.ld into OUT_DIR/NAME.elf.
+fn link(out: &Path, name: &str, obj: &Path) -> PathBuf {
+    let elf = out.join(format!("{name}.elf"));
     run(Command::new("ld")
         .args([
             "-nostdlib",
@@ -30,7 +68,7 @@ fn guest(out: &Path, name: &str) -> PathBuf {
             "-o",
         ])
         .arg(&elf)
-        .arg(&obj));
+        .arg(obj));
     elf
 }
 
@@ -40,7 +78,9 @@ fn main() {
     let hello = guest(&out, "hello");
     let fault = guest(&out, "fault");
     let virtio = guest(&out, "virtio");
+    let blk = c_guest(&out, "blk");
     println!("cargo:rustc-env=VHOSTKIT_TEST_GUEST={}", hello.display());
     println!("cargo:rustc-env=VHOSTKIT_FAULT_GUEST={}", fault.display());
     println!("cargo:rustc-env=VHOSTKIT_VIRTIO_GUEST={}", virtio.display());
+    println!("cargo:rustc-env=VHOSTKIT_BLK_GUEST={}", blk.display());
 }
