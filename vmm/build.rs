@@ -1,6 +1,7 @@
 //! Builds the test guests (guest/*.S) into freestanding x86_64 ELFs with the
 //! system's `as` and `ld`; their paths reach the crate as `VHOSTKIT_TEST_GUEST`
-//! (prints a hello line, powers off), `VHOSTKIT_FAULT_GUEST` (triple-faults) and
+//! (prints a hello line, powers off; it also has a PVH entry note, so QEMU's
+//! `-kernel` boots the same ELF), `VHOSTKIT_FAULT_GUEST` (triple-faults) and
 //! `VHOSTKIT_VIRTIO_GUEST` (probes the first virtio-mmio window). guest/blk.c, a
 //! polling virtio-blk driver (writes and reads back a sector), is built with the
 //! system's `cc` as freestanding C into `VHOSTKIT_BLK_GUEST`.

@@ -184,7 +184,7 @@ fn kernel_larger_than_memory() {
     std::fs::write(&path, &elf).unwrap();
     let path = path.to_str().unwrap();
     let o = vhostkit(&["run", "--kernel", path, "--memory", "64M"]);
-    assert_error(&o, 1, "needs guest memory up to 0x10000");
+    assert_error(&o, 1, "needs guest memory up to 0x1000"); // 0x1000xxxx
     assert!(
         o.stderr.contains("--memory gives 0x4000000"),
         "{}",

@@ -1,0 +1,114 @@
+//! QEMU boots the same hello test guest ELF that vhostkit runs, through its PVH
+//! entry (the XEN_ELFNOTE_PHYS32_ENTRY note): the dual-entry guest stays valid.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HELLO: &str = env!("VHOSTKIT_TEST_GUEST");
+const QEMU: &str = "qemu-system-x86_64";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn have_qemu_and_kvm() -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        println!("SKIPPED: no /dev/kvm");
+        return false;
+    }
+    if Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        println!("SKIPPED: {QEMU} is not installed");
+        return false;
+    }
+    true
+}
+
+/// Runs QEMU on the hello guest with MACHINE and EXTRA arguments; returns its exit
+/// code and stdout (the guest's serial port). Kills it after TIMEOUT.
+fn qemu(machine: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let start = Instant::now();
+    let mut child = Command::new(QEMU)
+        .args([
+            "-accel",
+            "kvm",
+            // -cpu host and max abort on MSR 0x10a under kvm_pvm.
+            "-cpu",
+            "host,-arch-capabilities",
+            "-machine",
+            machine,
+            "-m",
+            "64M",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-kernel",
+            HELLO,
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn qemu");
+    let mut out = child.stdout.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("QEMU ({machine}) did not end within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (status.code(), out_t.join().unwrap())
+}
+
+/// microvm has no i8042: the guest's second power-off write, to isa-debug-exit at
+/// 0xf4 (value 0x10), ends QEMU with status (0x10 << 1) | 1.
+#[test]
+fn qemu_microvm_boots_the_hello_guest_through_pvh() {
+    if !have_qemu_and_kvm() {
+        return;
+    }
+    let (code, out) = qemu(
+        "microvm,x-option-roms=off,pit=off,pic=off,rtc=off",
+        &["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
+    );
+    assert!(
+        out.starts_with("vhostkit test guest: hello\n"),
+        "serial output: {out:?}"
+    );
+    assert_eq!(code, Some(33), "serial output: {out:?}");
+}
+
+/// q35 has an i8042: the guest's reset command (0xfe to port 0x64) ends QEMU
+/// with status 0 under -no-reboot. The command line reaches the guest through
+/// hvm_start_info.
+#[test]
+fn qemu_q35_boots_the_hello_guest_and_passes_the_command_line() {
+    if !have_qemu_and_kvm() {
+        return;
+    }
+    let (code, out) = qemu("q35", &["-append", "hello from qemu"]);
+    assert!(
+        out.contains("vhostkit test guest: hello\ncmdline: hello from qemu\n"),
+        "serial output: {out:?}"
+    );
+    assert_eq!(code, Some(0), "serial output: {out:?}");
+}
