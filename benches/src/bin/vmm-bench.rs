@@ -1,0 +1,433 @@
+//! vmm-bench: launch latency of our VMM against QEMU on the same test guest.
+//!
+//! The hello test guest (vmm/guest/hello.S) is one ELF with two entries: vhostkit
+//! enters it at the ELF entry in 64-bit mode, QEMU's `-kernel` through its PVH note.
+//! Every round runs `vhostkit run --kernel hello.elf` and then QEMU (`-accel kvm`,
+//! microvm with minimal devices, `-nodefaults`, serial on stdio) on the same file,
+//! and measures the wall time from spawn to the guest's first serial line (stdout
+//! read as it arrives) and to the process's exit. The table shows the medians.
+//!
+//! Lower time is better. The report's figure is ops/s, so each row shows launches
+//! per second (1 / median time): ours/peer > 1 means vhostkit is faster, and the
+//! target "ours at most half of QEMU's time" is ours/peer >= 2. The times in ms are
+//! in the row names.
+//!
+//! A row without a peer times the blk test guest (a virtio-blk driver writing and
+//! reading a sector) on our VMM with a vhost-user-blk daemon, spawn to exit (the
+//! daemon is started before, outside the timing). QEMU cannot run that guest (it has
+//! no PVH entry and expects vhostkit's virtio-mmio windows).
+//!
+//! ```text
+//! cargo build --release -p vhostkit-vmm -p vhost-blk -p vhostkit-benches
+//! target/release/vmm-bench --rounds 20 --json vmm.json --svg vmm.svg
+//! ```
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use vhostkit_benches::report::{Measurement, Report, Row};
+use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
+use vhostkit_tests::TempDir;
+
+const HELLO_LINE: &str = "vhostkit test guest: hello";
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time from launch to the first serial line and to exit: vhostkit against QEMU.
+#[derive(Parser, Debug)]
+#[command(name = "vmm-bench", about, long_about = None)]
+struct Args {
+    /// Launches per backend; the table shows the medians.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+
+    /// The hello test guest ELF (default: the newest
+    /// build/vhostkit-vmm-*/out/hello.elf next to this binary).
+    #[arg(long, value_name = "PATH")]
+    guest: Option<PathBuf>,
+
+    /// The blk test guest ELF (default: blk.elf next to the hello guest).
+    #[arg(long, value_name = "PATH")]
+    blk_guest: Option<PathBuf>,
+
+    /// Skip the blk guest row.
+    #[arg(long)]
+    no_blk: bool,
+
+    /// The QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: String,
+
+    /// QEMU machine type and options.
+    #[arg(
+        long,
+        default_value = "microvm,x-option-roms=off,pit=off,pic=off,rtc=off"
+    )]
+    machine: String,
+
+    /// QEMU CPU model (`host` and `max` abort on MSR 0x10a under kvm_pvm).
+    #[arg(long, default_value = "host,-arch-capabilities")]
+    cpu: String,
+
+    /// Guest memory for both VMMs, in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_mib: u64,
+
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+
+    /// Write an SVG chart of ours/peer here.
+    #[arg(long, value_name = "PATH")]
+    svg: Option<PathBuf>,
+
+    /// Short run for a CI smoke test (3 rounds).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// One launch: spawn to the first line on stdout, spawn to exit.
+struct Sample {
+    first_line: Duration,
+    exit: Duration,
+}
+
+fn main() {
+    let args = Args::parse();
+    if !Path::new("/dev/kvm").exists() {
+        println!("SKIPPED: no /dev/kvm");
+        return;
+    }
+    if let Err(e) = run(&args) {
+        eprintln!("vmm-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The newest `build/vhostkit-vmm-*/out/NAME` under the folder of our binaries.
+fn built_guest(name: &str) -> Option<PathBuf> {
+    let build = workspace_bin("build");
+    std::fs::read_dir(build)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vhostkit-vmm-"))
+        .map(|e| e.path().join("out").join(name))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let rounds = if args.quick { 3 } else { args.rounds.max(1) };
+    let vhostkit = workspace_bin("vhostkit");
+    if !vhostkit.exists() {
+        return Err(format!(
+            "{} not built (cargo build -p vhostkit-vmm)",
+            vhostkit.display()
+        ));
+    }
+    let guest = match &args.guest {
+        Some(p) => p.clone(),
+        None => built_guest("hello.elf").ok_or("hello.elf not found: pass --guest")?,
+    };
+    let qemu_version = qemu_version(&args.qemu);
+    let memory = format!("{}M", args.memory_mib);
+    let guest_s = guest.to_string_lossy().into_owned();
+
+    let ours_cmd = || {
+        let mut c = Command::new(&vhostkit);
+        c.args(["run", "--kernel", &guest_s, "--memory", &memory])
+            .args(["--log-level", "warn"]);
+        c
+    };
+    let qemu_cmd = || {
+        let mut c = Command::new(&args.qemu);
+        c.args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            &args.cpu,
+            "-machine",
+            &args.machine,
+        ])
+        .args(["-m", &memory, "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-serial", "stdio", "-no-reboot", "-kernel", &guest_s])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        c
+    };
+
+    // Warm the page cache and check both work before timing anything.
+    launch(ours_cmd(), &[0]).map_err(|e| format!("vhostkit: {e}"))?;
+    if qemu_version.is_some() {
+        launch(qemu_cmd(), &[0, 33]).map_err(|e| format!("QEMU: {e}"))?;
+    }
+
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let o = launch(ours_cmd(), &[0]).map_err(|e| format!("vhostkit: {e}"))?;
+        eprint!(
+            "round {}/{rounds}: vhostkit {:.2}/{:.2} ms",
+            round + 1,
+            ms(o.first_line),
+            ms(o.exit)
+        );
+        ours.push(o);
+        if qemu_version.is_some() {
+            let q = launch(qemu_cmd(), &[0, 33]).map_err(|e| format!("QEMU: {e}"))?;
+            eprint!(", QEMU {:.2}/{:.2} ms", ms(q.first_line), ms(q.exit));
+            peer.push(q);
+        }
+        eprintln!(" (first line/exit)");
+    }
+
+    let peer_name = match &qemu_version {
+        Some(v) => format!("QEMU {v} ({})", args.machine),
+        None => format!("{} (not found)", args.qemu),
+    };
+    let mut report = Report::new(
+        "vmm-bench: launch to first serial line and to exit, same test guest ELF",
+        "vhostkit run",
+        &peer_name,
+    );
+    report.notes = vec![
+        "lower time is better; rows show launches/s = 1 / median time, so ours/peer > 1 means \
+         vhostkit is faster (target: ours at most half of QEMU's time, ours/peer >= 2)"
+            .into(),
+        format!(
+            "{rounds} rounds, alternating; guest {} ({} MiB); /dev/kvm here may be kvm_pvm",
+            guest.display(),
+            args.memory_mib
+        ),
+        format!(
+            "QEMU: -accel kvm -cpu {} -machine {} -m {memory} -nodefaults -serial stdio \
+             -no-reboot -kernel (PVH entry) -device isa-debug-exit",
+            args.cpu, args.machine
+        ),
+    ];
+    let medians = |s: &[Sample]| {
+        (
+            median(s.iter().map(|x| x.first_line).collect()),
+            median(s.iter().map(|x| x.exit).collect()),
+        )
+    };
+    let (of, oe) = medians(&ours);
+    let peer_medians = (!peer.is_empty()).then(|| medians(&peer));
+    for (what, o, p) in [
+        ("first serial line", of, peer_medians.map(|m| m.0)),
+        ("exit", oe, peer_medians.map(|m| m.1)),
+    ] {
+        let name = match p {
+            Some(p) => format!(
+                "hello: spawn to {what} (ours {:.2} ms, QEMU {:.2} ms)",
+                ms(o),
+                ms(p)
+            ),
+            None => format!("hello: spawn to {what} (ours {:.2} ms)", ms(o)),
+        };
+        report.rows.push(Row {
+            workload: name,
+            ours: per_second(o),
+            peer: p.map(per_second),
+        });
+    }
+
+    if !args.no_blk {
+        match blk_row(args, &vhostkit, &guest, rounds)? {
+            Some(row) => report.rows.push(row),
+            None => report
+                .notes
+                .push("blk guest row skipped (vhost-user-blk or blk.elf not built)".into()),
+        }
+    }
+
+    print!("{}", report.to_table());
+    if let Some(p) = &args.json {
+        report
+            .write_json(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &args.svg {
+        report
+            .write_svg(p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The blk guest on our VMM with a fresh vhost-user-blk daemon per round (started
+/// outside the timing): spawn to exit. No peer.
+fn blk_row(
+    args: &Args,
+    vhostkit: &Path,
+    hello: &Path,
+    rounds: usize,
+) -> Result<Option<Row>, String> {
+    let blk = match &args.blk_guest {
+        Some(p) => p.clone(),
+        None => hello.with_file_name("blk.elf"),
+    };
+    let daemon_bin = workspace_bin("vhost-user-blk");
+    if !blk.exists() || !daemon_bin.exists() {
+        return Ok(None);
+    }
+    let dir = TempDir::new("vmm-bench").map_err(|e| format!("temp dir: {e}"))?;
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let image = dir.image(1 << 20).map_err(|e| format!("image: {e}"))?;
+        let sock = dir.join("blk.sock");
+        let mut cmd = Command::new(&daemon_bin);
+        cmd.arg("--socket-path")
+            .arg(&sock)
+            .arg("--path")
+            .arg(&image)
+            .args(["--log-level", "warn"]);
+        let mut daemon =
+            DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10))
+                .map_err(|e| format!("vhost-user-blk: {e}"))?;
+        let mut c = Command::new(vhostkit);
+        c.arg("run")
+            .arg("--kernel")
+            .arg(&blk)
+            .arg("--disk")
+            .arg(format!("socket={}", sock.display()))
+            .args(["--memory", &format!("{}M", args.memory_mib)])
+            .args(["--log-level", "warn"]);
+        let s = launch(c, &[0]).map_err(|e| format!("vhostkit (blk guest): {e}"))?;
+        eprintln!(
+            "blk round {}/{rounds}: vhostkit {:.2} ms to exit",
+            round + 1,
+            ms(s.exit)
+        );
+        times.push(s.exit);
+        let _ = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+        let _ = std::fs::remove_file(&sock);
+    }
+    let m = median(times);
+    Ok(Some(Row {
+        workload: format!(
+            "blk guest + vhost-user-blk: spawn to exit (ours {:.2} ms)",
+            ms(m)
+        ),
+        ours: per_second(m),
+        peer: None,
+    }))
+}
+
+/// Spawns `cmd`, reads its stdout as it arrives and times the first line and the
+/// exit; checks the exit code and, for the hello guest, the first line. QEMU ends
+/// with 33 through isa-debug-exit (microvm) or 0 through an i8042 reset (q35, pc).
+fn launch(mut cmd: Command, want_codes: &[i32]) -> Result<Sample, String> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut first = None;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+            if first.is_none() && buf[..n].contains(&b'\n') {
+                first = Some(start.elapsed());
+            }
+        }
+        (first, String::from_utf8_lossy(&text).into_owned())
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    // A watchdog kills a launch that hangs; the main thread blocks in wait() so
+    // the exit is timed without polling.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let pid = child.id() as libc::pid_t;
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(TIMEOUT).is_err() {
+            // SAFETY: kill() on our own child's pid (not yet reaped: the main
+            // thread is still in wait()) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+    let exit = start.elapsed();
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    let (first, stdout) = reader.join().unwrap();
+    let stderr = err_t.join().unwrap();
+    if exit >= TIMEOUT {
+        return Err(format!("did not end within {TIMEOUT:?}"));
+    }
+    if !status.code().is_some_and(|c| want_codes.contains(&c)) {
+        return Err(format!(
+            "exit status {status}, want one of {want_codes:?}; stdout {stdout:?}, stderr {stderr:?}"
+        ));
+    }
+    let Some(first_line) = first else {
+        return Err(format!("no serial line; stderr {stderr:?}"));
+    };
+    if stdout.starts_with("vhostkit test guest") && !stdout.starts_with(HELLO_LINE) {
+        return Err(format!("unexpected first line: {stdout:?}"));
+    }
+    Ok(Sample { first_line, exit })
+}
+
+fn qemu_version(qemu: &str) -> Option<String> {
+    let out = Command::new(qemu).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next()?;
+    first
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .map(str::to_string)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn per_second(d: Duration) -> Measurement {
+    Measurement {
+        ops_per_sec: 1.0 / d.as_secs_f64().max(1e-9),
+        mb_per_sec: 0.0,
+        cpu_s_per_mop: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        let d = Duration::from_millis;
+        assert_eq!(median(vec![d(3), d(1), d(2)]), d(2));
+        assert_eq!(
+            median(vec![d(4), d(1), d(2), d(3)]),
+            Duration::from_micros(2500)
+        );
+    }
+}
