@@ -189,6 +189,24 @@ impl Report {
     pub fn write_svg(&self, path: &Path) -> io::Result<()> {
         std::fs::write(path, self.to_svg())
     }
+
+    /// What every bench binary ends with: the table on stdout, then the JSON and
+    /// SVG files if asked for (each announced on stderr).
+    pub fn emit(&self, json: Option<&Path>, svg: Option<&Path>) -> Result<(), String> {
+        print!("{}", self.to_table());
+        let written = |path: &Path, result: io::Result<()>| {
+            result.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+            Ok::<(), String>(())
+        };
+        if let Some(path) = json {
+            written(path, self.write_json(path))?;
+        }
+        if let Some(path) = svg {
+            written(path, self.write_svg(path))?;
+        }
+        Ok(())
+    }
 }
 
 fn xml_escape(s: &str) -> String {

@@ -86,6 +86,56 @@ impl Rng {
     }
 }
 
+/// What a child process run to completion printed and how it ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `cmd` with stdin closed and stdout and stderr captured (drained in threads,
+/// so a chatty child cannot block on a full pipe); kills it and panics after
+/// `timeout`.
+pub fn run_to_end(cmd: &mut std::process::Command, timeout: Duration) -> Finished {
+    use std::io::Read;
+    use std::process::Stdio;
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Finished {
+        code: status.code(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
 /// Waits until the file at `log` contains `needle` and returns its text; panics
 /// with the text after `timeout`.
 pub fn wait_for_log(log: &Path, needle: &str, timeout: Duration) -> String {
@@ -118,6 +168,17 @@ mod tests {
         let kept = a.path().to_path_buf();
         drop(a);
         assert!(!kept.exists());
+    }
+
+    #[test]
+    fn run_to_end_collects_output_and_code() {
+        let done = run_to_end(
+            std::process::Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(10),
+        );
+        assert_eq!(done.code, Some(3));
+        assert_eq!(done.stdout, "out\n");
+        assert_eq!(done.stderr, "err\n");
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! Runs the `vhostkit` binary on the test guests built by build.rs.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use vhostkit_tests::util::TempDir;
+use vhostkit_tests::util::{run_to_end, Finished, TempDir};
 
 const VHOSTKIT: &str = env!("CARGO_BIN_EXE_vhostkit");
 const HELLO: &str = env!("VHOSTKIT_TEST_GUEST");
@@ -14,54 +13,15 @@ const VIRTIO: &str = env!("VHOSTKIT_VIRTIO_GUEST");
 const BLK: &str = env!("VHOSTKIT_BLK_GUEST");
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
+/// How a `vhostkit` run ended.
+type Outcome = Finished;
 
 /// Runs `vhostkit ARGS` with warnings-only logging; kills it after TIMEOUT.
 fn vhostkit(args: &[&str]) -> Outcome {
-    let start = Instant::now();
-    let mut child = Command::new(VHOSTKIT)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vhostkit");
-    // Drain the pipes in threads so a chatty child cannot block on a full pipe.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vhostkit {args:?} did not end within {TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Outcome {
-        code: status.code(),
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-        elapsed: start.elapsed(),
-    }
+    run_to_end(
+        Command::new(VHOSTKIT).args(args).env_remove("RUST_LOG"),
+        TIMEOUT,
+    )
 }
 
 fn have_kvm() -> bool {

@@ -1,10 +1,11 @@
 //! QEMU boots the same hello test guest ELF that vhostkit runs, through its PVH
 //! entry (the XEN_ELFNOTE_PHYS32_ENTRY note): the dual-entry guest stays valid.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use vhostkit_tests::util::run_to_end;
 
 const HELLO: &str = env!("VHOSTKIT_TEST_GUEST");
 const QEMU: &str = "qemu-system-x86_64";
@@ -31,52 +32,33 @@ fn have_qemu_and_kvm() -> bool {
 /// Runs QEMU on the hello guest with MACHINE and EXTRA arguments; returns its exit
 /// code and stdout (the guest's serial port). Kills it after TIMEOUT.
 fn qemu(machine: &str, extra: &[&str]) -> (Option<i32>, String) {
-    let start = Instant::now();
-    let mut child = Command::new(QEMU)
-        .args([
-            "-accel",
-            "kvm",
-            // -cpu host and max abort on MSR 0x10a under kvm_pvm.
-            "-cpu",
-            "host,-arch-capabilities",
-            "-machine",
-            machine,
-            "-m",
-            "64M",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-kernel",
-            HELLO,
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn qemu");
-    let mut out = child.stdout.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("QEMU ({machine}) did not end within {TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    (status.code(), out_t.join().unwrap())
+    let done = run_to_end(
+        Command::new(QEMU)
+            .args([
+                "-accel",
+                "kvm",
+                // -cpu host and max abort on MSR 0x10a under kvm_pvm.
+                "-cpu",
+                "host,-arch-capabilities",
+                "-machine",
+                machine,
+                "-m",
+                "64M",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-kernel",
+                HELLO,
+            ])
+            .args(extra),
+        TIMEOUT,
+    );
+    eprint!("{}", done.stderr);
+    (done.code, done.stdout)
 }
 
 /// microvm has no i8042: the guest's second power-off write, to isa-debug-exit at

@@ -695,17 +695,7 @@ fn run(mut args: Args) -> Result<(), String> {
         "QD1 and 1-queue rows largely measure eventfd wake-up latency across CPUs (kick and call), which is high in a VM; --spin-us trades driver CPU for it".into(),
     ];
 
-    print!("{}", report.to_table());
-    if let Some(p) = &args.json {
-        report
-            .write_json(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    if let Some(p) = &args.svg {
-        report
-            .write_svg(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-    }
+    report.emit(args.json.as_deref(), args.svg.as_deref())?;
     Ok(())
 }
 

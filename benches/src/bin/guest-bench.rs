@@ -276,19 +276,7 @@ fn run(args: &Args) -> Result<(), String> {
         });
     }
 
-    println!("{}", report.to_table());
-    if let Some(path) = &args.json {
-        report
-            .write_json(path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        eprintln!("guest-bench: wrote {}", path.display());
-    }
-    if let Some(path) = &args.svg {
-        report
-            .write_svg(path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        eprintln!("guest-bench: wrote {}", path.display());
-    }
+    report.emit(args.json.as_deref(), args.svg.as_deref())?;
     Ok(())
 }
 

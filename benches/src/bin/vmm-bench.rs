@@ -244,17 +244,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
 
-    print!("{}", report.to_table());
-    if let Some(p) = &args.json {
-        report
-            .write_json(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    if let Some(p) = &args.svg {
-        report
-            .write_svg(p)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
-    }
+    report.emit(args.json.as_deref(), args.svg.as_deref())?;
     Ok(())
 }
 
