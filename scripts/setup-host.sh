@@ -2,7 +2,8 @@
 # Installs the host packages vhostkit's tests, benchmarks and demo use, on Debian
 # bookworm, as root: QEMU 7.2 (qemu-system-x86; its qemu-system-common package
 # carries qemu-storage-daemon, the block peer), fio, iperf3, busybox-static, cpio and
-# kmod (guest image), iproute2 (network tests). Does nothing when all are present.
+# kmod (guest image), iproute2 (network tests), acpica-tools (iasl checks the
+# VMM's ACPI tables). Does nothing when all are present.
 set -euo pipefail
 
 log() { printf '[setup-host] %s\n' "$*" >&2; }
@@ -16,6 +17,7 @@ want=(
     depmod:kmod
     blkdiscard:util-linux
     ip:iproute2
+    iasl:acpica-tools
 )
 missing=()
 for entry in "${want[@]}"; do

@@ -11,6 +11,7 @@ pub mod vm;
 use std::sync::{mpsc, Arc, Mutex};
 
 use log::info;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use config::{Cli, Command, RunConfig};
 
@@ -61,10 +62,12 @@ pub fn run(config: &RunConfig) -> Result<()> {
         let disk_err = |e: virtio::mmio::MmioError| Error::Disk(socket.display().to_string(), e);
         let backend =
             virtio::vhost_user::Backend::connect(socket).map_err(|e| disk_err(e.into()))?;
+        let device_config = virtio::mmio::DeviceConfig::blk(backend.num_queues(), None);
         let dev =
-            virtio::mmio::MmioDevice::new(backend, mem.clone(), virtio::mmio::DeviceConfig::blk())
-                .map_err(disk_err)?;
+            virtio::mmio::MmioDevice::new(backend, mem.clone(), device_config).map_err(disk_err)?;
         dev.register_ioeventfds(&vmfd, base).map_err(disk_err)?;
+        let mut dev = dev;
+        dev.register_irqfds(&vmfd, irq).map_err(disk_err)?;
         info!("disk {i}: {} at {base:#x}, IRQ {irq}", socket.display());
         // How Linux finds it (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
@@ -78,21 +81,36 @@ pub fn run(config: &RunConfig) -> Result<()> {
         config.memory >> 20
     );
 
-    let bus = Arc::new(Mutex::new(devices::IoBus::new(std::io::stdout())));
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(vm::VmError::EventFd)?;
+    vmfd.register_irqfd(&serial_irq, devices::COM1_GSI)
+        .map_err(|e| vm::VmError::Irqfd(devices::COM1_GSI, e))?;
+    let bus = Arc::new(Mutex::new(devices::IoBus::new(
+        std::io::stdout(),
+        serial_irq,
+    )));
     let mmio = Arc::new(Mutex::new(mmio));
+    let stats = Arc::new(vm::ExitStats::default());
     let (done, results) = mpsc::channel();
     for id in 0..config.cpus {
-        let rip = if id == 0 { entry } else { boot::AP_PARK };
-        let vcpu = vm::create_vcpu(&kvm, &vmfd, id, rip)?;
-        let (bus, mmio, done) = (bus.clone(), mmio.clone(), done.clone());
+        let vcpu = vm::create_vcpu(&kvm, &vmfd, id, entry)?;
+        let (bus, mmio, stats, done) = (bus.clone(), mmio.clone(), stats.clone(), done.clone());
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vm::run_vcpu(id, vcpu, bus, mmio, done))
+            .spawn(move || vm::run_vcpu(id, vcpu, bus, mmio, stats, done))
             .map_err(|e| vm::VmError::Thread(id, e))?;
     }
     drop(done);
     // The first outcome decides; parked vCPUs and the VM go away with the process.
     let outcome = results.recv().map_err(|_| vm::VmError::NoResult)?;
+    let (port_io, mmio_exits, other) = stats.snapshot();
+    let notifications = mmio
+        .lock()
+        .map(|m| m.notification_stats())
+        .unwrap_or_default();
+    info!(
+        "vCPU exits: {port_io} port I/O, {mmio_exits} MMIO, {other} other; virtio notifications through the VMM: {} kicks, {} calls",
+        notifications.kicks, notifications.calls
+    );
     // Keep the memory mapped until here: KVM holds its address.
     drop(mem);
     Ok(outcome?)

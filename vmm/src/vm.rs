@@ -1,12 +1,13 @@
 //! The KVM virtual machine: vCPU set-up and the vCPU threads' run loops.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use log::{debug, info};
+use log::info;
 
 use crate::boot;
 use crate::devices::{Action, DeviceError, IoBus, MmioBus};
@@ -17,6 +18,8 @@ pub enum VmError {
     OpenKvm(#[source] kvm_ioctls::Error),
     #[error("cannot create the VM")]
     CreateVm(#[source] kvm_ioctls::Error),
+    #[error("cannot create the in-kernel interrupt controllers ({0})")]
+    Irqchip(&'static str, #[source] kvm_ioctls::Error),
     #[error("KVM does not report its supported CPUID")]
     Cpuid(#[source] kvm_ioctls::Error),
     #[error("cannot create vCPU {0}")]
@@ -37,26 +40,48 @@ pub enum VmError {
     Internal(u8, u32, &'static str),
     #[error("vCPU {0}: unexpected exit {1}")]
     UnexpectedExit(u8, String),
-    #[error("vCPU 0 halted with no interrupt source to wake it (the guest is stuck)")]
-    BspHalted,
     #[error("vCPU {0}: device error")]
     Device(u8, #[source] DeviceError),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] io::Error),
+    #[error("KVM refused the irqfd of GSI {0}")]
+    Irqfd(u32, #[source] kvm_ioctls::Error),
     #[error("all vCPU threads ended without a result")]
     NoResult,
 }
 
 pub type Result<T> = std::result::Result<T, VmError>;
 
-/// The KVM handle and a VM with no memory yet.
+/// Where KVM may put the three pages of its real-mode TSS (Intel): just below the
+/// 4 GiB boundary, in the MMIO hole and out of the way of RAM and devices, as
+/// Firecracker does.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// The KVM handle and a VM with no memory yet, with KVM's in-kernel interrupt
+/// controllers: a local APIC per vCPU, the IOAPIC (24 GSIs) and the dual 8259 PIC,
+/// and the PIT. With them, an irqfd raises a guest interrupt without the VMM, HLT
+/// waits in the kernel, and secondary vCPUs wait for INIT/SIPI from the boot vCPU.
 pub fn create() -> Result<(Kvm, VmFd)> {
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(|e| VmError::Irqchip("TSS address", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| VmError::Irqchip("irqchip", e))?;
+    // The PIT, with its speaker port answered by KVM rather than the VMM.
+    let pit = kvm_bindings::kvm_pit_config {
+        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| VmError::Irqchip("PIT", e))?;
     Ok((kvm, vm))
 }
 
-/// Creates vCPU `id` in long mode at `rip` (vCPU 0: the kernel entry; others: the
-/// parking loop).
-pub fn create_vcpu(kvm: &Kvm, vm: &VmFd, id: u8, rip: u64) -> Result<VcpuFd> {
+/// Creates vCPU `id`. vCPU 0 starts in long mode at `entry`; the others wait in
+/// KVM for the INIT/SIPI sequence with which the guest starts them (their KVM_RUN
+/// blocks until then), as on real hardware.
+pub fn create_vcpu(kvm: &Kvm, vm: &VmFd, id: u8, entry: u64) -> Result<VcpuFd> {
     let vcpu = vm
         .create_vcpu(id as u64)
         .map_err(|e| VmError::CreateVcpu(id, e))?;
@@ -73,50 +98,79 @@ pub fn create_vcpu(kvm: &Kvm, vm: &VmFd, id: u8, rip: u64) -> Result<VcpuFd> {
         }
     }
     vcpu.set_cpuid2(&cpuid).map_err(|e| setup("CPUID", e))?;
+    set_lint(&vcpu).map_err(|e| setup("local APIC", e))?;
+    if id != 0 {
+        return Ok(vcpu);
+    }
     let mut sregs = vcpu.get_sregs().map_err(|e| setup("get sregs", e))?;
     boot::long_mode_sregs(&mut sregs);
     vcpu.set_sregs(&sregs)
         .map_err(|e| setup("long-mode sregs", e))?;
-    vcpu.set_regs(&boot::entry_regs(rip))
+    vcpu.set_regs(&boot::entry_regs(entry))
         .map_err(|e| setup("regs", e))?;
     vcpu.set_fpu(&boot::initial_fpu())
         .map_err(|e| setup("FPU", e))?;
     Ok(vcpu)
 }
 
+/// Local APIC LVT entries as a PC's firmware leaves them: LINT0 in ExtINT mode (the
+/// 8259 PIC's output, which Linux uses until it switches to the IOAPIC) and LINT1
+/// as NMI.
+fn set_lint(vcpu: &VcpuFd) -> std::result::Result<(), kvm_ioctls::Error> {
+    const APIC_LVT0: usize = 0x350;
+    const APIC_LVT1: usize = 0x360;
+    const APIC_MODE_NMI: u32 = 0x4;
+    const APIC_MODE_EXTINT: u32 = 0x7;
+    let mut lapic = vcpu.get_lapic()?;
+    let mut set_mode = |offset: usize, mode: u32| {
+        let reg = &mut lapic.regs[offset..offset + 4];
+        let bytes: [u8; 4] = std::array::from_fn(|i| reg[i] as u8);
+        let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+        for (dst, src) in reg.iter_mut().zip(value.to_le_bytes()) {
+            *dst = src as _;
+        }
+    };
+    set_mode(APIC_LVT0, APIC_MODE_EXTINT);
+    set_mode(APIC_LVT1, APIC_MODE_NMI);
+    vcpu.set_lapic(&lapic)
+}
+
+/// vCPU exits to the VMM, counted by kind over all vCPUs (for the log line at the
+/// end of a run and the benchmark's wake-ups per request).
+#[derive(Debug, Default)]
+pub struct ExitStats {
+    pub port_io: AtomicU64,
+    pub mmio: AtomicU64,
+    pub other: AtomicU64,
+}
+
+impl ExitStats {
+    /// (port I/O, MMIO, other) exits so far.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.port_io.load(Ordering::Relaxed),
+            self.mmio.load(Ordering::Relaxed),
+            self.other.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// How a vCPU thread ended.
 pub type VcpuResult = Result<()>;
 
 /// Runs vCPU `id` until the guest powers off (Ok) or fails (Err); sends the outcome
-/// on `done`. A secondary vCPU that halts is parked until the process ends.
+/// on `done`. HLT never comes here: the in-kernel local APIC blocks the vCPU until
+/// an interrupt, and a secondary vCPU waits in KVM_RUN for its SIPI.
 pub fn run_vcpu<W: Write>(
     id: u8,
     mut vcpu: VcpuFd,
     bus: Arc<Mutex<IoBus<W>>>,
     mmio: Arc<Mutex<MmioBus>>,
+    stats: Arc<ExitStats>,
     done: mpsc::Sender<VcpuResult>,
 ) {
-    let result = run_loop(id, &mut vcpu, &bus, &mmio);
-    match result {
-        Ok(Parked::Yes) => {
-            debug!("vCPU {id} parked");
-            // Keep the vCPU fd alive; the VMM ends when vCPU 0 does.
-            loop {
-                std::thread::park();
-            }
-        }
-        Ok(Parked::PowerOff) => {
-            let _ = done.send(Ok(()));
-        }
-        Err(e) => {
-            let _ = done.send(Err(e));
-        }
-    }
-}
-
-enum Parked {
-    Yes,
-    PowerOff,
+    let result = run_loop(id, &mut vcpu, &bus, &mmio, &stats);
+    let _ = done.send(result);
 }
 
 fn run_loop<W: Write>(
@@ -124,13 +178,20 @@ fn run_loop<W: Write>(
     vcpu: &mut VcpuFd,
     bus: &Mutex<IoBus<W>>,
     mmio: &Mutex<MmioBus>,
-) -> Result<Parked> {
+    stats: &ExitStats,
+) -> Result<()> {
     loop {
         let exit = match vcpu.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
             Err(e) => return Err(VmError::Run(id, e)),
         };
+        let counter = match exit {
+            VcpuExit::IoOut(..) | VcpuExit::IoIn(..) => &stats.port_io,
+            VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => &stats.mmio,
+            _ => &stats.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         match exit {
             VcpuExit::IoOut(port, data) => {
                 let action = lock(bus)
@@ -138,14 +199,12 @@ fn run_loop<W: Write>(
                     .map_err(|e| VmError::Device(id, e))?;
                 if action == Action::Stop {
                     info!("vCPU {id}: the guest asked to stop (i8042 reset)");
-                    return Ok(Parked::PowerOff);
+                    return Ok(());
                 }
             }
             VcpuExit::IoIn(port, data) => lock(bus).read(port, data),
             VcpuExit::MmioRead(addr, data) => lock(mmio).read(addr, data),
             VcpuExit::MmioWrite(addr, data) => lock(mmio).write(addr, data),
-            VcpuExit::Hlt if id == 0 => return Err(VmError::BspHalted),
-            VcpuExit::Hlt => return Ok(Parked::Yes),
             VcpuExit::Shutdown => return Err(VmError::Shutdown(id)),
             VcpuExit::FailEntry(reason, _cpu) => return Err(VmError::FailEntry(id, reason)),
             VcpuExit::InternalError => {

@@ -39,6 +39,12 @@ struct Setup {
 /// Starts the daemon and makes the device, or None (after printing SKIPPED) when the
 /// daemon binary is not built.
 fn setup(tag: &str) -> Option<Setup> {
+    setup_with(tag, 1, |queues| DeviceConfig::blk(queues, None))
+}
+
+/// [`setup`] with a daemon of `queues` queues and the device config `config` makes
+/// from the backend's queue count.
+fn setup_with(tag: &str, queues: u16, config: impl Fn(u16) -> DeviceConfig) -> Option<Setup> {
     let bin = workspace_bin("vhost-user-blk");
     if !bin.exists() {
         println!(
@@ -55,13 +61,17 @@ fn setup(tag: &str) -> Option<Setup> {
         .arg(&sock)
         .arg("--path")
         .arg(&image)
+        .arg("--num-queues")
+        .arg(queues.to_string())
         .arg("--log-level")
         .arg("warn");
     let daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10))
         .expect("vhost-user-blk starts");
     let mem = Arc::new(memory::create(MEM_SIZE).unwrap());
     let backend = Backend::connect(&sock).expect("vhost-user handshake");
-    let dev = MmioDevice::new(backend, mem.clone(), DeviceConfig::blk()).unwrap();
+    assert_eq!(backend.num_queues(), queues);
+    let config = config(backend.num_queues());
+    let dev = MmioDevice::new(backend, mem.clone(), config).unwrap();
     Some(Setup {
         _dir: dir,
         _daemon: daemon,
@@ -389,7 +399,7 @@ fn kvm_ioeventfds_and_irqfds() {
     s.dev.register_ioeventfds(&vm, base).unwrap();
     // KVM holds the registration: the same one again is refused (EEXIST).
     assert!(s.dev.register_ioeventfds(&vm, base).is_err());
-    vm.create_irq_chip().unwrap();
+    // vm::create made the irqchip the irqfds need.
     s.dev.register_irqfds(&vm, 5).unwrap();
     // With irqfds the VMM never sees calls: InterruptStatus reports "used buffer"
     // while the device is live, and only then.
@@ -398,4 +408,132 @@ fn kvm_ioeventfds_and_irqfds() {
     assert_eq!(r32(&mut s.dev, INTERRUPT_STATUS), INT_VRING);
     w32(&mut s.dev, STATUS, 0);
     assert_eq!(r32(&mut s.dev, INTERRUPT_STATUS), 0);
+}
+
+fn offered_features(dev: &mut MmioDevice) -> u64 {
+    w32(dev, DEVICE_FEATURES_SEL, 0);
+    let low = r32(dev, DEVICE_FEATURES);
+    w32(dev, DEVICE_FEATURES_SEL, 1);
+    u64::from(low) | u64::from(r32(dev, DEVICE_FEATURES)) << 32
+}
+
+fn queue_num_max(dev: &mut MmioDevice, q: u32) -> u32 {
+    w32(dev, QUEUE_SEL, q);
+    r32(dev, QUEUE_NUM_MAX)
+}
+
+fn config_u16(dev: &mut MmioDevice, off: u64) -> u16 {
+    let mut b = [0u8; 2];
+    dev.read(CONFIG + off, &mut b);
+    u16::from_le_bytes(b)
+}
+
+#[test]
+fn num_queues_caps_the_backends_queues() {
+    const BLK_F_MQ: u64 = 1 << 12;
+    // All four of the daemon's queues.
+    let Some(mut s) = setup_with("vmm-mq4", 4, |q| DeviceConfig::blk(q, None)) else {
+        return;
+    };
+    assert_eq!(s.dev.num_queues(), 4);
+    assert_ne!(offered_features(&mut s.dev) & BLK_F_MQ, 0, "MQ offered");
+    assert_eq!(config_u16(&mut s.dev, 34), 4, "config num_queues");
+    assert_ne!(queue_num_max(&mut s.dev, 3), 0);
+    assert_eq!(queue_num_max(&mut s.dev, 4), 0, "no fifth queue");
+    drop(s);
+
+    // num-queues=2 of four: the guest sees two, and the config says two.
+    let Some(mut s) = setup_with("vmm-mq2", 4, |q| DeviceConfig::blk(q, Some(2))) else {
+        return;
+    };
+    assert_eq!(s.dev.num_queues(), 2);
+    assert_eq!(
+        config_u16(&mut s.dev, 34),
+        2,
+        "config num_queues overridden"
+    );
+    // The 4-byte read that covers the field sees the override too.
+    let mut b = [0u8; 4];
+    s.dev.read(CONFIG + 32, &mut b);
+    assert_eq!(u16::from_le_bytes([b[2], b[3]]), 2);
+    assert_ne!(queue_num_max(&mut s.dev, 1), 0);
+    assert_eq!(queue_num_max(&mut s.dev, 2), 0, "queue 2 hidden");
+    drop(s);
+
+    // One queue: MQ is not offered at all.
+    let Some(mut s) = setup_with("vmm-mq1", 4, |q| DeviceConfig::blk(q, Some(1))) else {
+        return;
+    };
+    assert_eq!(offered_features(&mut s.dev) & BLK_F_MQ, 0, "MQ hidden");
+    // Asking for more than the backend has gives the backend's count.
+    let c = DeviceConfig::blk(4, Some(9));
+    assert_eq!(c.num_queues, 4);
+}
+
+#[test]
+fn vmm_held_config_spaces_for_net_and_fs() {
+    // The transport part of net and fs devices (their own daemons are tested in
+    // their issues): config space held by the VMM, queue layout, feature bits.
+    let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    let Some(mut s) = setup_with("vmm-netcfg", 4, |q| DeviceConfig::net(q, mac, None)) else {
+        return;
+    };
+    assert_eq!(r32(&mut s.dev, DEVICE_ID), 1, "network device");
+    let mut got = [0u8; 6];
+    for (i, b) in got.iter_mut().enumerate() {
+        let mut one = [0u8; 1];
+        s.dev.read(CONFIG + i as u64, &mut one);
+        *b = one[0];
+    }
+    assert_eq!(got, mac);
+    assert_eq!(config_u16(&mut s.dev, 6), 1, "status: link up");
+    assert_eq!(config_u16(&mut s.dev, 8), 2, "max_virtqueue_pairs");
+    let f = offered_features(&mut s.dev);
+    assert_ne!(f & (1 << 5), 0, "MAC offered by the VMM");
+    assert_ne!(f & (1 << 16), 0, "STATUS offered by the VMM");
+    // Guest writes to the VMM's config are refused; the MAC stays.
+    s.dev.write(CONFIG, &[0xffu8]);
+    let mut one = [0u8; 1];
+    s.dev.read(CONFIG, &mut one);
+    assert_eq!(one[0], 0x52);
+    // Past the end: refused, reads as zero.
+    assert_eq!(config_u16(&mut s.dev, 12), 0);
+    drop(s);
+
+    let Some(mut s) = setup_with("vmm-fscfg", 4, |q| DeviceConfig::fs(q, "share", None)) else {
+        return;
+    };
+    assert_eq!(r32(&mut s.dev, DEVICE_ID), 26, "filesystem device");
+    let mut tag = [0u8; 8];
+    s.dev.read(CONFIG, &mut tag);
+    assert_eq!(&tag, b"share\0\0\0");
+    assert_eq!(
+        r32(&mut s.dev, CONFIG + 36),
+        3,
+        "num_request_queues: the backend's queues after hiprio"
+    );
+    assert_eq!(s.dev.num_queues(), 4);
+    assert_eq!(DeviceConfig::fs(4, "t", Some(1)).num_queues, 2);
+}
+
+#[test]
+fn a_backend_that_never_answers_times_out() {
+    use vhostkit_vmm::virtio::vhost_user::{BackendError, CONTROL_TIMEOUT};
+    let dir = TempDir::new("vmm-mute").unwrap();
+    let sock = dir.join("mute.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // Accepts and then reads nothing and answers nothing.
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let start = std::time::Instant::now();
+    let e = Backend::connect(&sock).expect_err("no answer must fail");
+    let waited = start.elapsed();
+    assert!(
+        matches!(e, BackendError::Timeout("GET_FEATURES", _)),
+        "{e:?}"
+    );
+    assert!(
+        waited >= CONTROL_TIMEOUT && waited < CONTROL_TIMEOUT * 3,
+        "{waited:?}"
+    );
+    drop(held.join());
 }

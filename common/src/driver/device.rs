@@ -12,9 +12,8 @@
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VHOST_USER_MAX_VRINGS,
@@ -29,6 +28,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use super::memory::{GuestMem, DEFAULT_BASE};
 use super::virtq::Queue;
 use super::{Error, Result};
+use crate::watchdog::ControlWatchdog;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30).
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -94,94 +94,11 @@ impl Default for DriverConfig {
     }
 }
 
-/// Shuts the control socket down if a request takes longer than the timeout.
-///
-/// vhost's `Frontend` retries a receive that times out (`SO_RCVTIMEO`) forever, so a
-/// socket timeout alone cannot bound a request; shutting the socket down makes the
-/// pending receive return and the request fail.
-struct Watchdog {
-    shared: Arc<(Mutex<WatchState>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-    timeout: Duration,
-}
-
-#[derive(Default)]
-struct WatchState {
-    deadline: Option<Instant>,
-    fired: bool,
-    stop: bool,
-}
-
-impl Watchdog {
-    fn new(stream: UnixStream, timeout: Duration) -> io::Result<Self> {
-        let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("vhost-user-watchdog".into())
-            .spawn(move || {
-                let (lock, cv) = &*s;
-                let mut st = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                loop {
-                    if st.stop {
-                        return;
-                    }
-                    st = match st.deadline {
-                        None => cv.wait(st).unwrap_or_else(PoisonError::into_inner),
-                        Some(d) => {
-                            let now = Instant::now();
-                            if now >= d {
-                                let _ = stream.shutdown(std::net::Shutdown::Both);
-                                st.fired = true;
-                                st.deadline = None;
-                                st
-                            } else {
-                                cv.wait_timeout(st, d - now)
-                                    .unwrap_or_else(PoisonError::into_inner)
-                                    .0
-                            }
-                        }
-                    };
-                }
-            })?;
-        Ok(Watchdog {
-            shared,
-            thread: Some(thread),
-            timeout,
-        })
-    }
-
-    fn state(&self) -> MutexGuard<'_, WatchState> {
-        self.shared.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn arm(&self) {
-        self.state().deadline = Some(Instant::now() + self.timeout);
-        self.shared.1.notify_one();
-    }
-
-    /// Disarms; returns whether it fired (now or earlier).
-    fn disarm(&self) -> bool {
-        let mut st = self.state();
-        st.deadline = None;
-        st.fired
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.state().stop = true;
-        self.shared.1.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A vhost-user connection to one backend, with its guest memory. See the
 /// [module docs](self). Dropping it closes the socket.
 pub struct Driver {
     frontend: Frontend,
-    watchdog: Option<Watchdog>,
+    watchdog: Option<ControlWatchdog>,
     mem: Arc<GuestMem>,
     max_indirect: u16,
     offered_features: u64,
@@ -237,7 +154,8 @@ impl Driver {
         };
         let watchdog = match cfg.timeout {
             Some(t) => Some(
-                Watchdog::new(stream.try_clone().map_err(connect_err)?, t).map_err(connect_err)?,
+                ControlWatchdog::new(stream.try_clone().map_err(connect_err)?, t)
+                    .map_err(connect_err)?,
             ),
             None => None,
         };
@@ -268,7 +186,7 @@ impl Driver {
             w.arm();
         }
         let r = f(&mut self.frontend);
-        let fired = self.watchdog.as_ref().is_some_and(Watchdog::disarm);
+        let fired = self.watchdog.as_ref().is_some_and(ControlWatchdog::disarm);
         r.map_err(|source| {
             if fired {
                 Error::ControlTimeout { request }

@@ -75,7 +75,7 @@ pub const VENDOR: u32 = 0x544b_4856;
 pub const INT_VRING: u32 = 1;
 
 /// Feature bits the transport implements: all device-specific bits (0..24, which
-/// include blk's MQ), VERSION_1, INDIRECT_DESC and EVENT_IDX. Not packed rings,
+/// include blk's and net's MQ), VERSION_1, INDIRECT_DESC and EVENT_IDX. Not packed rings,
 /// IN_ORDER, ACCESS_PLATFORM, NOTIFICATION_DATA or RING_RESET.
 pub const SUPPORTED_FEATURES: u64 = 0x00ff_ffff
     | 1 << VIRTIO_F_VERSION_1
@@ -89,26 +89,119 @@ const S_FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
 const S_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
 const S_FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
 
+/// Where the device's config space comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSpace {
+    /// Forwarded to the backend (GET_CONFIG/SET_CONFIG), with some bytes replaced
+    /// by the VMM's own values on reads: (offset, bytes) pairs.
+    Backend { overrides: Vec<(u32, Vec<u8>)> },
+    /// Held by the VMM (backends such as virtiofsd and vhost-user-net daemons have
+    /// no config space of their own, as in QEMU and cloud-hypervisor); guest writes
+    /// are refused.
+    Local(Vec<u8>),
+}
+
+/// virtio-net `status` field: link up.
+const NET_S_LINK_UP: u16 = 1;
+/// virtio-net feature bits the VMM provides itself, whatever the backend offers:
+/// MAC (the address is the VMM's) and STATUS (the link is always up).
+const NET_VMM_FEATURES: u64 = 1 << 5 | 1 << 16;
+/// virtio-net MQ and CTRL_VQ: the device has several queue pairs and a control queue.
+const NET_F_CTRL_VQ: u64 = 1 << 17;
+const NET_F_MQ: u64 = 1 << 22;
+/// virtio-blk MQ: `num_queues` at config offset 34 is valid.
+const BLK_F_MQ: u64 = 1 << 12;
+/// Offset of virtio-blk's `num_queues` config field.
+const BLK_CONFIG_NUM_QUEUES: u32 = 34;
+/// Length of virtio-fs's `tag` config field.
+pub const FS_TAG_LEN: usize = 36;
+
 /// What kind of device sits behind the backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceConfig {
-    /// Virtio device ID (2: block).
+    /// Virtio device ID (1: network, 2: block, 26: filesystem).
     pub device_id: u32,
     /// Bytes of device config space the guest may access at 0x100.
     pub config_size: u32,
     /// QueueNumMax: the largest queue size offered (vhost-user has no message for the
     /// backend's limit; a size it refuses fails activation).
     pub queue_max_size: u16,
+    /// Queues shown to the guest (at most the backend's).
+    pub num_queues: u16,
+    /// Feature bits the VMM offers on top of the backend's.
+    pub vmm_features: u64,
+    /// Feature bits never offered (e.g. MQ when only one queue is used).
+    pub masked_features: u64,
+    pub config_space: ConfigSpace,
 }
 
 impl DeviceConfig {
-    /// virtio-blk: device ID 2, the 60-byte `virtio_blk_config` (up to `write_zeroes_may_unmap`
-    /// and its padding), queues of up to 256 entries (vhost-user-blk's default).
-    pub const fn blk() -> Self {
+    /// virtio-blk: device ID 2, the 60-byte `virtio_blk_config` (up to
+    /// `write_zeroes_may_unmap` and its padding) from the backend, queues of up to 256
+    /// entries (vhost-user-blk's default). With `num_queues` below the backend's
+    /// count, the guest sees that many and the config's `num_queues` says so.
+    pub fn blk(backend_queues: u16, num_queues: Option<u16>) -> Self {
+        let n = num_queues.map_or(backend_queues, |n| n.min(backend_queues));
         DeviceConfig {
             device_id: 2,
             config_size: 60,
             queue_max_size: 256,
+            num_queues: n,
+            vmm_features: 0,
+            masked_features: if n == 1 { BLK_F_MQ } else { 0 },
+            config_space: ConfigSpace::Backend {
+                overrides: vec![(BLK_CONFIG_NUM_QUEUES, n.to_le_bytes().to_vec())],
+            },
+        }
+    }
+
+    /// virtio-net: device ID 1; the config (`mac`, `status` link up,
+    /// `max_virtqueue_pairs`) is the VMM's. The backend's queues are rx/tx pairs
+    /// and, when it offers CTRL_VQ, a control queue after them (an odd count);
+    /// `num_queues` (rx+tx queues) caps the pairs used.
+    pub fn net(backend_queues: u16, mac: [u8; 6], num_queues: Option<u16>) -> Self {
+        let has_ctrl = backend_queues % 2 == 1 && backend_queues > 1;
+        let backend_pairs = (backend_queues / 2).max(1);
+        let pairs = num_queues.map_or(backend_pairs, |n| (n / 2).clamp(1, backend_pairs));
+        let mut config = Vec::with_capacity(12);
+        config.extend_from_slice(&mac);
+        config.extend_from_slice(&NET_S_LINK_UP.to_le_bytes());
+        config.extend_from_slice(&pairs.to_le_bytes());
+        DeviceConfig {
+            device_id: 1,
+            config_size: config.len() as u32,
+            queue_max_size: 256,
+            num_queues: 2 * pairs + u16::from(has_ctrl),
+            vmm_features: NET_VMM_FEATURES,
+            masked_features: if has_ctrl {
+                0
+            } else {
+                NET_F_CTRL_VQ | NET_F_MQ
+            },
+            config_space: ConfigSpace::Local(config),
+        }
+    }
+
+    /// virtio-fs: device ID 26; the config (`tag`, NUL-padded to 36 bytes, and
+    /// `num_request_queues`) is the VMM's. Queue 0 is the hiprio queue, the rest
+    /// are request queues.
+    pub fn fs(backend_queues: u16, tag: &str, num_request_queues: Option<u16>) -> Self {
+        let backend_requests = backend_queues.saturating_sub(1).max(1);
+        let requests =
+            num_request_queues.map_or(backend_requests, |n| n.clamp(1, backend_requests));
+        let mut config = vec![0u8; FS_TAG_LEN];
+        let tag = tag.as_bytes();
+        let len = tag.len().min(FS_TAG_LEN);
+        config[..len].copy_from_slice(&tag[..len]);
+        config.extend_from_slice(&u32::from(requests).to_le_bytes());
+        DeviceConfig {
+            device_id: 26,
+            config_size: config.len() as u32,
+            queue_max_size: 1024,
+            num_queues: 1 + requests,
+            vmm_features: 0,
+            masked_features: 0,
+            config_space: ConfigSpace::Local(config),
         }
     }
 }
@@ -184,6 +277,19 @@ pub struct MmioDevice {
     irqfd: bool,
     /// DRIVER_OK was accepted and the backend got the memory table.
     activated: bool,
+    stats: NotificationStats,
+}
+
+/// Virtio notifications that passed through the VMM rather than KVM: each one is a
+/// VMM thread woken for the data path. With ioeventfds and irqfds registered both
+/// stay zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotificationStats {
+    /// QueueNotify writes that reached [`MmioDevice::write`] (a vCPU exit to user
+    /// space instead of an ioeventfd signal inside KVM).
+    pub kicks: u64,
+    /// Backend calls the VMM consumed from a call eventfd (no irqfd).
+    pub calls: u64,
 }
 
 impl MmioDevice {
@@ -194,11 +300,14 @@ impl MmioDevice {
         mem: Arc<GuestMemory>,
         config: DeviceConfig,
     ) -> Result<Self, MmioError> {
-        let queues = (0..backend.num_queues())
+        let count = config.num_queues.clamp(1, backend.num_queues());
+        let queues = (0..count)
             .map(|_| Queue::new())
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(MmioError::EventFd)?;
-        let device_features = backend.features() & SUPPORTED_FEATURES;
+        let device_features = (backend.features() | config.vmm_features)
+            & SUPPORTED_FEATURES
+            & !config.masked_features;
         if device_features & (1 << VIRTIO_F_VERSION_1) == 0 {
             warn!("the vhost-user backend does not offer VIRTIO_F_VERSION_1; no modern driver will accept the device");
         }
@@ -216,7 +325,13 @@ impl MmioDevice {
             interrupt_status: 0,
             irqfd: false,
             activated: false,
+            stats: NotificationStats::default(),
         })
+    }
+
+    /// Notifications that went through the VMM so far.
+    pub fn notification_stats(&self) -> NotificationStats {
+        self.stats
     }
 
     /// Number of queues (the backend's).
@@ -282,6 +397,7 @@ impl MmioDevice {
             // Non-blocking: Err(WouldBlock) means no call.
             if q.call.read().is_ok() {
                 self.interrupt_status |= INT_VRING;
+                self.stats.calls += 1;
             }
         }
         self.interrupt_status
@@ -512,6 +628,7 @@ impl MmioDevice {
     }
 
     fn notify(&mut self, v: u32) {
+        self.stats.kicks += 1;
         if self.status & S_DRIVER_OK == 0 {
             guest_error!("virtio-mmio: QueueNotify {v} before DRIVER_OK");
             return;
@@ -667,12 +784,31 @@ impl MmioDevice {
             data.fill(0);
             return;
         };
+        let overrides = match &self.config.config_space {
+            ConfigSpace::Local(bytes) => {
+                let start = off as usize;
+                data.copy_from_slice(&bytes[start..start + data.len()]);
+                return;
+            }
+            ConfigSpace::Backend { overrides } => overrides,
+        };
         if let Err(e) = self.backend.get_config(off, data) {
             error!(
                 "virtio-mmio: config read at {off:#x}: {}",
                 crate::error_chain(&e)
             );
             data.fill(0);
+            return;
+        }
+        // Replace the bytes of the VMM's fields that overlap the access.
+        let (start, end) = (u64::from(off), u64::from(off) + data.len() as u64);
+        for (field, bytes) in overrides {
+            for (i, b) in bytes.iter().enumerate() {
+                let at = u64::from(*field) + i as u64;
+                if (start..end).contains(&at) {
+                    data[(at - start) as usize] = *b;
+                }
+            }
         }
     }
 
@@ -680,6 +816,13 @@ impl MmioDevice {
         let Some(off) = self.config_range("write", offset, data.len()) else {
             return;
         };
+        if matches!(self.config.config_space, ConfigSpace::Local(_)) {
+            guest_error!(
+                "virtio-mmio: device {} config write at {off:#x} ignored (read-only fields)",
+                self.config.device_id
+            );
+            return;
+        }
         if let Err(e) = self.backend.set_config(off, data) {
             error!(
                 "virtio-mmio: config write at {off:#x}: {}",

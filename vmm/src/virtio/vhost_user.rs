@@ -12,7 +12,11 @@
 //! `vhostkit_common::driver::device`; the driver owns its rings and memory, here the
 //! guest does, so only the sequence is shared, not the code.
 
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VHOST_USER_MAX_VRINGS,
@@ -21,6 +25,7 @@ use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhostkit_common::watchdog::ControlWatchdog;
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -29,12 +34,19 @@ use crate::memory::GuestMemory;
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30): vhost-user only, never shown to the guest.
 pub const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
+/// How long the VMM waits for the backend's answer to one control request: a backend
+/// that stops answering fails the request (a watchdog shuts the socket down), and
+/// the VMM goes on, instead of hanging a vCPU forever.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("cannot connect to the vhost-user backend at {0}")]
-    Connect(String, #[source] vhost::Error),
+    Connect(String, #[source] io::Error),
     #[error("vhost-user {0} failed")]
     Request(&'static str, #[source] vhost::Error),
+    #[error("vhost-user {0}: no answer from the backend within {1:?}")]
+    Timeout(&'static str, Duration),
     #[error("the backend has {0} queues (at most {VHOST_USER_MAX_VRINGS} supported)")]
     QueueCount(u64),
     #[error("the backend lacks the CONFIG protocol feature: no config space")]
@@ -57,7 +69,9 @@ pub struct RingHostAddrs {
 
 /// A connected vhost-user backend.
 pub struct Backend {
-    frontend: Frontend,
+    conn: Connection,
+    /// The same connection, for watching it for a hang-up.
+    socket: UnixStream,
     features: u64,
     protocol: VhostUserProtocolFeatures,
     num_queues: u16,
@@ -73,48 +87,84 @@ impl std::fmt::Debug for Backend {
     }
 }
 
-fn req<T>(what: &'static str, r: vhost::Result<T>) -> Result<T> {
-    r.map_err(|e| BackendError::Request(what, e))
+/// The connection: every request goes through [`Connection::req`], under the
+/// watchdog.
+struct Connection {
+    frontend: Frontend,
+    watchdog: ControlWatchdog,
+}
+
+impl Connection {
+    fn req<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
+        self.watchdog.arm();
+        let r = f(&mut self.frontend);
+        let fired = self.watchdog.disarm();
+        r.map_err(|e| {
+            if fired {
+                BackendError::Timeout(what, CONTROL_TIMEOUT)
+            } else {
+                BackendError::Request(what, e)
+            }
+        })
+    }
 }
 
 impl Backend {
     /// Connects to `socket` and runs the set-up that needs no guest: features,
     /// protocol features (MQ, REPLY_ACK, CONFIG where offered), queue count, owner.
     pub fn connect(socket: &Path) -> Result<Self> {
-        let mut frontend = Frontend::connect(socket, VHOST_USER_MAX_VRINGS)
-            .map_err(|e| BackendError::Connect(socket.display().to_string(), e))?;
-        let features = req("GET_FEATURES", frontend.get_features())?;
+        let connect_err = |e| BackendError::Connect(socket.display().to_string(), e);
+        let stream = UnixStream::connect(socket).map_err(connect_err)?;
+        let watch = stream.try_clone().map_err(connect_err)?;
+        let watchdog =
+            ControlWatchdog::new(stream.try_clone().map_err(connect_err)?, CONTROL_TIMEOUT)
+                .map_err(connect_err)?;
+        let mut conn = Connection {
+            frontend: Frontend::from_stream(stream, VHOST_USER_MAX_VRINGS),
+            watchdog,
+        };
+        let features = conn.req("GET_FEATURES", |f| f.get_features())?;
         let mut protocol = VhostUserProtocolFeatures::empty();
         if features & PROTOCOL_FEATURES != 0 {
-            let offered = req("GET_PROTOCOL_FEATURES", frontend.get_protocol_features())?;
+            let offered = conn.req("GET_PROTOCOL_FEATURES", |f| f.get_protocol_features())?;
             protocol = offered
                 & (VhostUserProtocolFeatures::MQ
                     | VhostUserProtocolFeatures::REPLY_ACK
                     | VhostUserProtocolFeatures::CONFIG);
-            req(
-                "SET_PROTOCOL_FEATURES",
-                frontend.set_protocol_features(protocol),
-            )?;
+            conn.req("SET_PROTOCOL_FEATURES", |f| {
+                f.set_protocol_features(protocol)
+            })?;
             if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // Every message without a reply of its own asks for an ack: a refusal
                 // is the error of the call that caused it.
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+                conn.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
         }
         let mut num_queues = 1;
         if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            num_queues = req("GET_QUEUE_NUM", frontend.get_queue_num())?;
+            num_queues = conn.req("GET_QUEUE_NUM", |f| f.get_queue_num())?;
             if num_queues == 0 || num_queues > VHOST_USER_MAX_VRINGS {
                 return Err(BackendError::QueueCount(num_queues));
             }
         }
-        req("SET_OWNER", frontend.set_owner())?;
+        conn.req("SET_OWNER", |f| f.set_owner())?;
         Ok(Backend {
-            frontend,
+            conn,
+            socket: watch,
             features,
             protocol,
             num_queues: num_queues as u16,
         })
+    }
+
+    /// The connection's socket: it polls readable with POLLRDHUP once the backend
+    /// hangs up (nothing else arrives unasked on it).
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
     /// Virtio feature bits the backend offers (including `PROTOCOL_FEATURES`).
@@ -139,7 +189,7 @@ impl Backend {
     /// SET_FEATURES with the guest's `acked` bits (plus `PROTOCOL_FEATURES` when in use).
     pub fn set_features(&mut self, acked: u64) -> Result<()> {
         let features = acked | (self.features & PROTOCOL_FEATURES);
-        req("SET_FEATURES", self.frontend.set_features(features))
+        self.conn.req("SET_FEATURES", |f| f.set_features(features))
     }
 
     /// SET_MEM_TABLE with every region of `mem` (all must be file-backed).
@@ -149,7 +199,9 @@ impl Backend {
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<vhost::Result<Vec<_>>>()
             .map_err(BackendError::Memory)?;
-        req("SET_MEM_TABLE", self.frontend.set_mem_table(&regions)).map(drop)
+        self.conn
+            .req("SET_MEM_TABLE", |f| f.set_mem_table(&regions))
+            .map(drop)
     }
 
     /// Hands queue `index` to the backend: SET_VRING_NUM, SET_VRING_ADDR (host
@@ -173,14 +225,19 @@ impl Backend {
             avail_ring_addr: addrs.avail,
             log_addr: None,
         };
-        let f = &mut self.frontend;
-        req("SET_VRING_NUM", f.set_vring_num(i, size))?;
-        req("SET_VRING_ADDR", f.set_vring_addr(i, &config))?;
-        req("SET_VRING_BASE", f.set_vring_base(i, 0))?;
-        req("SET_VRING_CALL", f.set_vring_call(i, call))?;
-        req("SET_VRING_KICK", f.set_vring_kick(i, kick))?;
+        self.conn
+            .req("SET_VRING_NUM", |f| f.set_vring_num(i, size))?;
+        self.conn
+            .req("SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
+        self.conn
+            .req("SET_VRING_BASE", |f| f.set_vring_base(i, 0))?;
+        self.conn
+            .req("SET_VRING_CALL", |f| f.set_vring_call(i, call))?;
+        self.conn
+            .req("SET_VRING_KICK", |f| f.set_vring_kick(i, kick))?;
         if self.protocol_negotiated() {
-            req("SET_VRING_ENABLE", self.frontend.set_vring_enable(i, true))?;
+            self.conn
+                .req("SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
         }
         Ok(())
     }
@@ -190,9 +247,10 @@ impl Backend {
     pub fn stop_queue(&mut self, index: u16) -> Result<u32> {
         let i = usize::from(index);
         if self.protocol_negotiated() {
-            req("SET_VRING_ENABLE", self.frontend.set_vring_enable(i, false))?;
+            self.conn
+                .req("SET_VRING_ENABLE", |f| f.set_vring_enable(i, false))?;
         }
-        req("GET_VRING_BASE", self.frontend.get_vring_base(i))
+        self.conn.req("GET_VRING_BASE", |f| f.get_vring_base(i))
     }
 
     /// Reads `buf.len()` bytes of device config space at `offset` (GET_CONFIG).
@@ -208,11 +266,9 @@ impl Backend {
         let start = offset as usize;
         let wanted = start + buf.len();
         let zero = vec![0u8; wanted];
-        let (_, payload) = req(
-            "GET_CONFIG",
-            self.frontend
-                .get_config(0, wanted as u32, VhostUserConfigFlags::empty(), &zero),
-        )?;
+        let (_, payload) = self.conn.req("GET_CONFIG", |f| {
+            f.get_config(0, wanted as u32, VhostUserConfigFlags::empty(), &zero)
+        })?;
         if payload.len() != wanted {
             return Err(BackendError::ConfigSize {
                 got: payload.len(),
@@ -228,10 +284,8 @@ impl Backend {
         if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
             return Err(BackendError::NoConfig);
         }
-        req(
-            "SET_CONFIG",
-            self.frontend
-                .set_config(offset, VhostUserConfigFlags::WRITABLE, data),
-        )
+        self.conn.req("SET_CONFIG", |f| {
+            f.set_config(offset, VhostUserConfigFlags::WRITABLE, data)
+        })
     }
 }
