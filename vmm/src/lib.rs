@@ -1,10 +1,12 @@
 //! vhostkit: a small KVM VMM. Milestone 1 boots a 64-bit ELF kernel with a serial
 //! console on stdout and a simple exit device (see [`devices`]).
 
+pub mod acpi;
 pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod memory;
+pub mod mptable;
 pub mod virtio;
 pub mod vm;
 
