@@ -52,7 +52,8 @@ pub fn run(config: &RunConfig) -> Result<()> {
     let (kvm, vmfd) = vm::create()?;
     let mem = Arc::new(memory::create(config.memory)?);
     memory::register(&vmfd, &mem)?;
-    let entry = boot::load_kernel(&mem, config.memory, &config.kernel)?;
+    let kernel = boot::load_kernel(&mem, config.memory, &config.kernel)?;
+    let entry = kernel.entry;
 
     // virtio-blk disks: one virtio-mmio window each, kicks through ioeventfds. There
     // is no irqchip yet, so no interrupt reaches the guest: drivers must poll.
@@ -75,7 +76,14 @@ pub fn run(config: &RunConfig) -> Result<()> {
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
         mmio.add(base, dev);
     }
-    boot::setup_memory(&mem, config.memory, cmdline.trim_start())?;
+    boot::setup_memory(
+        &mem,
+        config.memory,
+        &kernel,
+        cmdline.trim_start(),
+        None,
+        None,
+    )?;
     info!(
         "booting {} at {entry:#x}: {} vCPUs, {} MiB",
         config.kernel.display(),
