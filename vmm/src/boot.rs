@@ -8,7 +8,6 @@
 //! |----------|--------------------------------------------------|
 //! | 0x500    | GDT: null, 64-bit code, data, TSS                |
 //! | 0x520    | IDT (empty)                                      |
-//! | 0x6000   | `hlt; jmp .` where secondary vCPUs are parked    |
 //! | 0x7000   | zero page (`boot_params`), RSI points here       |
 //! | 0x8ff0   | initial stack pointer                            |
 //! | 0x9000   | PML4, PDPT at 0xa000, PD at 0xb000 (1 GiB, 2 MiB pages) |
@@ -34,7 +33,6 @@ use crate::memory::{self, GuestMemory};
 
 pub const GDT_START: u64 = 0x500;
 pub const IDT_START: u64 = 0x520;
-pub const AP_PARK: u64 = 0x6000;
 pub const ZERO_PAGE: u64 = 0x7000;
 pub const BOOT_STACK: u64 = 0x8ff0;
 pub const PML4_START: u64 = 0x9000;
@@ -490,8 +488,6 @@ pub fn setup_memory(
         w(*e, GDT_START + i as u64 * 8)?;
     }
     w(0, IDT_START)?;
-    mem.write_slice(&[0xf4, 0xeb, 0xfd], GuestAddress(AP_PARK)) // hlt; jmp .-3
-        .map_err(BootError::Memory)?;
     Ok(())
 }
 

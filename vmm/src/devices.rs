@@ -1,9 +1,12 @@
 //! Port I/O devices: the COM1 8250 console and the exit device; the MMIO bus of the
 //! virtio-mmio devices.
 //!
-//! Exit device: writing 0xfe to the i8042 command port 0x64 ("pulse the reset
-//! line", how Linux reboots with `reboot=k` and how a test guest powers off here)
-//! stops the VMM with exit status 0. Other ports read as 0xff and ignore writes.
+//! Power off and reboot stop the VMM with exit status 0: writing 0xfe to the i8042
+//! command port 0x64 ("pulse the reset line", how Linux reboots with `reboot=k` and
+//! how the test guests power off), S5 written to the ACPI sleep control register
+//! (Linux's `poweroff` on the hardware-reduced ACPI of [`crate::acpi`]) and the
+//! reset value written to the ACPI reset register (Linux's `reboot`). Other ports
+//! read as 0xff and ignore writes.
 
 use std::io::{self, Write};
 
@@ -11,6 +14,7 @@ use log::debug;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::acpi;
 use crate::virtio::mmio::{MmioDevice, MMIO_WINDOW};
 
 /// Guest physical address of the first virtio-mmio device; the next ones follow
@@ -131,6 +135,10 @@ impl<W: Write> IoBus<W> {
                     })?;
             }
             (I8042_CMD, [I8042_RESET]) => return Ok(Action::Stop),
+            (acpi::SLEEP_CONTROL_PORT, [value]) if acpi::is_poweroff(*value) => {
+                return Ok(Action::Stop)
+            }
+            (acpi::RESET_PORT, [acpi::RESET_VALUE]) => return Ok(Action::Stop),
             _ => debug!("ignored write of {data:x?} to port {port:#x}"),
         }
         Ok(Action::Continue)
@@ -140,6 +148,8 @@ impl<W: Write> IoBus<W> {
         match (port, &mut *data) {
             (COM1..=0x3ff, [value]) => *value = self.serial.read((port - COM1) as u8),
             (I8042_CMD, [value]) => *value = 0, // output and input buffers empty
+            // Sleep status: nothing to report (no wake events).
+            (acpi::SLEEP_STATUS_PORT | acpi::SLEEP_CONTROL_PORT, [value]) => *value = 0,
             _ => {
                 debug!("read of {} bytes from unhandled port {port:#x}", data.len());
                 data.fill(0xff);
@@ -173,6 +183,12 @@ mod tests {
         assert_eq!(bus.output(), b"hi\n");
         assert_eq!(bus.write(I8042_CMD, &[0xd1]).unwrap(), Action::Continue);
         assert_eq!(bus.write(I8042_CMD, &[I8042_RESET]).unwrap(), Action::Stop);
+        // ACPI: S5 through the sleep control register, reset through the reset register.
+        let s5 = (acpi::S5_SLP_TYP << 2) | 1 << 5;
+        assert_eq!(bus.write(acpi::SLEEP_CONTROL_PORT, &[s5 & !(1 << 5)]).unwrap(), Action::Continue);
+        assert_eq!(bus.write(acpi::SLEEP_CONTROL_PORT, &[s5]).unwrap(), Action::Stop);
+        assert_eq!(bus.write(acpi::RESET_PORT, &[0]).unwrap(), Action::Continue);
+        assert_eq!(bus.write(acpi::RESET_PORT, &[acpi::RESET_VALUE]).unwrap(), Action::Stop);
         let mut other = [0u8; 2];
         bus.read(0x1234, &mut other);
         assert_eq!(other, [0xff, 0xff]);

@@ -25,6 +25,10 @@ pub enum Error {
     Boot(#[from] boot::BootError),
     #[error(transparent)]
     Vm(#[from] vm::VmError),
+    #[error("ACPI tables")]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("MP table")]
+    Mptable(#[from] mptable::MptableError),
     #[error("--disk socket={0}")]
     Disk(String, #[source] virtio::mmio::MmioError),
 }
@@ -55,10 +59,13 @@ pub fn run(config: &RunConfig) -> Result<()> {
     let kernel = boot::load_kernel(&mem, config.memory, &config.kernel)?;
     let entry = kernel.entry;
 
-    // virtio-blk disks: one virtio-mmio window each, kicks through ioeventfds. There
-    // is no irqchip yet, so no interrupt reaches the guest: drivers must poll.
+    // virtio-blk disks: one virtio-mmio window each, kicks through ioeventfds, calls
+    // through irqfds, described to the guest in the ACPI DSDT.
     let mut mmio = devices::MmioBus::default();
-    let mut cmdline = config.cmdline.clone();
+    let mut platform = acpi::Platform {
+        cpus: config.cpus,
+        virtio_mmio: Vec::new(),
+    };
     for (i, socket) in config.disks.iter().enumerate() {
         let base = devices::VIRTIO_MMIO_BASE + i as u64 * virtio::mmio::MMIO_WINDOW;
         let irq = devices::VIRTIO_MMIO_IRQ + i as u32;
@@ -72,17 +79,22 @@ pub fn run(config: &RunConfig) -> Result<()> {
         let mut dev = dev;
         dev.register_irqfds(&vmfd, irq).map_err(disk_err)?;
         info!("disk {i}: {} at {base:#x}, IRQ {irq}", socket.display());
-        // How Linux finds it (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
-        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+        platform.virtio_mmio.push(acpi::VirtioMmioInfo {
+            base,
+            size: virtio::mmio::MMIO_WINDOW,
+            gsi: irq,
+        });
         mmio.add(base, dev);
     }
+    mptable::write(&mem, config.cpus)?;
+    let rsdp = acpi::write_tables(&mem, &platform)?;
     boot::setup_memory(
         &mem,
         config.memory,
         &kernel,
-        cmdline.trim_start(),
+        &config.cmdline,
         None,
-        None,
+        Some(rsdp),
     )?;
     info!(
         "booting {} at {entry:#x}: {} vCPUs, {} MiB",
