@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod config;
+pub mod daemons;
 pub mod devices;
 pub mod memory;
 pub mod virtio;
@@ -55,7 +56,14 @@ pub fn run(config: &RunConfig) -> Result<()> {
     // is no irqchip yet, so no interrupt reaches the guest: drivers must poll.
     let mut mmio = devices::MmioBus::default();
     let mut cmdline = config.cmdline.clone();
-    for (i, socket) in config.disks.iter().enumerate() {
+    let disks = config
+        .devices
+        .iter()
+        .filter_map(|d| match (&d.kind, &d.backend) {
+            (config::DeviceKind::Block, config::DeviceBackend::Socket(socket)) => Some(socket),
+            _ => None,
+        });
+    for (i, socket) in disks.enumerate() {
         let base = devices::VIRTIO_MMIO_BASE + i as u64 * virtio::mmio::MMIO_WINDOW;
         let irq = devices::VIRTIO_MMIO_IRQ + i as u32;
         let disk_err = |e: virtio::mmio::MmioError| Error::Disk(socket.display().to_string(), e);
