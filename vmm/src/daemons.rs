@@ -406,4 +406,24 @@ mod tests {
         assert!(e.ends_with(" before listening"), "{e}");
         assert!(!e.contains("status 0"), "{e}");
     }
+
+    /// PR_SET_PDEATHSIG is set: the daemons get SIGTERM when the thread that started
+    /// them exits (the reason to call `start` from the main thread).
+    #[test]
+    fn daemons_die_with_the_thread_that_started_them() {
+        let Some(exe) = exe_in_bin_dir() else { return };
+        let dir = TempDir::new("daemons-pdeathsig").unwrap();
+        let image = dir.image(1 << 20).unwrap();
+        let devices = [blk(&["--path", image.to_str().unwrap()])];
+        let (mut daemons, _) =
+            std::thread::spawn(move || Daemons::start_next_to(&exe, &devices, "off"))
+                .join()
+                .unwrap()
+                .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while daemons.exited().is_none() {
+            assert!(Instant::now() < deadline, "daemon outlived its thread");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
