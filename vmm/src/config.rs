@@ -1,18 +1,62 @@
-//! Command line to validated configuration.
+//! Command line (and `--config` TOML file) to validated configuration.
+//!
+//! Devices are given QEMU-style as comma-separated `key=value` lists (`--disk
+//! path=disk.img,readonly=on`) or as `[[disk]]`, `[[net]]` and `[[fs]]` tables of a
+//! TOML file with the same keys. Both go through the same spec structs and the same
+//! validation, so a key means the same thing in either place.
+//!
+//! The TOML schema (every key optional; unknown keys are refused; relative paths
+//! resolve against the folder of the TOML file; options given on the command line
+//! override the scalars and append devices):
+//!
+//! ```toml
+//! kernel = "build/guest/vmlinuz"
+//! initrd = "build/guest/initramfs.cpio"
+//! cmdline = "console=ttyS0"
+//! cpus = 2
+//! memory = "1G"
+//! [[disk]]
+//! socket = "/run/blk.sock"   # or path = "disk.img", readonly = true, direct = true
+//! num-queues = 2
+//! [[net]]
+//! tap = "vk0"                # or socket = "/run/net.sock"
+//! mac = "52:54:00:12:34:56"
+//! num-queue-pairs = 2
+//! host-ip = "192.168.100.1/24"
+//! [[fs]]
+//! dir = "/srv/share"         # or socket = "/run/fs.sock"
+//! tag = "share"
+//! num-queues = 1
+//! ```
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use serde::Deserialize;
 use vhostkit_common::cli::LogArgs;
 
 /// Smallest guest memory: the boot area below 1 MiB plus room for a kernel.
 pub const MIN_MEMORY: u64 = 2 << 20;
-/// Largest guest memory (the memfd is sparse; the boot page tables map 1 GiB).
+/// Largest guest memory (the memfd is sparse).
 pub const MAX_MEMORY: u64 = 64 << 30;
 /// Most vCPUs.
 pub const MAX_CPUS: u8 = 64;
-/// Most `--disk` devices.
-pub const MAX_DISKS: usize = 8;
+/// Most devices of all kinds together: the VMM has this many virtio-mmio slots.
+pub const MAX_DEVICES: usize = 8;
+/// Most queues of a disk (`num-queues`).
+pub const MAX_BLK_QUEUES: u16 = 64;
+/// Most queue pairs of a network device (`num-queue-pairs`): 64 virtqueues.
+pub const MAX_NET_QUEUE_PAIRS: u16 = 32;
+/// Most request queues of a virtio-fs device (`num-queues`): with the hiprio queue,
+/// 64 virtqueues.
+pub const MAX_FS_REQUEST_QUEUES: u16 = 63;
+/// Size of the virtio-fs config-space tag field: the longest tag.
+pub const FS_TAG_BYTES: usize = 36;
+/// Default kernel command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// Default guest memory.
+pub const DEFAULT_MEMORY: &str = "64M";
 
 /// vhostkit: a small KVM virtual machine monitor.
 #[derive(Parser, Clone, Debug)]
@@ -24,39 +68,82 @@ pub struct Cli {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum Command {
-    /// Boot a 64-bit ELF kernel (vmlinux-style entry) with a serial console on stdout.
+    /// Boot a 64-bit ELF kernel (vmlinux-style entry) with a serial console on stdout,
+    /// and virtio disks, network devices and shared folders over vhost-user.
     Run(RunArgs),
 }
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
-    /// ELF kernel to boot (entered in 64-bit mode at its ELF entry, RSI = boot_params).
+    /// ELF kernel to boot (entered in 64-bit mode at its ELF entry, RSI =
+    /// boot_params). Required here or as `kernel` in the --config file.
     #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    pub kernel: Option<PathBuf>,
 
-    /// Kernel command line.
-    #[arg(long, value_name = "STR", default_value = "console=ttyS0")]
-    pub cmdline: String,
+    /// Initial ramdisk (initramfs) loaded for the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
 
-    /// Number of vCPUs, 1 to 64.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub cpus: u8,
+    /// Kernel command line [default: console=ttyS0].
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
 
-    /// Guest memory: a number with a suffix K, M, G or T (powers of 1024), a
-    /// multiple of 4 KiB; a bare number means MiB, as in QEMU.
-    #[arg(long, value_name = "SIZE", default_value = "64M")]
-    pub memory: String,
+    /// Number of vCPUs, 1 to 64 [default: 1].
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u8>,
 
-    /// A virtio-blk disk served by a vhost-user backend listening on PATH (e.g.
-    /// vhost-user-blk), as a virtio-mmio device; repeat for more disks (at most 8).
-    #[arg(long, value_name = "socket=PATH")]
+    /// Guest memory, 2M to 64G: a number with a suffix K, M, G or T (powers of
+    /// 1024), a multiple of 4 KiB; a bare number means MiB, as in QEMU [default: 64M].
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+
+    /// A virtio-blk disk; repeat for more. Either a vhost-user backend already
+    /// listening: `socket=PATH[,num-queues=N]`, or an image file served by our
+    /// vhost-user-blk, started by vhostkit:
+    /// `path=IMG[,readonly=on|off][,num-queues=N][,direct=on|off]` (direct: O_DIRECT).
+    /// num-queues: 1 to 64.
+    #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
+
+    /// A virtio-net device; repeat for more. Either a vhost-user backend already
+    /// listening: `socket=PATH[,mac=52:54:00:12:34:56][,num-queue-pairs=N]`, or a tap
+    /// device served by our vhost-user-net, started by vhostkit:
+    /// `tap=NAME[,host-ip=ADDR/PREFIX][,mac=MAC][,num-queue-pairs=N]` (host-ip: the
+    /// address given to the tap on the host). mac: unicast, six hex bytes with colons;
+    /// num-queue-pairs: 1 to 32.
+    #[arg(long, value_name = "SPEC")]
+    pub net: Vec<String>,
+
+    /// A virtio-fs shared folder; repeat for more. Either a vhost-user backend
+    /// already listening: `socket=PATH,tag=TAG[,num-queues=N]`, or a host folder
+    /// served by our vhost-user-fs, started by vhostkit: `dir=DIR,tag=TAG[,num-queues=N]`.
+    /// tag: the name the guest mounts (mount -t virtiofs TAG /mnt), 1 to 36 bytes;
+    /// num-queues: request queues, 1 to 63 (plus the hiprio queue).
+    /// At most 8 devices (disks, nets and folders together).
+    #[arg(long, value_name = "SPEC")]
+    pub fs: Vec<String>,
+
+    /// A TOML file describing the VM; options given on the command line override its
+    /// values and add devices after its own. Relative paths in it resolve against
+    /// its folder; unknown keys are refused. Every key is optional:
+    ///   kernel = "vmlinuz"
+    ///   initrd = "initramfs.cpio"
+    ///   cmdline = "console=ttyS0"
+    ///   cpus = 2
+    ///   memory = "1G"
+    ///   [[disk]]   # socket = "PATH" or path = "IMG", readonly = true, direct = true,
+    ///              # num-queues = N
+    ///   [[net]]    # socket = "PATH" or tap = "NAME", host-ip = "ADDR/PREFIX",
+    ///              # mac = "52:54:00:12:34:56", num-queue-pairs = N
+    ///   [[fs]]     # socket = "PATH" or dir = "DIR", tag = "TAG", num-queues = N
+    #[arg(long, value_name = "FILE", verbatim_doc_comment)]
+    pub config: Option<PathBuf>,
 
     #[command(flatten)]
     pub log: LogArgs,
 }
 
-/// Configuration errors: one line each, naming the option.
+/// Configuration errors: one line each, naming the option (or file) and the value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("--memory {0:?}: expected a number with an optional K, M, G or T suffix")]
@@ -67,38 +154,102 @@ pub enum ConfigError {
     MemoryAlign(String),
     #[error("--cpus {0}: must be 1 to {MAX_CPUS}")]
     Cpus(u8),
+    #[error("no kernel: give --kernel or kernel in the --config file")]
+    NoKernel,
     #[error("--kernel {0}: {1}")]
     Kernel(PathBuf, String),
-    #[error("--disk {0:?}: expected socket=PATH")]
-    Disk(String),
-    #[error("--disk: at most {MAX_DISKS} disks")]
-    TooManyDisks,
-    #[error("--disk needs --memory of at most 3328M (the device windows start at 0xd0000000)")]
-    DiskMemory,
+    #[error("--initrd {0}: {1}")]
+    Initrd(PathBuf, String),
+    /// A device spec: where it came from (`--disk "path=x"` or `vm.toml [[disk]] 1`)
+    /// and what is wrong with it.
+    #[error("{0}: {1}")]
+    Device(String, String),
+    #[error("at most {MAX_DEVICES} devices (--disk, --net and --fs together), got {0}")]
+    TooManyDevices(usize),
+    #[error("--config {0}: {1}")]
+    File(PathBuf, String),
 }
 
+type Result<T> = std::result::Result<T, ConfigError>;
+
 /// The validated configuration of `vhostkit run`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunConfig {
     pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub cpus: u8,
     pub memory: u64,
-    /// vhost-user sockets of the virtio-blk disks, in device order.
-    pub disks: Vec<PathBuf>,
+    /// Every virtio device, one virtio-mmio slot each: disks, then network devices,
+    /// then shared folders, each kind in the order given (the --config file's first).
+    pub devices: Vec<DeviceConfig>,
     pub log_level: String,
 }
 
-/// Parses a `--disk` value: `socket=PATH`.
-fn parse_disk(s: &str) -> Result<PathBuf, ConfigError> {
-    match s.split_once('=') {
-        Some(("socket", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
-        _ => Err(ConfigError::Disk(s.to_string())),
+/// One virtio device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub kind: DeviceKind,
+    pub backend: DeviceBackend,
+    /// The virtqueues the VMM should offer, if the user chose: for a disk its request
+    /// queues; for a network device rx + tx queues, i.e. 2 * num-queue-pairs (the
+    /// control queue not counted); for a shared folder its request queues (the
+    /// hiprio queue not counted: the device has `num_queues + 1` virtqueues, and
+    /// `num_queues` is its config-space `num_request_queues`). None: the default
+    /// (one queue, one pair).
+    pub num_queues: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Block,
+    /// `mac`: the address in the device's config space (VIRTIO_NET_F_MAC), if given.
+    Net {
+        mac: Option<[u8; 6]>,
+    },
+    /// `tag`: the name the guest mounts, 1 to 36 bytes, no NUL.
+    Fs {
+        tag: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceBackend {
+    /// A vhost-user backend already listening on this socket.
+    Socket(PathBuf),
+    /// One of our daemons, started by the VMM: the binary name (e.g. "vhost-user-blk")
+    /// and its arguments, without --socket-path (the VMM picks the socket).
+    Daemon { program: String, args: Vec<String> },
+}
+
+impl DeviceConfig {
+    /// How the user named this device, for messages: "--disk path=x.img",
+    /// "--net socket=/run/net.sock".
+    pub fn describe(&self) -> String {
+        let option = match self.kind {
+            DeviceKind::Block => "--disk",
+            DeviceKind::Net { .. } => "--net",
+            DeviceKind::Fs { .. } => "--fs",
+        };
+        match &self.backend {
+            DeviceBackend::Socket(path) => format!("{option} socket={}", path.display()),
+            DeviceBackend::Daemon { program, args } => {
+                let (flag, key) = match self.kind {
+                    DeviceKind::Block => ("--path", "path"),
+                    DeviceKind::Net { .. } => ("--tap", "tap"),
+                    DeviceKind::Fs { .. } => ("--shared-dir", "dir"),
+                };
+                match args.iter().position(|a| a == flag) {
+                    Some(i) if i + 1 < args.len() => format!("{option} {key}={}", args[i + 1]),
+                    _ => format!("{option} ({program} {})", args.join(" ")),
+                }
+            }
+        }
     }
 }
 
 /// Parses "64M", "1G", "512K", "4096B", "64" (MiB) into bytes.
-pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+pub fn parse_size(s: &str) -> Result<u64> {
     let bad = || ConfigError::BadSize(s.to_string());
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -119,48 +270,507 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
+/// Parses a unicast MAC address "52:54:00:12:34:56".
+pub fn parse_mac(s: &str) -> std::result::Result<[u8; 6], String> {
+    let bad = || format!("mac {s}: expected six hex bytes separated by colons");
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in mac.iter_mut() {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "mac {s}: a multicast address (lowest bit of the first byte set)"
+        ));
+    }
+    if mac == [0; 6] {
+        return Err(format!("mac {s}: the all-zero address"));
+    }
+    Ok(mac)
+}
+
+fn format_mac(mac: &[u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// A `--disk` spec or `[[disk]]` table, before validation.
+#[derive(Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct DiskSpec {
+    socket: Option<PathBuf>,
+    path: Option<PathBuf>,
+    readonly: Option<bool>,
+    num_queues: Option<u16>,
+    direct: Option<bool>,
+}
+
+/// A `--net` spec or `[[net]]` table, before validation.
+#[derive(Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct NetSpec {
+    socket: Option<PathBuf>,
+    tap: Option<String>,
+    host_ip: Option<String>,
+    mac: Option<String>,
+    num_queue_pairs: Option<u16>,
+}
+
+/// A `--fs` spec or `[[fs]]` table, before validation.
+#[derive(Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FsSpec {
+    socket: Option<PathBuf>,
+    dir: Option<PathBuf>,
+    tag: Option<String>,
+    num_queues: Option<u16>,
+}
+
+/// The `--config` file.
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    cpus: Option<u8>,
+    memory: Option<String>,
+    #[serde(default)]
+    disk: Vec<DiskSpec>,
+    #[serde(default)]
+    net: Vec<NetSpec>,
+    #[serde(default)]
+    fs: Vec<FsSpec>,
+}
+
+/// Splits a QEMU-style `key=value,key=value` list, refusing malformed items, keys
+/// not in `known` and keys given twice. Errors are the reason only; `forms` names
+/// the accepted forms ("socket=PATH or path=IMG").
+fn split_kv<'a>(
+    value: &'a str,
+    forms: &str,
+    known: &[&str],
+) -> std::result::Result<Vec<(&'a str, &'a str)>, String> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for item in value.split(',') {
+        let Some((key, val)) = item.split_once('=') else {
+            return Err(format!(
+                "expected {forms}: key=value items separated by commas, got {item:?}"
+            ));
+        };
+        if !known.contains(&key) {
+            return Err(format!("unknown key {key:?} (known: {})", known.join(", ")));
+        }
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(format!("key {key} given twice"));
+        }
+        if val.is_empty() {
+            return Err(format!("{key}= needs a value"));
+        }
+        out.push((key, val));
+    }
+    Ok(out)
+}
+
+fn on_off(key: &str, val: &str) -> std::result::Result<bool, String> {
+    match val {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{key}={val}: expected on or off")),
+    }
+}
+
+fn number(key: &str, val: &str) -> std::result::Result<u16, String> {
+    val.parse()
+        .map_err(|_| format!("{key}={val}: expected a number"))
+}
+
+fn check_range(key: &str, n: u16, max: u16) -> std::result::Result<u16, String> {
+    if (1..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{key}={n}: must be 1 to {max}"))
+    }
+}
+
+/// A path as a daemon argument (our command lines come from UTF-8 strings; a
+/// `--config` file in a non-UTF-8 folder could make one that is not).
+fn path_arg(key: &str, path: &Path) -> std::result::Result<String, String> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("{key}={}: not valid UTF-8", path.display()))
+}
+
+impl DiskSpec {
+    fn parse(value: &str) -> std::result::Result<Self, String> {
+        const FORMS: &str = "socket=PATH or path=IMG";
+        let known = ["socket", "path", "readonly", "num-queues", "direct"];
+        let mut spec = DiskSpec::default();
+        for (key, val) in split_kv(value, FORMS, &known)? {
+            match key {
+                "socket" => spec.socket = Some(val.into()),
+                "path" => spec.path = Some(val.into()),
+                "readonly" => spec.readonly = Some(on_off(key, val)?),
+                "direct" => spec.direct = Some(on_off(key, val)?),
+                _ => spec.num_queues = Some(number(key, val)?),
+            }
+        }
+        Ok(spec)
+    }
+
+    fn validate(self) -> std::result::Result<DeviceConfig, String> {
+        let num_queues = self
+            .num_queues
+            .map(|n| check_range("num-queues", n, MAX_BLK_QUEUES))
+            .transpose()?;
+        let backend = match (self.socket, self.path) {
+            (Some(_), Some(_)) => return Err("give socket or path, not both".into()),
+            (None, None) => {
+                return Err("needs socket=PATH (a vhost-user backend) or path=IMG (an image for our vhost-user-blk)".into())
+            }
+            (Some(socket), None) => {
+                if self.readonly.is_some() || self.direct.is_some() {
+                    return Err(
+                        "readonly and direct apply to path= only (a socket backend decides them)"
+                            .into(),
+                    );
+                }
+                DeviceBackend::Socket(socket)
+            }
+            (None, Some(path)) => {
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_dir() => {
+                        return Err(format!("path={}: is a folder", path.display()))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("path={}: {e}", path.display())),
+                }
+                let mut args = vec!["--path".to_string(), path_arg("path", &path)?];
+                if self.readonly == Some(true) {
+                    args.push("--readonly".into());
+                }
+                if let Some(n) = num_queues {
+                    args.extend(["--num-queues".into(), n.to_string()]);
+                }
+                if self.direct == Some(true) {
+                    args.push("--direct".into());
+                }
+                DeviceBackend::Daemon {
+                    program: "vhost-user-blk".into(),
+                    args,
+                }
+            }
+        };
+        Ok(DeviceConfig {
+            kind: DeviceKind::Block,
+            backend,
+            num_queues,
+        })
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        resolve(&mut self.socket, base);
+        resolve(&mut self.path, base);
+    }
+}
+
+impl NetSpec {
+    fn parse(value: &str) -> std::result::Result<Self, String> {
+        const FORMS: &str = "socket=PATH or tap=NAME";
+        let known = ["socket", "tap", "host-ip", "mac", "num-queue-pairs"];
+        let mut spec = NetSpec::default();
+        for (key, val) in split_kv(value, FORMS, &known)? {
+            match key {
+                "socket" => spec.socket = Some(val.into()),
+                "tap" => spec.tap = Some(val.into()),
+                "host-ip" => spec.host_ip = Some(val.into()),
+                "mac" => spec.mac = Some(val.into()),
+                _ => spec.num_queue_pairs = Some(number(key, val)?),
+            }
+        }
+        Ok(spec)
+    }
+
+    fn validate(self) -> std::result::Result<DeviceConfig, String> {
+        let mac = self.mac.as_deref().map(parse_mac).transpose()?;
+        let pairs = self
+            .num_queue_pairs
+            .map(|n| check_range("num-queue-pairs", n, MAX_NET_QUEUE_PAIRS))
+            .transpose()?;
+        let backend = match (self.socket, self.tap) {
+            (Some(_), Some(_)) => return Err("give socket or tap, not both".into()),
+            (None, None) => {
+                return Err("needs socket=PATH (a vhost-user backend) or tap=NAME (a tap device for our vhost-user-net)".into())
+            }
+            (Some(socket), None) => {
+                if self.host_ip.is_some() {
+                    return Err("host-ip applies to tap= only".into());
+                }
+                DeviceBackend::Socket(socket)
+            }
+            (None, Some(tap)) => {
+                // Linux interface names: at most IFNAMSIZ - 1 bytes.
+                if tap.len() > 15 || tap.contains(['/', ':', '\0']) || tap.contains(char::is_whitespace) {
+                    return Err(format!(
+                        "tap={tap}: not an interface name (at most 15 bytes, no '/', ':' or spaces)"
+                    ));
+                }
+                let mut args = vec!["--tap".to_string(), tap];
+                if let Some(ip) = self.host_ip {
+                    check_host_ip(&ip)?;
+                    args.extend(["--host-ip".into(), ip]);
+                }
+                if let Some(mac) = &mac {
+                    args.extend(["--mac".into(), format_mac(mac)]);
+                }
+                if let Some(n) = pairs {
+                    args.extend(["--num-queue-pairs".into(), n.to_string()]);
+                }
+                DeviceBackend::Daemon {
+                    program: "vhost-user-net".into(),
+                    args,
+                }
+            }
+        };
+        Ok(DeviceConfig {
+            kind: DeviceKind::Net { mac },
+            backend,
+            num_queues: pairs.map(|n| 2 * n),
+        })
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        resolve(&mut self.socket, base);
+    }
+}
+
+/// Checks "ADDR/PREFIX" (IPv4 or IPv6).
+fn check_host_ip(s: &str) -> std::result::Result<(), String> {
+    let bad = || format!("host-ip={s}: expected ADDR/PREFIX, e.g. 192.168.100.1/24");
+    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(format!("host-ip={s}: prefix must be at most {max}"));
+    }
+    Ok(())
+}
+
+impl FsSpec {
+    fn parse(value: &str) -> std::result::Result<Self, String> {
+        const FORMS: &str = "socket=PATH,tag=TAG or dir=DIR,tag=TAG";
+        let known = ["socket", "dir", "tag", "num-queues"];
+        let mut spec = FsSpec::default();
+        for (key, val) in split_kv(value, FORMS, &known)? {
+            match key {
+                "socket" => spec.socket = Some(val.into()),
+                "dir" => spec.dir = Some(val.into()),
+                "tag" => spec.tag = Some(val.into()),
+                _ => spec.num_queues = Some(number(key, val)?),
+            }
+        }
+        Ok(spec)
+    }
+
+    fn validate(self) -> std::result::Result<DeviceConfig, String> {
+        let Some(tag) = self.tag else {
+            return Err("needs tag=TAG (the name the guest mounts)".into());
+        };
+        if tag.is_empty() || tag.len() > FS_TAG_BYTES || tag.contains('\0') {
+            return Err(format!(
+                "tag={tag}: must be 1 to {FS_TAG_BYTES} bytes, without NUL"
+            ));
+        }
+        let num_queues = self
+            .num_queues
+            .map(|n| check_range("num-queues", n, MAX_FS_REQUEST_QUEUES))
+            .transpose()?;
+        let backend = match (self.socket, self.dir) {
+            (Some(_), Some(_)) => return Err("give socket or dir, not both".into()),
+            (None, None) => {
+                return Err("needs socket=PATH (a vhost-user backend) or dir=DIR (a folder for our vhost-user-fs)".into())
+            }
+            (Some(socket), None) => DeviceBackend::Socket(socket),
+            (None, Some(dir)) => {
+                match std::fs::metadata(&dir) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Err(format!("dir={}: not a folder", dir.display())),
+                    Err(e) => return Err(format!("dir={}: {e}", dir.display())),
+                }
+                let mut args = vec![
+                    "--shared-dir".to_string(),
+                    path_arg("dir", &dir)?,
+                    "--tag".into(),
+                    tag.clone(),
+                ];
+                if let Some(n) = num_queues {
+                    args.extend(["--num-request-queues".into(), n.to_string()]);
+                }
+                DeviceBackend::Daemon {
+                    program: "vhost-user-fs".into(),
+                    args,
+                }
+            }
+        };
+        Ok(DeviceConfig {
+            kind: DeviceKind::Fs { tag },
+            backend,
+            num_queues,
+        })
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        resolve(&mut self.socket, base);
+        resolve(&mut self.dir, base);
+    }
+}
+
+/// Makes a relative path relative to `base` (the `--config` file's folder).
+fn resolve(path: &mut Option<PathBuf>, base: &Path) {
+    if let Some(p) = path {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+}
+
+/// Reads and parses a `--config` file; relative paths in it made relative to its
+/// folder.
+fn load_file(path: &Path) -> Result<FileConfig> {
+    let file_err = |msg: String| ConfigError::File(path.to_path_buf(), msg);
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+    let mut file: FileConfig = toml::from_str(&text).map_err(|e| {
+        let msg = e.message().trim().replace('\n', " ");
+        match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                file_err(format!("line {line}: {msg}"))
+            }
+            None => file_err(msg),
+        }
+    })?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    resolve(&mut file.kernel, base);
+    resolve(&mut file.initrd, base);
+    file.disk.iter_mut().for_each(|d| d.resolve(base));
+    file.net.iter_mut().for_each(|n| n.resolve(base));
+    file.fs.iter_mut().for_each(|f| f.resolve(base));
+    Ok(file)
+}
+
+/// Checks that `path` is a regular file; the reason if not.
+fn regular_file(path: &Path) -> std::result::Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err("not a regular file".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Validates one kind of device from the file (its tables) and the command line
+/// (its specs), in that order.
+fn devices<S>(
+    option: &str,
+    file: Option<(&Path, Vec<S>)>,
+    cli: &[String],
+    parse: fn(&str) -> std::result::Result<S, String>,
+    validate: fn(S) -> std::result::Result<DeviceConfig, String>,
+) -> Result<Vec<DeviceConfig>> {
+    let mut out = Vec::new();
+    if let Some((path, specs)) = file {
+        let table = option.trim_start_matches('-');
+        for (i, spec) in specs.into_iter().enumerate() {
+            let place = format!("--config {} [[{table}]] {}", path.display(), i + 1);
+            out.push(validate(spec).map_err(|e| ConfigError::Device(place, e))?);
+        }
+    }
+    for value in cli {
+        let place = format!("{option} {value:?}");
+        let dev = parse(value)
+            .and_then(validate)
+            .map_err(|e| ConfigError::Device(place, e))?;
+        out.push(dev);
+    }
+    Ok(out)
+}
+
 impl TryFrom<RunArgs> for RunConfig {
     type Error = ConfigError;
 
-    fn try_from(args: RunArgs) -> Result<Self, ConfigError> {
-        let memory = parse_size(&args.memory)?;
+    fn try_from(args: RunArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let memory_str = args
+            .memory
+            .or(file.memory)
+            .unwrap_or_else(|| DEFAULT_MEMORY.into());
+        let memory = parse_size(&memory_str)?;
         if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) {
-            return Err(ConfigError::MemoryRange(args.memory));
+            return Err(ConfigError::MemoryRange(memory_str));
         }
         if memory % 4096 != 0 {
-            return Err(ConfigError::MemoryAlign(args.memory));
+            return Err(ConfigError::MemoryAlign(memory_str));
         }
-        if args.cpus == 0 || args.cpus > MAX_CPUS {
-            return Err(ConfigError::Cpus(args.cpus));
+        let cpus = args.cpus.or(file.cpus).unwrap_or(1);
+        if cpus == 0 || cpus > MAX_CPUS {
+            return Err(ConfigError::Cpus(cpus));
         }
-        match std::fs::metadata(&args.kernel) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => {
-                return Err(ConfigError::Kernel(
-                    args.kernel,
-                    "not a regular file".into(),
-                ))
-            }
-            Err(e) => return Err(ConfigError::Kernel(args.kernel, e.to_string())),
+        let kernel = args.kernel.or(file.kernel).ok_or(ConfigError::NoKernel)?;
+        regular_file(&kernel).map_err(|e| ConfigError::Kernel(kernel.clone(), e))?;
+        let initrd = args.initrd.or(file.initrd);
+        if let Some(initrd) = &initrd {
+            regular_file(initrd).map_err(|e| ConfigError::Initrd(initrd.clone(), e))?;
         }
-        if args.disk.len() > MAX_DISKS {
-            return Err(ConfigError::TooManyDisks);
+        let count = file.disk.len()
+            + file.net.len()
+            + file.fs.len()
+            + args.disk.len()
+            + args.net.len()
+            + args.fs.len();
+        if count > MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices(count));
         }
-        // Guest RAM is one range from 0: it must end below the MMIO windows.
-        if !args.disk.is_empty() && memory > crate::devices::VIRTIO_MMIO_BASE {
-            return Err(ConfigError::DiskMemory);
-        }
-        let disks = args
-            .disk
-            .iter()
-            .map(|d| parse_disk(d))
-            .collect::<Result<Vec<_>, _>>()?;
+        let path = args.config.as_deref();
+        let mut devices_ = devices(
+            "--disk",
+            path.map(|p| (p, file.disk)),
+            &args.disk,
+            DiskSpec::parse,
+            DiskSpec::validate,
+        )?;
+        devices_.extend(devices(
+            "--net",
+            path.map(|p| (p, file.net)),
+            &args.net,
+            NetSpec::parse,
+            NetSpec::validate,
+        )?);
+        devices_.extend(devices(
+            "--fs",
+            path.map(|p| (p, file.fs)),
+            &args.fs,
+            FsSpec::parse,
+            FsSpec::validate,
+        )?);
         Ok(RunConfig {
-            kernel: args.kernel,
-            cmdline: args.cmdline,
-            cpus: args.cpus,
+            kernel,
+            initrd,
+            cmdline: args
+                .cmdline
+                .or(file.cmdline)
+                .unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+            cpus,
             memory,
-            disks,
+            devices: devices_,
             log_level: args.log.log_level,
         })
     }
@@ -169,8 +779,9 @@ impl TryFrom<RunArgs> for RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vhostkit_tests::TempDir;
 
-    fn parse(args: &[&str]) -> Result<RunConfig, String> {
+    fn parse(args: &[&str]) -> std::result::Result<RunConfig, String> {
         let mut full = vec!["vhostkit", "run"];
         full.extend_from_slice(args);
         let cli = Cli::try_parse_from(full).map_err(|e| e.to_string())?;
@@ -181,6 +792,21 @@ mod tests {
     /// A kernel path that exists: this test binary itself.
     fn exe() -> String {
         std::env::current_exe().unwrap().display().to_string()
+    }
+
+    /// `--kernel EXE` and `extra`.
+    fn with(extra: &[&str]) -> std::result::Result<RunConfig, String> {
+        let k = exe();
+        let mut v = vec!["--kernel", k.as_str()];
+        v.extend_from_slice(extra);
+        parse(&v)
+    }
+
+    fn daemon(program: &str, args: &[&str]) -> DeviceBackend {
+        DeviceBackend::Daemon {
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
@@ -206,22 +832,45 @@ mod tests {
     }
 
     #[test]
+    fn macs() {
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56"),
+            Ok([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
+        assert_eq!(parse_mac("02:AB:cd:00:00:01").unwrap()[1], 0xab);
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52-54-00-12-34-56",
+            "52:54:00:12:34:5",
+            "52:54:00:12:34:567",
+            "52:54:00:12:34:zz",
+            "+2:54:00:12:34:56",
+            "01:00:5e:00:00:01",
+            "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_mac("01:00:5e:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
+    }
+
+    #[test]
     fn defaults() {
-        let k = exe();
-        let c = parse(&["--kernel", &k]).unwrap();
+        let c = with(&[]).unwrap();
         assert_eq!(c.cpus, 1);
         assert_eq!(c.memory, 64 << 20);
         assert_eq!(c.cmdline, "console=ttyS0");
+        assert_eq!(c.initrd, None);
+        assert!(c.devices.is_empty());
+        assert_eq!(c.log_level, "info");
     }
 
     #[test]
     fn bad_values_are_refused() {
-        let k = exe();
-        let with = |extra: &[&str]| {
-            let mut v = vec!["--kernel", k.as_str()];
-            v.extend_from_slice(extra);
-            parse(&v)
-        };
         assert!(with(&["--cpus", "0"]).unwrap_err().contains("--cpus 0"));
         assert!(with(&["--cpus", "65"]).is_err());
         assert!(with(&["--cpus", "-1"]).is_err());
@@ -236,43 +885,501 @@ mod tests {
             (c.memory, c.cpus, c.cmdline.as_str()),
             (1 << 30, 4, "a=b c")
         );
+        // RAM continues above 4 GiB now: disks and large memory go together.
+        let c = with(&["--disk", "socket=/s", "--memory", "64G"]).unwrap();
+        assert_eq!(c.memory, 64 << 30);
     }
 
     #[test]
-    fn disks() {
-        let k = exe();
-        let c = parse(&["--kernel", &k]).unwrap();
-        assert!(c.disks.is_empty());
-        let c = parse(&[
-            "--kernel",
-            &k,
-            "--disk",
-            "socket=/a.sock",
-            "--disk",
-            "socket=b",
-        ])
-        .unwrap();
-        assert_eq!(c.disks, [PathBuf::from("/a.sock"), PathBuf::from("b")]);
-        for bad in ["/a.sock", "socket=", "path=/a", "sock=/a"] {
-            let e = parse(&["--kernel", &k, "--disk", bad]).unwrap_err();
-            assert!(e.contains("socket=PATH"), "{bad}: {e}");
-        }
-        let mut many = vec!["--kernel", k.as_str()];
-        for _ in 0..=MAX_DISKS {
-            many.extend_from_slice(&["--disk", "socket=/s"]);
-        }
-        assert!(parse(&many).unwrap_err().contains("at most"));
-        let e = parse(&["--kernel", &k, "--disk", "socket=/s", "--memory", "4G"]).unwrap_err();
-        assert!(e.contains("3328M"), "{e}");
-        assert!(parse(&["--kernel", &k, "--disk", "socket=/s", "--memory", "3328M"]).is_ok());
-    }
-
-    #[test]
-    fn kernel_must_exist() {
+    fn kernel_and_initrd_must_exist() {
         let e = parse(&["--kernel", "/nonexistent/vmlinux"]).unwrap_err();
         assert!(e.starts_with("--kernel /nonexistent/vmlinux: "), "{e}");
         let e = parse(&["--kernel", "/"]).unwrap_err();
         assert!(e.contains("not a regular file"), "{e}");
-        assert!(parse(&[]).is_err());
+        assert_eq!(
+            parse(&[]).unwrap_err(),
+            "no kernel: give --kernel or kernel in the --config file"
+        );
+        let e = with(&["--initrd", "/nonexistent/initrd"]).unwrap_err();
+        assert!(e.starts_with("--initrd /nonexistent/initrd: "), "{e}");
+        assert!(with(&["--initrd", "/"])
+            .unwrap_err()
+            .contains("not a regular file"));
+        let k = exe();
+        let c = with(&["--initrd", &k]).unwrap();
+        assert_eq!(c.initrd, Some(PathBuf::from(&k)));
+    }
+
+    #[test]
+    fn disk_specs() {
+        let dir = TempDir::new("cfg-disk").unwrap();
+        let img = dir.image(4096).unwrap();
+        let img = img.to_str().unwrap();
+        let c = with(&[
+            "--disk",
+            "socket=/a.sock",
+            "--disk",
+            "socket=b,num-queues=4",
+            "--disk",
+            &format!("path={img}"),
+            "--disk",
+            &format!("num-queues=2,path={img},readonly=on,direct=on"),
+            "--disk",
+            &format!("path={img},readonly=off,direct=off"),
+        ])
+        .unwrap();
+        let blk = |backend, num_queues| DeviceConfig {
+            kind: DeviceKind::Block,
+            backend,
+            num_queues,
+        };
+        assert_eq!(
+            c.devices,
+            [
+                blk(DeviceBackend::Socket("/a.sock".into()), None),
+                blk(DeviceBackend::Socket("b".into()), Some(4)),
+                blk(daemon("vhost-user-blk", &["--path", img]), None),
+                blk(
+                    daemon(
+                        "vhost-user-blk",
+                        &["--path", img, "--readonly", "--num-queues", "2", "--direct"]
+                    ),
+                    Some(2)
+                ),
+                blk(daemon("vhost-user-blk", &["--path", img]), None),
+            ]
+        );
+        assert_eq!(c.devices[2].describe(), format!("--disk path={img}"));
+        assert_eq!(c.devices[0].describe(), "--disk socket=/a.sock");
+    }
+
+    /// `--OPTION SPEC` must fail with a message starting with the option and the spec
+    /// and containing `needle`.
+    fn refused(option: &str, spec: &str, needle: &str) {
+        let e = with(&[option, spec]).unwrap_err();
+        let prefix = format!("{option} {spec:?}: ");
+        assert!(e.starts_with(&prefix), "{spec}: {e}");
+        assert!(e.contains(needle), "{spec}: {e} lacks {needle:?}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn bad_disk_specs() {
+        let dir = TempDir::new("cfg-bad-disk").unwrap();
+        let img = dir.image(4096).unwrap();
+        let img = img.to_str().unwrap();
+        refused(
+            "--disk",
+            "/a.sock",
+            "expected socket=PATH or path=IMG: key=value",
+        );
+        refused("--disk", "socket=", "needs a value");
+        refused("--disk", "sock=/a", "unknown key \"sock\"");
+        refused("--disk", "socket=/a,bogus=1", "unknown key \"bogus\"");
+        refused("--disk", "socket=/a,socket=/b", "socket given twice");
+        refused("--disk", &format!("socket=/a,path={img}"), "not both");
+        refused("--disk", "num-queues=2", "socket=PATH");
+        refused(
+            "--disk",
+            "socket=/a,num-queues=0",
+            "num-queues=0: must be 1 to 64",
+        );
+        refused("--disk", "socket=/a,num-queues=65", "must be 1 to 64");
+        refused("--disk", "socket=/a,num-queues=x", "expected a number");
+        refused("--disk", "socket=/a,readonly=on", "path= only");
+        refused("--disk", &format!("path={img},readonly=yes"), "on or off");
+        refused("--disk", "path=/nonexistent/x.img", "No such file");
+        refused(
+            "--disk",
+            &format!("path={}", dir.path().display()),
+            "folder",
+        );
+        refused("--disk", "socket=/a,", "key=value");
+    }
+
+    #[test]
+    fn net_specs() {
+        let c = with(&[
+            "--net",
+            "socket=/n.sock",
+            "--net",
+            "socket=/m.sock,mac=52:54:00:12:34:56,num-queue-pairs=2",
+            "--net",
+            "tap=vk0",
+            "--net",
+            "tap=vk1,host-ip=192.168.100.1/24,mac=02:00:00:00:00:0A,num-queue-pairs=3",
+        ])
+        .unwrap();
+        let mac = Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let net = |mac, backend, num_queues| DeviceConfig {
+            kind: DeviceKind::Net { mac },
+            backend,
+            num_queues,
+        };
+        assert_eq!(
+            c.devices,
+            [
+                net(None, DeviceBackend::Socket("/n.sock".into()), None),
+                net(mac, DeviceBackend::Socket("/m.sock".into()), Some(4)),
+                net(None, daemon("vhost-user-net", &["--tap", "vk0"]), None),
+                net(
+                    Some([2, 0, 0, 0, 0, 0x0a]),
+                    daemon(
+                        "vhost-user-net",
+                        &[
+                            "--tap",
+                            "vk1",
+                            "--host-ip",
+                            "192.168.100.1/24",
+                            "--mac",
+                            "02:00:00:00:00:0a",
+                            "--num-queue-pairs",
+                            "3"
+                        ]
+                    ),
+                    Some(6)
+                ),
+            ]
+        );
+        assert_eq!(c.devices[2].describe(), "--net tap=vk0");
+    }
+
+    #[test]
+    fn bad_net_specs() {
+        refused("--net", "socket=/a,tap=vk0", "not both");
+        refused("--net", "mac=52:54:00:12:34:56", "tap=NAME");
+        refused("--net", "tap=vk0,mac=01:00:00:00:00:01", "multicast");
+        refused("--net", "tap=vk0,mac=52:54:00:12:34", "six hex bytes");
+        refused("--net", "tap=vk0,num-queue-pairs=0", "1 to 32");
+        refused("--net", "tap=vk0,num-queue-pairs=33", "1 to 32");
+        refused("--net", "tap=vk0,host-ip=10.0.0.1", "ADDR/PREFIX");
+        refused("--net", "tap=vk0,host-ip=10.0.0.1/33", "at most 32");
+        refused("--net", "tap=vk0,host-ip=300.0.0.1/8", "ADDR/PREFIX");
+        refused("--net", "socket=/a,host-ip=10.0.0.1/8", "tap= only");
+        refused("--net", "tap=a-very-long-interface", "interface name");
+        refused("--net", "tap=vk0,tap=vk1", "tap given twice");
+        refused(
+            "--net",
+            "tap=vk0,num-queues=2",
+            "unknown key \"num-queues\"",
+        );
+        assert!(with(&["--net", "tap=vk0,host-ip=fd00::1/64"]).is_ok());
+    }
+
+    #[test]
+    fn fs_specs() {
+        let dir = TempDir::new("cfg-fs").unwrap();
+        let d = dir.path().to_str().unwrap();
+        let tag36 = "t".repeat(36);
+        let c = with(&[
+            "--fs",
+            "socket=/f.sock,tag=share",
+            "--fs",
+            &format!("dir={d},tag={tag36},num-queues=63"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.devices,
+            [
+                DeviceConfig {
+                    kind: DeviceKind::Fs {
+                        tag: "share".into()
+                    },
+                    backend: DeviceBackend::Socket("/f.sock".into()),
+                    num_queues: None,
+                },
+                DeviceConfig {
+                    kind: DeviceKind::Fs { tag: tag36.clone() },
+                    backend: daemon(
+                        "vhost-user-fs",
+                        &[
+                            "--shared-dir",
+                            d,
+                            "--tag",
+                            &tag36,
+                            "--num-request-queues",
+                            "63"
+                        ]
+                    ),
+                    num_queues: Some(63),
+                },
+            ]
+        );
+        assert_eq!(c.devices[1].describe(), format!("--fs dir={d}"));
+        refused("--fs", "socket=/f.sock", "needs tag=TAG");
+        refused("--fs", &format!("dir={d}"), "needs tag=TAG");
+        refused(
+            "--fs",
+            &format!("socket=/f,tag={}", "t".repeat(37)),
+            "1 to 36 bytes",
+        );
+        refused("--fs", "socket=/f,tag=a\0b", "without NUL");
+        refused("--fs", &format!("socket=/f,dir={d},tag=x"), "not both");
+        refused("--fs", "tag=x", "dir=DIR");
+        refused("--fs", "socket=/f,tag=x,num-queues=0", "1 to 63");
+        refused("--fs", "socket=/f,tag=x,num-queues=64", "1 to 63");
+        refused("--fs", "dir=/nonexistent/share,tag=x", "No such file");
+        let k = exe();
+        refused("--fs", &format!("dir={k},tag=x"), "not a folder");
+        refused("--fs", "socket=/f,tag=x,readonly=on", "unknown key");
+    }
+
+    #[test]
+    fn device_order_and_limit() {
+        let c = with(&[
+            "--fs",
+            "socket=/f,tag=x",
+            "--net",
+            "socket=/n",
+            "--disk",
+            "socket=/d1",
+            "--disk",
+            "socket=/d2",
+        ])
+        .unwrap();
+        let kinds: Vec<String> = c.devices.iter().map(|d| d.describe()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "--disk socket=/d1",
+                "--disk socket=/d2",
+                "--net socket=/n",
+                "--fs socket=/f"
+            ]
+        );
+        let mut many = Vec::new();
+        for _ in 0..4 {
+            many.extend_from_slice(&["--disk", "socket=/s", "--net", "socket=/n"]);
+        }
+        assert_eq!(with(&many).unwrap().devices.len(), MAX_DEVICES);
+        many.extend_from_slice(&["--fs", "socket=/f,tag=x"]);
+        let e = with(&many).unwrap_err();
+        assert!(e.contains("at most 8 devices"), "{e}");
+    }
+
+    const FULL: &str = r#"
+kernel = "vmlinuz"
+initrd = "sub/initramfs.cpio"
+cmdline = "console=ttyS0 quiet"
+cpus = 2
+memory = "1G"
+[[disk]]
+socket = "/run/blk.sock"
+num-queues = 2
+[[disk]]
+path = "disk.img"
+readonly = true
+direct = false
+[[net]]
+tap = "vk0"
+mac = "52:54:00:12:34:56"
+num-queue-pairs = 2
+host-ip = "10.0.0.1/24"
+[[net]]
+socket = "net.sock"
+[[fs]]
+dir = "share"
+tag = "share"
+num-queues = 1
+"#;
+
+    /// A folder with the files FULL names, and FULL as vm.toml.
+    fn full_dir() -> TempDir {
+        let dir = TempDir::new("cfg-toml").unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        std::fs::create_dir(dir.join("share")).unwrap();
+        std::fs::write(dir.join("vmlinuz"), b"k").unwrap();
+        std::fs::write(dir.join("sub/initramfs.cpio"), b"i").unwrap();
+        dir.image(4096).unwrap();
+        std::fs::write(dir.join("vm.toml"), FULL).unwrap();
+        dir
+    }
+
+    #[test]
+    fn toml_file() {
+        let dir = full_dir();
+        let toml = dir.join("vm.toml");
+        let c = parse(&["--config", toml.to_str().unwrap()]).unwrap();
+        let p = |name: &str| dir.join(name);
+        let s = |name: &str| p(name).to_str().unwrap().to_string();
+        assert_eq!(
+            c,
+            RunConfig {
+                kernel: p("vmlinuz"),
+                initrd: Some(p("sub/initramfs.cpio")),
+                cmdline: "console=ttyS0 quiet".into(),
+                cpus: 2,
+                memory: 1 << 30,
+                devices: vec![
+                    DeviceConfig {
+                        kind: DeviceKind::Block,
+                        backend: DeviceBackend::Socket("/run/blk.sock".into()),
+                        num_queues: Some(2),
+                    },
+                    DeviceConfig {
+                        kind: DeviceKind::Block,
+                        backend: daemon(
+                            "vhost-user-blk",
+                            &["--path", &s("disk.img"), "--readonly"]
+                        ),
+                        num_queues: None,
+                    },
+                    DeviceConfig {
+                        kind: DeviceKind::Net {
+                            mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+                        },
+                        backend: daemon(
+                            "vhost-user-net",
+                            &[
+                                "--tap",
+                                "vk0",
+                                "--host-ip",
+                                "10.0.0.1/24",
+                                "--mac",
+                                "52:54:00:12:34:56",
+                                "--num-queue-pairs",
+                                "2"
+                            ]
+                        ),
+                        num_queues: Some(4),
+                    },
+                    DeviceConfig {
+                        kind: DeviceKind::Net { mac: None },
+                        backend: DeviceBackend::Socket(p("net.sock")),
+                        num_queues: None,
+                    },
+                    DeviceConfig {
+                        kind: DeviceKind::Fs {
+                            tag: "share".into()
+                        },
+                        backend: daemon(
+                            "vhost-user-fs",
+                            &[
+                                "--shared-dir",
+                                &s("share"),
+                                "--tag",
+                                "share",
+                                "--num-request-queues",
+                                "1"
+                            ]
+                        ),
+                        num_queues: Some(1),
+                    },
+                ],
+                log_level: "info".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn command_line_overrides_the_file_and_appends_devices() {
+        let dir = full_dir();
+        let toml = dir.join("vm.toml");
+        let k = exe();
+        let c = parse(&[
+            "--config",
+            toml.to_str().unwrap(),
+            "--cpus",
+            "3",
+            "--memory",
+            "128M",
+            "--kernel",
+            &k,
+            "--cmdline",
+            "x",
+            "--disk",
+            "socket=/cli.sock",
+            "--fs",
+            "socket=/fs.sock,tag=cli",
+        ])
+        .unwrap();
+        assert_eq!((c.cpus, c.memory, c.cmdline.as_str()), (3, 128 << 20, "x"));
+        assert_eq!(c.kernel, PathBuf::from(&k));
+        assert_eq!(c.initrd, Some(dir.join("sub/initramfs.cpio")));
+        let names: Vec<String> = c.devices.iter().map(|d| d.describe()).collect();
+        assert_eq!(
+            names,
+            [
+                "--disk socket=/run/blk.sock".to_string(),
+                format!("--disk path={}", dir.join("disk.img").display()),
+                "--disk socket=/cli.sock".into(),
+                "--net tap=vk0".into(),
+                format!("--net socket={}", dir.join("net.sock").display()),
+                format!("--fs dir={}", dir.join("share").display()),
+                "--fs socket=/fs.sock".into(),
+            ]
+        );
+        // The file's devices count towards the limit.
+        let e = parse(&[
+            "--config",
+            toml.to_str().unwrap(),
+            "--disk",
+            "socket=/a",
+            "--disk",
+            "socket=/b",
+            "--disk",
+            "socket=/c",
+            "--disk",
+            "socket=/d",
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("at most 8 devices") && e.ends_with("got 9"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn toml_errors() {
+        let dir = TempDir::new("cfg-toml-bad").unwrap();
+        let toml = dir.join("vm.toml");
+        let t = toml.to_str().unwrap();
+        let k = exe();
+        let check = |text: &str, needles: &[&str]| {
+            std::fs::write(&toml, text).unwrap();
+            let e = parse(&["--config", t, "--kernel", &k]).unwrap_err();
+            assert!(e.starts_with(&format!("--config {t}")), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+            for needle in needles {
+                assert!(e.contains(needle), "{e} lacks {needle:?}");
+            }
+        };
+        check("cpus = 1\nkernal = \"x\"\n", &["line 2", "kernal"]);
+        check(
+            "[[disk]]\nsocket = \"/a\"\nbogus = 1\n",
+            &["line 3", "bogus"],
+        );
+        check("cpus = \"two\"\n", &["line 1"]);
+        check("cpus = 300\n", &["line 1"]);
+        check("memory = \n", &["line 1"]);
+        check(
+            "[[disk]]\nsocket = \"/a\"\npath = \"/b\"\n",
+            &["[[disk]] 1", "not both"],
+        );
+        check(
+            "[[fs]]\nsocket = \"/a\"\ntag = \"a\"\n[[fs]]\nsocket = \"/b\"\n",
+            &["[[fs]] 2", "needs tag"],
+        );
+        check(
+            "[[net]]\ntap = \"vk0\"\nmac = \"ff:ff:ff:ff:ff:ff\"\n",
+            &["[[net]] 1", "multicast"],
+        );
+        std::fs::write(&toml, "cpus = 2\n").unwrap();
+        assert_eq!(
+            parse(&["--config", t]).unwrap_err(),
+            "no kernel: give --kernel or kernel in the --config file"
+        );
+        let e = parse(&["--config", "/nonexistent/vm.toml"]).unwrap_err();
+        assert!(
+            e.starts_with("--config /nonexistent/vm.toml: No such file"),
+            "{e}"
+        );
+        // A kernel named by the file resolves against the file's folder.
+        std::fs::write(&toml, "kernel = \"vmlinuz\"\n").unwrap();
+        let e = parse(&["--config", t]).unwrap_err();
+        assert!(
+            e.starts_with(&format!("--kernel {}: ", dir.join("vmlinuz").display())),
+            "{e}"
+        );
     }
 }

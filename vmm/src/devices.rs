@@ -185,10 +185,20 @@ mod tests {
         assert_eq!(bus.write(I8042_CMD, &[I8042_RESET]).unwrap(), Action::Stop);
         // ACPI: S5 through the sleep control register, reset through the reset register.
         let s5 = (acpi::S5_SLP_TYP << 2) | 1 << 5;
-        assert_eq!(bus.write(acpi::SLEEP_CONTROL_PORT, &[s5 & !(1 << 5)]).unwrap(), Action::Continue);
-        assert_eq!(bus.write(acpi::SLEEP_CONTROL_PORT, &[s5]).unwrap(), Action::Stop);
+        assert_eq!(
+            bus.write(acpi::SLEEP_CONTROL_PORT, &[s5 & !(1 << 5)])
+                .unwrap(),
+            Action::Continue
+        );
+        assert_eq!(
+            bus.write(acpi::SLEEP_CONTROL_PORT, &[s5]).unwrap(),
+            Action::Stop
+        );
         assert_eq!(bus.write(acpi::RESET_PORT, &[0]).unwrap(), Action::Continue);
-        assert_eq!(bus.write(acpi::RESET_PORT, &[acpi::RESET_VALUE]).unwrap(), Action::Stop);
+        assert_eq!(
+            bus.write(acpi::RESET_PORT, &[acpi::RESET_VALUE]).unwrap(),
+            Action::Stop
+        );
         let mut other = [0u8; 2];
         bus.read(0x1234, &mut other);
         assert_eq!(other, [0xff, 0xff]);

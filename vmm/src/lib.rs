@@ -4,6 +4,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod config;
+pub mod daemons;
 pub mod devices;
 pub mod memory;
 pub mod mptable;
@@ -29,8 +30,14 @@ pub enum Error {
     Acpi(#[from] acpi::AcpiError),
     #[error("MP table")]
     Mptable(#[from] mptable::MptableError),
-    #[error("--disk socket={0}")]
-    Disk(String, #[source] virtio::mmio::MmioError),
+    #[error(transparent)]
+    Daemons(#[from] daemons::DaemonError),
+    #[error("{0}")]
+    Device(String, #[source] virtio::mmio::MmioError),
+    #[error("{0}: the vhost-user backend closed the connection")]
+    BackendHangup(String),
+    #[error("{0}")]
+    DaemonExited(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -51,34 +58,74 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s.replace('\n', " ")
 }
 
-/// Boots `config.kernel` and runs until the guest powers off (Ok) or fails.
+/// Guest MAC of the `index`th net device without `mac=`: QEMU's default pattern
+/// (52:54:00:12:34:56, counting up), so guests see the addresses they are used to.
+fn default_mac(index: usize) -> [u8; 6] {
+    [
+        0x52,
+        0x54,
+        0x00,
+        0x12,
+        0x34,
+        0x56u8.wrapping_add(index as u8),
+    ]
+}
+
+/// Boots `config.kernel` and runs until the guest powers off or reboots (Ok) or
+/// something fails: the guest (triple fault), KVM, a backend that hangs up, or one
+/// of the daemons the VMM started.
 pub fn run(config: &RunConfig) -> Result<()> {
+    // Our daemons first (`--disk path=` and the like): their sockets are needed
+    // below. On this thread, which outlives the VM: they die with it.
+    let (mut daemons, sockets) = daemons::Daemons::start(&config.devices, &config.log_level)?;
     let (kvm, vmfd) = vm::create()?;
     let mem = Arc::new(memory::create(config.memory)?);
     memory::register(&vmfd, &mem)?;
     let kernel = boot::load_kernel(&mem, config.memory, &config.kernel)?;
     let entry = kernel.entry;
 
-    // virtio-blk disks: one virtio-mmio window each, kicks through ioeventfds, calls
-    // through irqfds, described to the guest in the ACPI DSDT.
+    // One virtio-mmio window per device: kicks through ioeventfds, calls through
+    // irqfds, described to the guest in the ACPI DSDT.
     let mut mmio = devices::MmioBus::default();
     let mut platform = acpi::Platform {
         cpus: config.cpus,
         virtio_mmio: Vec::new(),
     };
-    for (i, socket) in config.disks.iter().enumerate() {
+    let mut watched = Vec::new();
+    let mut nets = 0;
+    for (i, (device, socket)) in config.devices.iter().zip(&sockets).enumerate() {
         let base = devices::VIRTIO_MMIO_BASE + i as u64 * virtio::mmio::MMIO_WINDOW;
         let irq = devices::VIRTIO_MMIO_IRQ + i as u32;
-        let disk_err = |e: virtio::mmio::MmioError| Error::Disk(socket.display().to_string(), e);
+        let what = device.describe();
+        let dev_err = |e: virtio::mmio::MmioError| Error::Device(what.clone(), e);
         let backend =
-            virtio::vhost_user::Backend::connect(socket).map_err(|e| disk_err(e.into()))?;
-        let device_config = virtio::mmio::DeviceConfig::blk(backend.num_queues(), None);
-        let dev =
-            virtio::mmio::MmioDevice::new(backend, mem.clone(), device_config).map_err(disk_err)?;
-        dev.register_ioeventfds(&vmfd, base).map_err(disk_err)?;
-        let mut dev = dev;
-        dev.register_irqfds(&vmfd, irq).map_err(disk_err)?;
-        info!("disk {i}: {} at {base:#x}, IRQ {irq}", socket.display());
+            virtio::vhost_user::Backend::connect(socket).map_err(|e| dev_err(e.into()))?;
+        let queues = backend.num_queues();
+        let device_config = match &device.kind {
+            config::DeviceKind::Block => virtio::mmio::DeviceConfig::blk(queues, device.num_queues),
+            config::DeviceKind::Net { mac } => {
+                nets += 1;
+                let mac = mac.unwrap_or_else(|| default_mac(nets - 1));
+                virtio::mmio::DeviceConfig::net(queues, mac, device.num_queues)
+            }
+            config::DeviceKind::Fs { tag } => {
+                virtio::mmio::DeviceConfig::fs(queues, tag, device.num_queues)
+            }
+        };
+        let hangup = backend
+            .socket()
+            .try_clone_to_owned()
+            .map_err(|e| dev_err(virtio::mmio::MmioError::EventFd(e)))?;
+        watched.push((hangup, what.clone()));
+        let mut dev =
+            virtio::mmio::MmioDevice::new(backend, mem.clone(), device_config).map_err(&dev_err)?;
+        dev.register_ioeventfds(&vmfd, base).map_err(&dev_err)?;
+        dev.register_irqfds(&vmfd, irq).map_err(&dev_err)?;
+        info!(
+            "{what}: virtio device {} with {} queues at {base:#x}, GSI {irq}",
+            dev.device_id(),
+            dev.num_queues()
+        );
         platform.virtio_mmio.push(acpi::VirtioMmioInfo {
             base,
             size: virtio::mmio::MMIO_WINDOW,
@@ -93,7 +140,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
         config.memory,
         &kernel,
         &config.cmdline,
-        None,
+        config.initrd.as_deref(),
         Some(rsdp),
     )?;
     info!(
@@ -113,17 +160,22 @@ pub fn run(config: &RunConfig) -> Result<()> {
     let mmio = Arc::new(Mutex::new(mmio));
     let stats = Arc::new(vm::ExitStats::default());
     let (done, results) = mpsc::channel();
+    // Wakes the watch below when a vCPU thread has sent its outcome.
+    let vcpu_done = EventFd::new(EFD_NONBLOCK).map_err(vm::VmError::EventFd)?;
     for id in 0..config.cpus {
         let vcpu = vm::create_vcpu(&kvm, &vmfd, id, entry)?;
         let (bus, mmio, stats, done) = (bus.clone(), mmio.clone(), stats.clone(), done.clone());
+        let wake = vcpu_done.try_clone().map_err(vm::VmError::EventFd)?;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vm::run_vcpu(id, vcpu, bus, mmio, stats, done))
+            .spawn(move || {
+                vm::run_vcpu(id, vcpu, bus, mmio, stats, done);
+                let _ = wake.write(1);
+            })
             .map_err(|e| vm::VmError::Thread(id, e))?;
     }
     drop(done);
-    // The first outcome decides; parked vCPUs and the VM go away with the process.
-    let outcome = results.recv().map_err(|_| vm::VmError::NoResult)?;
+    let outcome = watch(&results, &vcpu_done, &watched, &mut daemons);
     let (port_io, mmio_exits, other) = stats.snapshot();
     let notifications = mmio
         .lock()
@@ -133,7 +185,85 @@ pub fn run(config: &RunConfig) -> Result<()> {
         "vCPU exits: {port_io} port I/O, {mmio_exits} MMIO, {other} other; virtio notifications through the VMM: {} kicks, {} calls",
         notifications.kicks, notifications.calls
     );
-    // Keep the memory mapped until here: KVM holds its address.
+    // The first outcome decides; vCPUs still in KVM_RUN and the VM go away with the
+    // process. Dropping `daemons` stops the daemons we started.
+    drop(daemons);
     drop(mem);
-    Ok(outcome?)
+    outcome
+}
+
+/// Waits, without a timer, until a vCPU reports (power-off or an error), a
+/// backend's connection hangs up, or one of our daemons exits: one poll() on the
+/// vCPUs' eventfd, the backend sockets (POLLRDHUP) and the daemons' pidfds.
+fn watch(
+    results: &mpsc::Receiver<vm::VcpuResult>,
+    vcpu_done: &EventFd,
+    backends: &[(std::os::fd::OwnedFd, String)],
+    daemons: &mut daemons::Daemons,
+) -> Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let pidfds: Vec<OwnedFd> = daemons
+        .pids()
+        .into_iter()
+        .filter_map(|pid| {
+            // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+            // or -1; it touches no memory of ours.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+            // SAFETY: a non-negative result is a descriptor we now own.
+            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        })
+        .collect();
+    let mut fds = vec![libc::pollfd {
+        fd: vcpu_done.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    for (fd, _) in backends {
+        fds.push(libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        });
+    }
+    for fd in &pidfds {
+        fds.push(libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    loop {
+        if let Ok(outcome) = results.try_recv() {
+            return Ok(outcome?);
+        }
+        // SAFETY: `fds` is a valid array of fds.len() pollfds for the whole call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        if fds[0].revents != 0 {
+            let _ = vcpu_done.read();
+            match results.try_recv() {
+                Ok(outcome) => return Ok(outcome?),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(vm::VmError::NoResult.into()),
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+        }
+        if let Some(line) = daemons.exited() {
+            return Err(Error::DaemonExited(line));
+        }
+        for (pfd, (_, what)) in fds[1..=backends.len()].iter().zip(backends) {
+            if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                return Err(Error::BackendHangup(what.clone()));
+            }
+        }
+        // A pidfd fired for a daemon `exited` has not reaped yet: look again soon.
+        if pidfds
+            .iter()
+            .zip(&fds[1 + backends.len()..])
+            .any(|(_, p)| p.revents != 0)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }

@@ -224,7 +224,15 @@ fn blk_pattern(i: usize) -> u8 {
 /// print its ok line and power off, and the pattern must be in the image file.
 fn blk_guest_round_trip(socket: &Path, image: &Path, capacity: u64, extra: &[&str]) {
     let disk = format!("socket={}", socket.display());
-    let mut args = vec!["run", "--kernel", BLK, "--disk", &disk, "--log-level", "info"];
+    let mut args = vec![
+        "run",
+        "--kernel",
+        BLK,
+        "--disk",
+        &disk,
+        "--log-level",
+        "info",
+    ];
     args.extend_from_slice(extra);
     let o = vhostkit(&args);
     println!("blk guest: boot to power-off took {:?}", o.elapsed);

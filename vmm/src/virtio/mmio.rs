@@ -334,7 +334,12 @@ impl MmioDevice {
         self.stats
     }
 
-    /// Number of queues (the backend's).
+    /// Virtio device ID.
+    pub fn device_id(&self) -> u32 {
+        self.config.device_id
+    }
+
+    /// Number of queues shown to the guest.
     pub fn num_queues(&self) -> u16 {
         self.queues.len() as u16
     }
