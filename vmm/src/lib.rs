@@ -254,6 +254,17 @@ fn watch(
         }
         for (pfd, (_, what)) in fds[1..=backends.len()].iter().zip(backends) {
             if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+                // A daemon of ours that died closed its socket first: its exit
+                // status says more than the hang-up, so give it a moment to show.
+                if !pidfds.is_empty() {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                    while std::time::Instant::now() < deadline {
+                        if let Some(line) = daemons.exited() {
+                            return Err(Error::DaemonExited(line));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
                 return Err(Error::BackendHangup(what.clone()));
             }
         }

@@ -242,6 +242,15 @@ fn run(args: &Args) -> Result<(), String> {
                 .notes
                 .push("blk guest row skipped (vhost-user-blk or blk.elf not built)".into()),
         }
+        match notification_row(args, &vhostkit, &guest)? {
+            Some((row, notes)) => {
+                report.rows.push(row);
+                report.notes.extend(notes);
+            }
+            None => report
+                .notes
+                .push("wake-ups row skipped (vhost-user-blk or blk.elf not built)".into()),
+        }
     }
 
     report.emit(args.json.as_deref(), args.svg.as_deref())?;
@@ -305,6 +314,130 @@ fn blk_row(
         ours: per_second(m),
         peer: None,
     }))
+}
+
+/// The counts the VMM logs at exit (`vCPU exits: A port I/O, B MMIO, C other; virtio
+/// notifications through the VMM: K kicks, L calls`).
+#[derive(Debug, PartialEq)]
+struct ExitCounts {
+    port_io: u64,
+    mmio: u64,
+    other: u64,
+    kicks: u64,
+    calls: u64,
+}
+
+fn parse_exit_counts(log: &str) -> Option<ExitCounts> {
+    let line = log.lines().find(|l| l.contains("vCPU exits: "))?;
+    let nums: Vec<u64> = line[line.find("vCPU exits: ")?..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    match nums[..] {
+        [port_io, mmio, other, kicks, calls] => Some(ExitCounts {
+            port_io,
+            mmio,
+            other,
+            kicks,
+            calls,
+        }),
+        _ => None,
+    }
+}
+
+/// Requests the blk guest makes for the wake-ups row (write+read pairs x 2).
+const NOTIFY_PAIRS: u32 = 500;
+
+/// The blk guest making 1,000 requests (`requests=500` pairs, each waited for by
+/// interrupt) through our VMM and vhost-user-blk: requests per second, and from the
+/// VMM's exit counters the VMM-thread wake-ups per 1,000 requests (kicks that reached
+/// the VMM + calls it consumed; target 0: kicks are ioeventfds and calls irqfds
+/// inside KVM) and the vCPU exits to user space per request.
+fn notification_row(
+    args: &Args,
+    vhostkit: &Path,
+    hello: &Path,
+) -> Result<Option<(Row, Vec<String>)>, String> {
+    let blk = match &args.blk_guest {
+        Some(p) => p.clone(),
+        None => hello.with_file_name("blk.elf"),
+    };
+    let daemon_bin = workspace_bin("vhost-user-blk");
+    if !blk.exists() || !daemon_bin.exists() {
+        return Ok(None);
+    }
+    let dir = TempDir::new("vmm-bench-notify").map_err(|e| format!("temp dir: {e}"))?;
+    let image = dir.image(1 << 20).map_err(|e| format!("image: {e}"))?;
+    let sock = dir.join("blk.sock");
+    let mut cmd = Command::new(&daemon_bin);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--path")
+        .arg(&image)
+        .args(["--log-level", "warn"]);
+    let mut daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10))
+        .map_err(|e| format!("vhost-user-blk: {e}"))?;
+    let start = Instant::now();
+    let out = Command::new(vhostkit)
+        .arg("run")
+        .arg("--kernel")
+        .arg(&blk)
+        .arg("--disk")
+        .arg(format!("socket={}", sock.display()))
+        .args(["--memory", &format!("{}M", args.memory_mib)])
+        .args(["--cmdline", &format!("requests={NOTIFY_PAIRS}")])
+        .args(["--log-level", "info"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("vhostkit: {e}"))?;
+    let elapsed = start.elapsed();
+    let _ = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(5));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let requests = 2 * u64::from(NOTIFY_PAIRS);
+    let done_line = format!("virtio-blk: {requests} requests, ");
+    let interrupts: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(done_line.as_str()))
+        .and_then(|r| r.strip_suffix(" interrupts"))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("blk guest did not finish: {stdout} {stderr}"))?;
+    let c = parse_exit_counts(&stderr)
+        .ok_or_else(|| format!("no exit counters in the VMM log: {stderr}"))?;
+    let per_k = |n: u64| n as f64 * 1000.0 / requests as f64;
+    let wakeups = c.kicks + c.calls;
+    eprintln!(
+        "wake-ups: {requests} requests in {:.1} ms, {interrupts} interrupts; {c:?}",
+        ms(elapsed)
+    );
+    let notes = vec![
+        format!(
+            "VMM-thread wake-ups per 1,000 guest requests: {:.2} ({} kicks + {} calls through the VMM over {requests} requests; target 0: kicks go through ioeventfds, calls through irqfds)",
+            per_k(wakeups),
+            c.kicks,
+            c.calls
+        ),
+        format!(
+            "vCPU exits to user space per request: {:.2} MMIO (virtio-mmio's InterruptStatus read and InterruptACK write per interrupt, {interrupts} interrupts), {:.3} port I/O, {:.3} other",
+            c.mmio as f64 / requests as f64,
+            c.port_io as f64 / requests as f64,
+            c.other as f64 / requests as f64
+        ),
+    ];
+    let row = Row {
+        workload: format!(
+            "blk guest: {requests} requests, one at a time, by interrupt ({:.0} µs each incl. boot and guest code; wake-ups/1000 req: {:.2})",
+            elapsed.as_secs_f64() * 1e6 / requests as f64,
+            per_k(wakeups)
+        ),
+        ours: Measurement {
+            ops_per_sec: requests as f64 / elapsed.as_secs_f64(),
+            ..Default::default()
+        },
+        peer: None,
+    };
+    Ok(Some((row, notes)))
 }
 
 /// Spawns `cmd`, reads its stdout as it arrives and times the first line and the
@@ -410,6 +543,22 @@ fn per_second(d: Duration) -> Measurement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_counts_parse() {
+        let log = "[2026-12-02T17:42:53Z INFO  vhostkit_vmm] vCPU exits: 12 port I/O, 4003 MMIO, 1 other; virtio notifications through the VMM: 0 kicks, 2 calls\n";
+        assert_eq!(
+            parse_exit_counts(log),
+            Some(ExitCounts {
+                port_io: 12,
+                mmio: 4003,
+                other: 1,
+                kicks: 0,
+                calls: 2
+            })
+        );
+        assert_eq!(parse_exit_counts("nothing"), None);
+    }
 
     #[test]
     fn median_of_odd_and_even() {

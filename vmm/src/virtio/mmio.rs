@@ -258,6 +258,19 @@ pub enum MmioError {
     IrqFd(u16, u32, #[source] kvm_ioctls::Error),
 }
 
+/// Logs a failed backend request: an error, or a note when the backend is gone (the
+/// VMM's watch of the connection reports that as the run's error).
+fn log_backend_error(what: &str, e: &BackendError) {
+    if e.is_disconnect() {
+        info!(
+            "virtio-mmio: {what}: backend gone: {}",
+            crate::error_chain(e)
+        );
+    } else {
+        error!("virtio-mmio: {what}: {}", crate::error_chain(e));
+    }
+}
+
 /// One virtio-mmio device backed by a vhost-user backend. See the [module docs](self).
 #[derive(Debug)]
 pub struct MmioDevice {
@@ -736,11 +749,20 @@ impl MmioDevice {
     }
 
     fn backend_failed(&mut self, e: &BackendError) {
-        error!(
-            "virtio-mmio: device {}: {}",
-            self.config.device_id,
-            crate::error_chain(e)
-        );
+        if e.is_disconnect() {
+            // The VMM's watch of the connection reports this as the run's error.
+            info!(
+                "virtio-mmio: device {}: backend gone: {}",
+                self.config.device_id,
+                crate::error_chain(e)
+            );
+        } else {
+            error!(
+                "virtio-mmio: device {}: {}",
+                self.config.device_id,
+                crate::error_chain(e)
+            );
+        }
         self.status |= S_NEEDS_RESET;
         // A config-change interrupt tells a driver to look at the status.
         self.interrupt_status |= 2;
@@ -751,10 +773,7 @@ impl MmioDevice {
         for i in 0..self.queues.len() {
             if self.queues[i].started {
                 if let Err(e) = self.backend.stop_queue(i as u16) {
-                    error!(
-                        "virtio-mmio: stopping queue {i} on reset: {}",
-                        crate::error_chain(&e)
-                    );
+                    log_backend_error(&format!("stopping queue {i} on reset"), &e);
                 }
             }
             self.queues[i].reset();
@@ -798,10 +817,7 @@ impl MmioDevice {
             ConfigSpace::Backend { overrides } => overrides,
         };
         if let Err(e) = self.backend.get_config(off, data) {
-            error!(
-                "virtio-mmio: config read at {off:#x}: {}",
-                crate::error_chain(&e)
-            );
+            log_backend_error(&format!("config read at {off:#x}"), &e);
             data.fill(0);
             return;
         }
@@ -829,10 +845,7 @@ impl MmioDevice {
             return;
         }
         if let Err(e) = self.backend.set_config(off, data) {
-            error!(
-                "virtio-mmio: config write at {off:#x}: {}",
-                crate::error_chain(&e)
-            );
+            log_backend_error(&format!("config write at {off:#x}"), &e);
         }
     }
 }

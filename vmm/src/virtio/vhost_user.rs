@@ -59,6 +59,22 @@ pub enum BackendError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+impl BackendError {
+    /// Whether the backend is gone (the connection broke or reached its end), as
+    /// opposed to refusing a request. The VMM's watch reports a hang-up as the error
+    /// that ends the VM; the device that hit it only notes it.
+    pub fn is_disconnect(&self) -> bool {
+        use vhost::vhost_user::Error as E;
+        match self {
+            BackendError::Request(_, vhost::Error::VhostUserProtocol(e)) => matches!(
+                e,
+                E::SocketBroken(_) | E::Disconnected | E::PartialMessage | E::SocketError(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Host virtual addresses of a queue's three areas (what SET_VRING_ADDR carries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingHostAddrs {
