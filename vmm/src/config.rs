@@ -68,15 +68,17 @@ pub struct Cli {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum Command {
-    /// Boot a 64-bit ELF kernel (vmlinux-style entry) with a serial console on stdout,
-    /// and virtio disks, network devices and shared folders over vhost-user.
+    /// Boot a Linux kernel (bzImage or ELF vmlinux) with a serial console on stdout,
+    /// and virtio disks, network devices and shared folders over vhost-user
+    /// (virtio-mmio devices described in ACPI).
     Run(RunArgs),
 }
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
-    /// ELF kernel to boot (entered in 64-bit mode at its ELF entry, RSI =
-    /// boot_params). Required here or as `kernel` in the --config file.
+    /// Kernel to boot: a bzImage (64-bit boot protocol, entered at its 64-bit entry)
+    /// or an ELF vmlinux (entered at its ELF entry); both in long mode with RSI =
+    /// boot_params. Required here or as `kernel` in the --config file.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
 
