@@ -144,6 +144,19 @@ impl<W: Write> IoBus<W> {
         Ok(Action::Continue)
     }
 
+    /// Console input for the guest: queues as many of `bytes` as the serial FIFO
+    /// takes (raising the receive interrupt if the guest enabled it) and returns
+    /// how many; the rest must be offered again once the guest has read some.
+    pub fn serial_input(&mut self, bytes: &[u8]) -> usize {
+        let room = self.serial.fifo_capacity().min(bytes.len());
+        if room == 0 {
+            return 0;
+        }
+        // Only a failed interrupt eventfd write can fail here; the bytes are queued.
+        let _ = self.serial.enqueue_raw_bytes(&bytes[..room]);
+        room
+    }
+
     pub fn read(&mut self, port: u16, data: &mut [u8]) {
         match (port, &mut *data) {
             (COM1..=0x3ff, [value]) => *value = self.serial.read((port - COM1) as u8),
@@ -166,6 +179,30 @@ impl<W: Write> IoBus<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serial_input_reaches_the_guest() {
+        let irq = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let mut bus = IoBus::new(Vec::new(), irq.try_clone().unwrap());
+        bus.write(COM1 + 1, &[0x01]).unwrap(); // IER: received-data interrupt
+        assert_eq!(bus.serial_input(b"ok\n"), 3);
+        assert!(irq.read().is_ok(), "receive interrupt raised");
+        let mut got = Vec::new();
+        loop {
+            let mut lsr = [0u8];
+            bus.read(COM1 + 5, &mut lsr);
+            if lsr[0] & 1 == 0 {
+                break; // no data ready
+            }
+            let mut b = [0u8];
+            bus.read(COM1, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, b"ok\n");
+        // The FIFO holds 64 bytes: the rest waits.
+        assert_eq!(bus.serial_input(&[b'x'; 100]), 64);
+        assert_eq!(bus.serial_input(b"y"), 0);
+    }
 
     #[test]
     fn serial_and_exit() {

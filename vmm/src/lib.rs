@@ -157,6 +157,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
         std::io::stdout(),
         serial_irq,
     )));
+    forward_console_input(bus.clone());
     let mmio = Arc::new(Mutex::new(mmio));
     let stats = Arc::new(vm::ExitStats::default());
     let (done, results) = mpsc::channel();
@@ -190,6 +191,40 @@ pub fn run(config: &RunConfig) -> Result<()> {
     drop(daemons);
     drop(mem);
     outcome
+}
+
+/// Feeds stdin to the guest's serial console from a thread of its own (it wakes
+/// only when there is input; with stdin closed or /dev/null it ends at once). The
+/// terminal stays in cooked mode, as with QEMU's `-serial stdio`: lines arrive on
+/// Enter, and Ctrl-C stops the VMM.
+fn forward_console_input(bus: Arc<Mutex<devices::IoBus<std::io::Stdout>>>) {
+    use std::io::Read;
+    let spawned = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                let mut pending = &buf[..n];
+                while !pending.is_empty() {
+                    let taken = bus
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .serial_input(pending);
+                    pending = &pending[taken..];
+                    if taken == 0 {
+                        // The guest has not read the FIFO yet.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("no console input: cannot start its thread: {e}");
+    }
 }
 
 /// Waits, without a timer, until a vCPU reports (power-off or an error), a
