@@ -118,6 +118,10 @@ struct Args {
     /// Copy the guest console to stderr.
     #[arg(long)]
     verbose: bool,
+    /// Only print which VMM would boot the guest (and whether the vhostkit rows
+    /// run, and why), then exit.
+    #[arg(long)]
+    print_vmm: bool,
 }
 
 /// `--vhostkit`.
@@ -199,7 +203,26 @@ fn main() {
     }
 }
 
+/// The line saying which VMM boots the guest for which rows.
+fn vmm_line(accel: Accel, with_vhostkit: bool) -> String {
+    let qemu = format!("QEMU q35 (vhost-user-blk-pci) under {accel}");
+    if with_vhostkit {
+        format!(
+            "guest VMM: vhostkit (KVM, virtio-mmio) for rows vhostkit+ours; {qemu} for ours and peer"
+        )
+    } else {
+        format!("guest VMM: {qemu} for ours and peer")
+    }
+}
+
 fn run(args: &Args) -> Result<(), String> {
+    if args.print_vmm {
+        let accel = Accel::detect();
+        let (with_vhostkit, line) = vhostkit_decision(args.vhostkit, args.aa, hardware_kvm());
+        println!("{}", vmm_line(accel, with_vhostkit));
+        println!("{line}");
+        return Ok(());
+    }
     let rows = select_rows(&args.rows)?;
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let image = GuestImage::ensure().map_err(|e| e.to_string())?;
@@ -242,7 +265,7 @@ fn run(args: &Args) -> Result<(), String> {
         args.rounds
     );
     eprintln!("  ours: {ours_name}\n  peer: {peer_name}");
-    eprintln!("  VMM: QEMU q35 (vhost-user-blk-pci) under {accel} for ours and peer");
+    eprintln!("  {}", vmm_line(accel, with_vhostkit));
     println!("{vhostkit_line}");
 
     let script = guest_script(&rows, args.seconds);
