@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The main job: builds everything, boots a Debian Linux guest with our vhost-user
-# daemons attached (QEMU with KVM where the host has hardware virtualization, TCG
-# otherwise; it says which), runs fio inside against our daemon and against the peer
+# daemons attached, runs fio inside against our daemon and against the peer
 # (qemu-storage-daemon), and prints the results table.
+# Which VMM boots the guest is guest-bench's choice (--vhostkit auto): where the host
+# has hardware virtualization (vmx/svm) the guest also boots through our own VMM,
+# vhostkit, with our daemon (rows vhostkit+ours), beside QEMU with KVM; elsewhere
+# QEMU with TCG only, since Linux through vhostkit needs vmx/svm. It says which.
 # Extra arguments go to guest-bench (see `guest-bench --help`), e.g. --seconds 5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +16,5 @@ bash scripts/build-guest-image.sh
 echo "== building (release)" >&2
 cargo build --release --workspace --bins --quiet
 mkdir -p build/results
+target/release/guest-bench --print-vmm "$@" | sed 's/^/== /' >&2
 exec target/release/guest-bench --json build/results/guest.json --svg build/results/guest.svg "$@"

@@ -1,5 +1,5 @@
-//! Linux guests under QEMU, for tests and benchmarks that drive our daemons from a
-//! real virtio driver.
+//! Linux guests under QEMU, or under our own VMM `vhostkit` ([`Vmm`]), for tests and
+//! benchmarks that drive our daemons from a real virtio driver.
 //!
 //! The guest is Debian's kernel plus an initramfs of busybox, fio and iperf3 made by
 //! `scripts/build-guest-image.sh` into `build/guest/`. Its `/init` loads the virtio
@@ -48,16 +48,17 @@ pub enum GuestError {
     ImageMissing { dir: PathBuf, reason: String },
     /// `scripts/build-guest-image.sh` failed.
     BuildFailed { script: PathBuf, status: String },
-    /// Host-side I/O (temporary files, spawning QEMU).
+    /// Host-side I/O (temporary files, spawning the VMM).
     Io { what: String, source: io::Error },
-    /// The guest did not power off in time; QEMU was killed.
+    /// The guest did not power off in time; the VMM was killed.
     Timeout {
         after: Duration,
         console: String,
         stderr: String,
     },
-    /// QEMU exited with an error status.
+    /// The VMM (QEMU or vhostkit) exited with an error status.
     QemuFailed {
+        vmm: Vmm,
         status: ExitStatus,
         console: String,
         stderr: String,
@@ -81,7 +82,7 @@ fn fmt_console(f: &mut fmt::Formatter<'_>, console: &str, stderr: &str) -> fmt::
     }
     writeln!(f, "----- end of console -----")?;
     if !stderr.trim().is_empty() {
-        writeln!(f, "----- qemu stderr -----\n{}", stderr.trim_end())?;
+        writeln!(f, "----- VMM stderr -----\n{}", stderr.trim_end())?;
     }
     Ok(())
 }
@@ -103,15 +104,16 @@ impl fmt::Display for GuestError {
                 console,
                 stderr,
             } => {
-                write!(f, "guest timed out after {after:?}; QEMU killed")?;
+                write!(f, "guest timed out after {after:?}; VMM killed")?;
                 fmt_console(f, console, stderr)
             }
             GuestError::QemuFailed {
+                vmm,
                 status,
                 console,
                 stderr,
             } => {
-                write!(f, "QEMU exited with {status}")?;
+                write!(f, "{vmm} exited with {status}")?;
                 fmt_console(f, console, stderr)
             }
             GuestError::Run { reason, console } => {
@@ -243,10 +245,56 @@ impl GuestImage {
     }
 }
 
+/// Whether this host has hardware virtualization that KVM can use: the CPU shows
+/// vmx or svm in /proc/cpuinfo and /dev/kvm opens read-write. A /dev/kvm without
+/// them (such as kvm_pvm, a software KVM) runs small test guests but cannot boot a
+/// stock Linux kernel in useful time, so Linux through `vhostkit` needs this.
+pub fn hardware_kvm() -> bool {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw_virt = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    hw_virt
+        && fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok()
+}
+
+/// Which VMM boots the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vmm {
+    /// `qemu-system-x86_64 -machine q35` with the ELF kernel (PVH), virtio-pci
+    /// devices (`vhost-user-blk-pci`), KVM or TCG ([`Accel`]).
+    Qemu,
+    /// Our `vhostkit run` with the bzImage: always KVM, virtio-mmio devices
+    /// described by ACPI (the guest's `virtio_mmio` module finds them). Needs
+    /// [`hardware_kvm`] to boot Linux in useful time.
+    Vhostkit,
+}
+
+impl fmt::Display for Vmm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Vmm::Qemu => "QEMU",
+            Vmm::Vhostkit => "vhostkit",
+        })
+    }
+}
+
+/// The `vhostkit` binary: `$VHOSTKIT_BIN_DIR/vhostkit`, else next to the running
+/// test or bench executable (see [`crate::daemon::workspace_bin`]).
+pub fn vhostkit_bin() -> PathBuf {
+    crate::daemon::workspace_bin("vhostkit")
+}
+
 /// How QEMU executes the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
-    /// Hardware virtualization (the host CPU has vmx or svm).
+    /// Hardware virtualization (the host CPU has vmx or svm). A guest booted through
+    /// [`Vmm::Vhostkit`] always runs on KVM.
     Kvm,
     /// QEMU's binary translator: slow, and the guest CPU bounds any I/O figure.
     Tcg,
@@ -262,17 +310,7 @@ impl Accel {
             Ok("tcg") => return Accel::Tcg,
             _ => {}
         }
-        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let hw_virt = cpuinfo
-            .lines()
-            .filter(|l| l.starts_with("flags"))
-            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-        let kvm_usable = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok();
-        if hw_virt && kvm_usable {
+        if hardware_kvm() {
             Accel::Kvm
         } else {
             Accel::Tcg
@@ -296,13 +334,15 @@ impl fmt::Display for Accel {
     }
 }
 
-/// A vhost-user-blk device given to the guest (`vhost-user-blk-pci`, so the guest
-/// sees `/dev/vda`, `/dev/vdb`, ... in the order given).
+/// A vhost-user-blk device given to the guest (`vhost-user-blk-pci` under QEMU,
+/// `--disk socket=PATH,num-queues=N` under vhostkit; either way the guest sees
+/// `/dev/vda`, `/dev/vdb`, ... in the order given).
 #[derive(Clone, Debug)]
 pub struct BlkDevice {
     pub socket: PathBuf,
     pub num_queues: u16,
-    /// Extra `-device` properties, e.g. `queue-size=256`.
+    /// Extra `-device` properties, e.g. `queue-size=256` (QEMU only: a guest
+    /// booted through vhostkit refuses devices that have any).
     pub props: Vec<String>,
 }
 
@@ -382,6 +422,8 @@ pub struct Guest<'a> {
     cpus: u32,
     timeout: Duration,
     accel: Accel,
+    vmm: Vmm,
+    vhostkit: Option<PathBuf>,
     echo: bool,
 }
 
@@ -392,8 +434,8 @@ static ONE_GUEST_AT_A_TIME: Mutex<()> = Mutex::new(());
 impl<'a> Guest<'a> {
     /// A guest that runs `script` as `/run.sh` (with busybox `sh`).
     ///
-    /// Defaults: the full initramfs (with fio), 2 vCPUs, 512 MiB, a 180 s timeout,
-    /// accel from [`Accel::detect`], console echoed to stderr.
+    /// Defaults: QEMU, the full initramfs (with fio), 2 vCPUs, 512 MiB, a 180 s
+    /// timeout, accel from [`Accel::detect`], console echoed to stderr.
     pub fn new(image: &'a GuestImage, script: &str) -> Self {
         let echo = std::env::var_os("VHOSTKIT_GUEST_QUIET").is_none();
         Guest {
@@ -408,6 +450,8 @@ impl<'a> Guest<'a> {
             cpus: 2,
             timeout: Duration::from_secs(180),
             accel: Accel::detect(),
+            vmm: Vmm::Qemu,
+            vhostkit: None,
             echo,
         }
     }
@@ -424,7 +468,8 @@ impl<'a> Guest<'a> {
         self
     }
 
-    /// Extra QEMU arguments, appended after the harness's own.
+    /// Extra QEMU arguments, appended after the harness's own (QEMU only: a guest
+    /// booted through vhostkit refuses them).
     pub fn qemu_args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -455,15 +500,37 @@ impl<'a> Guest<'a> {
         self
     }
 
-    /// How long the guest may run, from QEMU's start to its exit.
+    /// How long the guest may run, from the VMM's start to its exit.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// How QEMU executes the guest (QEMU only; vhostkit always uses KVM).
     pub fn accel(mut self, accel: Accel) -> Self {
         self.accel = accel;
         self
+    }
+
+    /// Which VMM boots the guest (default [`Vmm::Qemu`]).
+    pub fn vmm(mut self, vmm: Vmm) -> Self {
+        self.vmm = vmm;
+        self
+    }
+
+    /// The `vhostkit` binary to run for [`Vmm::Vhostkit`] (default [`vhostkit_bin`]),
+    /// e.g. `env!("CARGO_BIN_EXE_vhostkit")` in the VMM's own tests.
+    pub fn vhostkit_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.vhostkit = Some(path.into());
+        self
+    }
+
+    /// The accelerator the guest will run on: [`Accel::Kvm`] through vhostkit.
+    fn effective_accel(&self) -> Accel {
+        match self.vmm {
+            Vmm::Qemu => self.accel,
+            Vmm::Vhostkit => Accel::Kvm,
+        }
     }
 
     /// Whether to copy console lines to stderr as they arrive (prefixed `guest| `).
@@ -487,17 +554,35 @@ impl<'a> Guest<'a> {
         let tmp = TempDir::new("guest").map_err(io_err("cannot create a temporary folder"))?;
         let initrd = tmp.join("initrd.cpio");
         self.write_initrd(&initrd)?;
-        let cmd = self.command(&initrd);
+        let cmd = match self.vmm {
+            Vmm::Qemu => self.qemu_command(&initrd),
+            Vmm::Vhostkit => self.vhostkit_command(&initrd)?,
+        };
+        let accel = self.effective_accel();
         eprintln!(
-            "guest: booting Linux {} under {}, {} vCPU, {} MiB, {} vhost-user-blk device(s), timeout {:?}",
+            "guest: booting Linux {} through {} on {}, {} vCPU, {} MiB, {} vhost-user-blk device(s), timeout {:?}",
             self.image.kernel_release,
-            self.accel,
+            self.vmm,
+            accel,
             self.cpus,
             self.memory_mib,
             self.blk.len(),
             self.timeout
         );
-        run_qemu(cmd, self.timeout, self.echo, self.accel, on_line)
+        if self.vmm == Vmm::Vhostkit && !hardware_kvm() {
+            eprintln!(
+                "guest: WARNING: no hardware virtualization (vmx/svm) here; Linux through \
+                 vhostkit will be far too slow to finish"
+            );
+        }
+        run_vmm(cmd, self.timeout, self.echo, accel, self.vmm, on_line)
+    }
+
+    /// The kernel command line both VMMs give the guest.
+    fn kernel_cmdline(&self) -> String {
+        format!("console=ttyS0 quiet panic=-1 {}", self.cmdline_extra)
+            .trim_end()
+            .to_string()
     }
 
     fn write_initrd(&self, path: &Path) -> Result<()> {
@@ -527,7 +612,7 @@ impl<'a> Guest<'a> {
     }
 
     /// The QEMU command line for this guest.
-    fn command(&self, initrd: &Path) -> Command {
+    fn qemu_command(&self, initrd: &Path) -> Command {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-machine", "q35"])
             .args(self.accel.qemu_args())
@@ -546,10 +631,7 @@ impl<'a> Guest<'a> {
             .arg("-initrd")
             .arg(initrd)
             .arg("-append")
-            .arg(format!(
-                "console=ttyS0 quiet panic=-1 {}",
-                self.cmdline_extra
-            ));
+            .arg(self.kernel_cmdline());
         for (i, dev) in self.blk.iter().enumerate() {
             cmd.arg("-chardev")
                 .arg(format!("socket,id=blk{i},path={}", dev.socket.display()));
@@ -566,6 +648,83 @@ impl<'a> Guest<'a> {
         cmd.args(&self.extra_args);
         cmd
     }
+
+    /// The `vhostkit run` command line for this guest: the bzImage, the same
+    /// per-test initrd and kernel command line as under QEMU, one `--disk
+    /// socket=PATH,num-queues=N` per [`BlkDevice`] (virtio-mmio, found by the guest
+    /// through ACPI). Guest poweroff ends vhostkit with status 0.
+    fn vhostkit_command(&self, initrd: &Path) -> Result<Command> {
+        let refuse = |reason: String| GuestError::Run {
+            reason,
+            console: String::new(),
+        };
+        if !self.extra_args.is_empty() {
+            return Err(refuse(format!(
+                "QEMU arguments {:?} given for a guest booted through vhostkit",
+                self.extra_args
+            )));
+        }
+        let program = self.vhostkit.clone().unwrap_or_else(vhostkit_bin);
+        let mut cmd = Command::new(program);
+        cmd.arg("run")
+            .arg("--kernel")
+            .arg(&self.image.kernel_bzimage)
+            .arg("--initrd")
+            .arg(initrd)
+            .arg("--cmdline")
+            .arg(self.kernel_cmdline())
+            .args(["--cpus", &self.cpus.to_string()])
+            .args(["--memory", &format!("{}M", self.memory_mib)]);
+        for dev in &self.blk {
+            if !dev.props.is_empty() {
+                return Err(refuse(format!(
+                    "device properties {:?} of {} are QEMU-only",
+                    dev.props,
+                    dev.socket.display()
+                )));
+            }
+            let socket = dev.socket.to_str().ok_or_else(|| {
+                refuse(format!("socket path {} is not UTF-8", dev.socket.display()))
+            })?;
+            if socket.contains(',') {
+                return Err(refuse(format!(
+                    "socket path {socket} contains a comma (vhostkit's --disk separator)"
+                )));
+            }
+            cmd.arg("--disk")
+                .arg(format!("socket={socket},num-queues={}", dev.num_queues));
+        }
+        Ok(cmd)
+    }
+
+    /// The VMM's command line as one shell-quoted string, for logs and reports
+    /// (`initrd` stands for the per-test initrd the run writes).
+    pub fn command_line(&self, initrd: &Path) -> Result<String> {
+        let cmd = match self.vmm {
+            Vmm::Qemu => self.qemu_command(initrd),
+            Vmm::Vhostkit => self.vhostkit_command(initrd)?,
+        };
+        let quote = |s: &std::ffi::OsStr| {
+            let s = s.to_string_lossy();
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+".contains(c))
+            {
+                s.into_owned()
+            } else {
+                format!("'{}'", s.replace('\'', "'\\''"))
+            }
+        };
+        let mut words = vec![quote(cmd.get_program())];
+        words.extend(cmd.get_args().map(quote));
+        Ok(words.join(" "))
+    }
+
+    /// Writes the per-test initrd (the base image plus a cpio with `/run.sh` and
+    /// the added files) to `path`, as a run does. For running the VMM by hand.
+    pub fn write_initrd_to(&self, path: &Path) -> Result<()> {
+        self.write_initrd(path)
+    }
 }
 
 enum Event {
@@ -573,22 +732,28 @@ enum Event {
     Eof,
 }
 
-fn run_qemu(
+fn run_vmm(
     mut cmd: Command,
     timeout: Duration,
     echo: bool,
     accel: Accel,
+    vmm: Vmm,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<GuestOutput> {
     let start = Instant::now();
+    let spawn_error = match vmm {
+        Vmm::Qemu => "cannot start qemu-system-x86_64 (install qemu-system-x86)".to_string(),
+        Vmm::Vhostkit => format!(
+            "cannot start {} (build it: cargo build --workspace --bins)",
+            Path::new(cmd.get_program()).display()
+        ),
+    };
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(io_err(
-            "cannot start qemu-system-x86_64 (install qemu-system-x86)",
-        ))?;
+        .map_err(io_err(spawn_error))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut stderr_pipe = child.stderr.take().expect("piped stderr");
     let (tx, rx) = mpsc::channel();
@@ -640,7 +805,7 @@ fn run_qemu(
     if timed_out {
         let _ = child.kill();
     }
-    // stdout is closed: QEMU is exiting; give it a moment, then insist.
+    // stdout is closed: the VMM is exiting; give it a moment, then insist.
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -650,9 +815,9 @@ fn run_qemu(
             Ok(None) => {
                 timed_out = true;
                 let _ = child.kill();
-                break child.wait().map_err(io_err("cannot wait for QEMU"))?;
+                break child.wait().map_err(io_err("cannot wait for the VMM"))?;
             }
-            Err(e) => return Err(io_err("cannot wait for QEMU")(e)),
+            Err(e) => return Err(io_err("cannot wait for the VMM")(e)),
         }
     };
     let _ = reader.join();
@@ -672,13 +837,14 @@ fn run_qemu(
     }
     if !status.success() {
         return Err(GuestError::QemuFailed {
+            vmm,
             status,
             console,
             stderr,
         });
     }
     eprintln!(
-        "guest: powered off after {:.1} s ({})",
+        "guest: powered off after {:.1} s ({vmm}, {}); {vmm} exited with {status}",
         elapsed.as_secs_f64(),
         match accel {
             Accel::Kvm => "KVM",
@@ -689,6 +855,8 @@ fn run_qemu(
         console,
         stderr,
         accel,
+        vmm,
+        exit_code: status.code(),
         elapsed,
     })
 }
@@ -698,10 +866,14 @@ fn run_qemu(
 pub struct GuestOutput {
     /// The serial console, one line per line, `\r` removed.
     pub console: String,
-    /// QEMU's own stderr (warnings).
+    /// The VMM's own stderr (warnings, vhostkit's log).
     pub stderr: String,
     pub accel: Accel,
-    /// From QEMU's start to its exit.
+    /// The VMM that ran the guest.
+    pub vmm: Vmm,
+    /// The VMM's exit code (0: the guest powered off; anything else is an error).
+    pub exit_code: Option<i32>,
+    /// From the VMM's start to its exit.
     pub elapsed: Duration,
 }
 
@@ -839,6 +1011,8 @@ VHOSTKIT-RUN-END rc=0\nVHOSTKIT-POWEROFF\n";
             console: console.replace('\r', ""),
             stderr: String::new(),
             accel: Accel::Tcg,
+            vmm: Vmm::Qemu,
+            exit_code: Some(0),
             elapsed: Duration::ZERO,
         }
     }
@@ -871,6 +1045,65 @@ VHOSTKIT-RUN-END rc=0\nVHOSTKIT-POWEROFF\n";
         assert!(no_poweroff.check_run_ok().is_err());
         let no_run = output("VHOSTKIT-INIT kernel 6.1\n");
         assert!(no_run.check_run_ok().is_err());
+    }
+
+    fn fake_image() -> GuestImage {
+        GuestImage {
+            dir: PathBuf::from("/img"),
+            kernel_release: "6.1.0-test".into(),
+            kernel_elf: PathBuf::from("/img/vmlinux"),
+            kernel_bzimage: PathBuf::from("/img/vmlinuz"),
+            initrd_full: PathBuf::from("/img/initramfs.cpio"),
+            initrd_mini: PathBuf::from("/img/initramfs-mini.cpio"),
+        }
+    }
+
+    #[test]
+    fn vhostkit_command_line() {
+        let image = fake_image();
+        let guest = Guest::new(&image, "true")
+            .vmm(Vmm::Vhostkit)
+            .vhostkit_path("/bin/vhostkit")
+            .cpus(2)
+            .memory_mib(1024)
+            .cmdline("foo=1")
+            .blk(BlkDevice::new("/tmp/a.sock", 2))
+            .blk(BlkDevice::new("/tmp/b.sock", 1));
+        let line = guest.command_line(Path::new("/tmp/initrd.cpio")).unwrap();
+        assert_eq!(
+            line,
+            "/bin/vhostkit run --kernel /img/vmlinuz --initrd /tmp/initrd.cpio \
+             --cmdline 'console=ttyS0 quiet panic=-1 foo=1' --cpus 2 --memory 1024M \
+             --disk socket=/tmp/a.sock,num-queues=2 --disk socket=/tmp/b.sock,num-queues=1"
+        );
+        assert_eq!(guest.effective_accel(), Accel::Kvm);
+        // QEMU-only settings are refused, not silently dropped.
+        let mut dev = BlkDevice::new("/tmp/a.sock", 1);
+        dev.props.push("queue-size=256".into());
+        let with_props = Guest::new(&image, "true").vmm(Vmm::Vhostkit).blk(dev);
+        assert!(with_props.command_line(Path::new("/i")).is_err());
+        let with_args = Guest::new(&image, "true")
+            .vmm(Vmm::Vhostkit)
+            .qemu_args(["-s"]);
+        assert!(with_args.command_line(Path::new("/i")).is_err());
+        let comma = Guest::new(&image, "true")
+            .vmm(Vmm::Vhostkit)
+            .blk(BlkDevice::new("/tmp/a,b.sock", 1));
+        assert!(comma.command_line(Path::new("/i")).is_err());
+    }
+
+    #[test]
+    fn qemu_command_line_unchanged() {
+        let image = fake_image();
+        let line = Guest::new(&image, "true")
+            .accel(Accel::Tcg)
+            .blk(BlkDevice::new("/tmp/a.sock", 2))
+            .command_line(Path::new("/tmp/initrd.cpio"))
+            .unwrap();
+        assert!(line.starts_with("qemu-system-x86_64 -machine q35 -accel tcg,thread=multi"));
+        assert!(line.contains("-kernel /img/vmlinux -initrd /tmp/initrd.cpio"));
+        assert!(line.contains("-append 'console=ttyS0 quiet panic=-1'"));
+        assert!(line.contains("vhost-user-blk-pci,chardev=blk0,num-queues=2"));
     }
 
     #[test]

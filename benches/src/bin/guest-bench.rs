@@ -9,6 +9,11 @@
 //! Under TCG (no vmx/svm on the host) the guest's emulated CPU is the bottleneck for
 //! both backends: the figures then compare backends, as a ratio within one run, and
 //! do not measure either backend's ceiling.
+//!
+//! Where the host has hardware virtualization (`--vhostkit auto`, the default, or
+//! `--vhostkit on`), each round also boots the guest through our VMM `vhostkit`
+//! with our daemon (virtio-mmio, found through ACPI): the rows labelled
+//! `vhostkit+ours` compare that whole stack with QEMU + the peer.
 
 use clap::Parser;
 use serde_json::Value;
@@ -22,7 +27,7 @@ use vhostkit_benches::report::{process_cpu_seconds, Measurement, Report, Row};
 use vhostkit_tests::daemon::{
     qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
 };
-use vhostkit_tests::guest::{Accel, BlkDevice, Guest, GuestImage};
+use vhostkit_tests::guest::{hardware_kvm, vhostkit_bin, Accel, BlkDevice, Guest, GuestImage, Vmm};
 use vhostkit_tests::TempDir;
 
 const NUM_QUEUES: u16 = 2;
@@ -105,9 +110,47 @@ struct Args {
     /// Write an SVG bar chart of ours/peer.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Also boot the guest through our VMM vhostkit with our daemon (rows
+    /// `vhostkit+ours`): `auto` does where the host has hardware virtualization
+    /// (vmx/svm; Linux is far too slow through vhostkit without it).
+    #[arg(long, value_enum, default_value_t = VhostkitMode::Auto)]
+    vhostkit: VhostkitMode,
     /// Copy the guest console to stderr.
     #[arg(long)]
     verbose: bool,
+    /// Only print which VMM would boot the guest (and whether the vhostkit rows
+    /// run, and why), then exit.
+    #[arg(long)]
+    print_vmm: bool,
+}
+
+/// `--vhostkit`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum VhostkitMode {
+    Auto,
+    On,
+    Off,
+}
+
+/// The line that says whether the vhostkit rows run, and why: the one
+/// scripts/demo.sh shows.
+fn vhostkit_decision(mode: VhostkitMode, aa: bool, hw: bool) -> (bool, String) {
+    const NO_HW: &str =
+        "no hardware virtualization: Linux boots through vhostkit only with vmx/svm";
+    match mode {
+        _ if aa => (false, "vhostkit rows: SKIPPED (--aa)".into()),
+        VhostkitMode::Off => (false, "vhostkit rows: SKIPPED (--vhostkit off)".into()),
+        VhostkitMode::On if !hw => (
+            true,
+            format!("vhostkit rows: on (--vhostkit on), although there is {NO_HW}"),
+        ),
+        VhostkitMode::On | VhostkitMode::Auto if hw => (
+            true,
+            "vhostkit rows: on (hardware virtualization: the guest also boots through vhostkit)"
+                .into(),
+        ),
+        _ => (false, format!("vhostkit rows: SKIPPED ({NO_HW})")),
+    }
 }
 
 /// Which daemon serves a boot.
@@ -115,6 +158,25 @@ struct Args {
 enum Slot {
     Ours,
     Peer,
+    /// Our daemon, the guest booted through vhostkit.
+    Vhostkit,
+}
+
+impl Slot {
+    fn label(self) -> &'static str {
+        match self {
+            Slot::Ours => "ours",
+            Slot::Peer => "peer",
+            Slot::Vhostkit => "vhostkit+ours",
+        }
+    }
+
+    fn vmm(self) -> Vmm {
+        match self {
+            Slot::Vhostkit => Vmm::Vhostkit,
+            Slot::Ours | Slot::Peer => Vmm::Qemu,
+        }
+    }
 }
 
 /// What the harness measured for one row in one boot.
@@ -141,7 +203,26 @@ fn main() {
     }
 }
 
+/// The line saying which VMM boots the guest for which rows.
+fn vmm_line(accel: Accel, with_vhostkit: bool) -> String {
+    let qemu = format!("QEMU q35 (vhost-user-blk-pci) under {accel}");
+    if with_vhostkit {
+        format!(
+            "guest VMM: vhostkit (KVM, virtio-mmio) for rows vhostkit+ours; {qemu} for ours and peer"
+        )
+    } else {
+        format!("guest VMM: {qemu} for ours and peer")
+    }
+}
+
 fn run(args: &Args) -> Result<(), String> {
+    if args.print_vmm {
+        let accel = Accel::detect();
+        let (with_vhostkit, line) = vhostkit_decision(args.vhostkit, args.aa, hardware_kvm());
+        println!("{}", vmm_line(accel, with_vhostkit));
+        println!("{line}");
+        return Ok(());
+    }
     let rows = select_rows(&args.rows)?;
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let image = GuestImage::ensure().map_err(|e| e.to_string())?;
@@ -161,6 +242,13 @@ fn run(args: &Args) -> Result<(), String> {
         format!("vhost-user-blk --engine {}", args.engine)
     };
     let peer_name = format!("{peer_version} (aio={}, cache.direct=off)", args.peer_aio);
+    let (with_vhostkit, vhostkit_line) = vhostkit_decision(args.vhostkit, args.aa, hardware_kvm());
+    if with_vhostkit && !vhostkit_bin().is_file() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release --workspace --bins)",
+            vhostkit_bin().display()
+        ));
+    }
 
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() {
@@ -177,30 +265,33 @@ fn run(args: &Args) -> Result<(), String> {
         args.rounds
     );
     eprintln!("  ours: {ours_name}\n  peer: {peer_name}");
+    eprintln!("  {}", vmm_line(accel, with_vhostkit));
+    println!("{vhostkit_line}");
 
     let script = guest_script(&rows, args.seconds);
     let mut samples: BTreeMap<(usize, &'static str), Vec<Sample>> = BTreeMap::new();
     for round in 0..args.rounds {
         // Alternate which backend goes first, so drift does not favour one.
-        let order = if round % 2 == 0 {
-            [Slot::Ours, Slot::Peer]
+        let mut order = if round % 2 == 0 {
+            vec![Slot::Ours, Slot::Peer]
         } else {
-            [Slot::Peer, Slot::Ours]
+            vec![Slot::Peer, Slot::Ours]
         };
+        if with_vhostkit {
+            order.insert(if round % 2 == 0 { 2 } else { 0 }, Slot::Vhostkit);
+        }
         for slot in order {
-            let label = match slot {
-                Slot::Ours => "ours",
-                Slot::Peer => "peer",
-            };
+            let label = slot.label();
             eprintln!(
-                "== round {}/{}: {label} ({})",
+                "== round {}/{}: {label} ({}, guest through {})",
                 round + 1,
                 args.rounds,
-                if slot == Slot::Ours {
-                    &ours_name
-                } else {
+                if slot == Slot::Peer {
                     &peer_name
-                }
+                } else {
+                    &ours_name
+                },
+                slot.vmm()
             );
             let result = boot_once(args, &image, &dir, slot, &ours_bin, &rows, &script)?;
             for (i, sample) in result.into_iter().enumerate() {
@@ -209,17 +300,27 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
 
-    let mut report = Report::new(
-        "In-guest fio on vhost-user-blk (Linux guest, QEMU vhost-user-blk-pci)",
-        &ours_name,
-        &peer_name,
-    );
+    let title = if with_vhostkit {
+        "In-guest fio on vhost-user-blk (Linux guest; QEMU vhost-user-blk-pci, and our daemon \
+         also through vhostkit virtio-mmio: rows vhostkit+ours)"
+    } else {
+        "In-guest fio on vhost-user-blk (Linux guest, QEMU vhost-user-blk-pci)"
+    };
+    let mut report = Report::new(title, &ours_name, &peer_name);
     let accel_note = match accel {
         Accel::Tcg => "guest: QEMU TCG (this host has no vmx/svm). The emulated guest CPU bounds BOTH backends: \
                        compare the ratio, not the absolute figures",
         Accel::Kvm => "guest: QEMU with KVM (hardware virtualization)",
     };
     report.notes.push(accel_note.to_string());
+    report.notes.push(vhostkit_line.clone());
+    if with_vhostkit {
+        report.notes.push(format!(
+            "rows vhostkit+ours: our daemon, the guest booted through vhostkit (KVM, bzImage, \
+             virtio-mmio from ACPI, 2 vCPU, 512 MiB), against the peer under QEMU; vhostkit {}",
+            vhostkit_bin().display()
+        ));
+    }
     report.notes.push(format!(
         "Linux {} on q35, 2 vCPU, 512 MiB shared memfd memory; vhost-user-blk-pci with {NUM_QUEUES} queues",
         image.kernel_release
@@ -251,12 +352,16 @@ fn run(args: &Args) -> Result<(), String> {
                     })
                     .unwrap_or_default()
             };
-            report.notes.push(format!(
+            let mut note = format!(
                 "per boot, ops/s, {}: ours {}; peer {}",
                 w.title,
                 per_round("ours"),
                 per_round("peer")
-            ));
+            );
+            if with_vhostkit {
+                note.push_str(&format!("; vhostkit+ours {}", per_round("vhostkit+ours")));
+            }
+            report.notes.push(note);
         }
     }
     let mean = |v: &[Sample]| -> Measurement {
@@ -274,6 +379,20 @@ fn run(args: &Args) -> Result<(), String> {
             ours: mean(samples.get(&(i, "ours")).map(Vec::as_slice).unwrap_or(&[])),
             peer: samples.get(&(i, "peer")).map(|v| mean(v)),
         });
+    }
+    if with_vhostkit {
+        for (i, w) in rows.iter().enumerate() {
+            report.rows.push(Row {
+                workload: format!("{} [vhostkit+ours vs QEMU+peer]", w.title),
+                ours: mean(
+                    samples
+                        .get(&(i, "vhostkit+ours"))
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[]),
+                ),
+                peer: samples.get(&(i, "peer")).map(|v| mean(v)),
+            });
+        }
     }
 
     report.emit(args.json.as_deref(), args.svg.as_deref())?;
@@ -367,6 +486,7 @@ fn boot_once(
     let tag = match slot {
         Slot::Ours => "ours",
         Slot::Peer => "peer",
+        Slot::Vhostkit => "vhostkit",
     };
     let disk = dir.join(&format!("{tag}.img"));
     let socket = dir.join(&format!("{tag}.sock"));
@@ -449,6 +569,7 @@ fn boot_once(
     };
     let timeout = Duration::from_secs(120 + rows.len() as u64 * (2 * args.seconds as u64 + 20));
     let out = Guest::new(image, script)
+        .vmm(slot.vmm())
         .blk(BlkDevice::new(&socket, NUM_QUEUES))
         .timeout(timeout)
         .echo(args.verbose)
@@ -476,7 +597,11 @@ fn boot_once(
         }
     }
     out.check_run_ok().map_err(|e| format!("{name}: {e}"))?;
-    eprintln!("  (guest ran {:.1} s)", out.elapsed.as_secs_f64());
+    eprintln!(
+        "  (guest ran {:.1} s through {})",
+        out.elapsed.as_secs_f64(),
+        out.vmm
+    );
     Ok(result)
 }
 
@@ -517,6 +642,21 @@ mod tests {
         assert_eq!(select_rows(&["qd32".into()]).unwrap().len(), 2);
         assert_eq!(select_rows(&["128k seqread".into()]).unwrap().len(), 1);
         assert!(select_rows(&["nope".into()]).is_err());
+    }
+
+    #[test]
+    fn vhostkit_rows_only_with_hardware_virtualization() {
+        let (on, line) = vhostkit_decision(VhostkitMode::Auto, false, false);
+        assert!(!on);
+        assert_eq!(
+            line,
+            "vhostkit rows: SKIPPED (no hardware virtualization: Linux boots through vhostkit \
+             only with vmx/svm)"
+        );
+        assert!(vhostkit_decision(VhostkitMode::Auto, false, true).0);
+        assert!(vhostkit_decision(VhostkitMode::On, false, false).0);
+        assert!(!vhostkit_decision(VhostkitMode::Off, false, true).0);
+        assert!(!vhostkit_decision(VhostkitMode::Auto, true, true).0);
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //! daemon is started before, outside the timing). QEMU cannot run that guest (it has
 //! no PVH entry and expects vhostkit's virtio-mmio windows).
 //!
+//! Where the host has hardware virtualization (vmx/svm), one more row boots the
+//! project's Linux guest image (Debian's bzImage and the busybox-only initramfs,
+//! `scripts/build-guest-image.sh`) through both VMMs and times spawn to the first
+//! `VHOSTKIT-INIT` line of its /init: vhostkit against QEMU q35 `-accel kvm` with
+//! the same kernel, initrd and command line. Elsewhere (a software /dev/kvm such
+//! as kvm_pvm cannot boot Linux in useful time) that row prints SKIPPED.
+//!
 //! ```text
 //! cargo build --release -p vhostkit-vmm -p vhost-blk -p vhostkit-benches
 //! target/release/vmm-bench --rounds 20 --json vmm.json --svg vmm.svg
@@ -31,9 +38,14 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use vhostkit_benches::report::{Measurement, Report, Row};
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
+use vhostkit_tests::guest::{hardware_kvm, GuestImage};
 use vhostkit_tests::TempDir;
 
 const HELLO_LINE: &str = "vhostkit test guest: hello";
+/// The first line the guest image's /init prints.
+const INIT_MARK: &str = "VHOSTKIT-INIT";
+/// The kernel command line of the Linux row, for both VMMs.
+const LINUX_CMDLINE: &str = "console=ttyS0 quiet panic=-1";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Time from launch to the first serial line and to exit: vhostkit against QEMU.
@@ -56,6 +68,14 @@ struct Args {
     /// Skip the blk guest row.
     #[arg(long)]
     no_blk: bool,
+
+    /// Launches per VMM for the Linux row (only with hardware virtualization).
+    #[arg(long, default_value_t = 5)]
+    linux_rounds: usize,
+
+    /// Skip the Linux row.
+    #[arg(long)]
+    no_linux: bool,
 
     /// The QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
@@ -253,8 +273,123 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
 
+    if !args.no_linux {
+        let linux_rounds = if args.quick {
+            2
+        } else {
+            args.linux_rounds.max(1)
+        };
+        match linux_row(args, &vhostkit, qemu_version.is_some(), linux_rounds)? {
+            Ok(row) => report.rows.push(row),
+            Err(skipped) => {
+                println!("{skipped}");
+                report.notes.push(skipped);
+            }
+        }
+    }
+
     report.emit(args.json.as_deref(), args.svg.as_deref())?;
     Ok(())
+}
+
+/// The Linux guest image booted through vhostkit and QEMU (q35, -accel kvm): spawn
+/// to the first VHOSTKIT-INIT line. Ok(Err(line)): the row is skipped, and why.
+fn linux_row(
+    args: &Args,
+    vhostkit: &Path,
+    have_qemu: bool,
+    rounds: usize,
+) -> Result<Result<Row, String>, String> {
+    const WHAT: &str = "Linux launch to init";
+    if !hardware_kvm() {
+        return Ok(Err(format!(
+            "{WHAT}: SKIPPED (no hardware virtualization: Linux boots through vhostkit only \
+             with vmx/svm; /dev/kvm here cannot boot a stock kernel in useful time)"
+        )));
+    }
+    let image = match GuestImage::locate() {
+        Ok(image) => image,
+        Err(e) => return Ok(Err(format!("{WHAT}: SKIPPED ({e})"))),
+    };
+    let kernel = image.kernel_bzimage.to_string_lossy().into_owned();
+    let initrd = image.initrd_mini.to_string_lossy().into_owned();
+    let memory = "256M";
+    let ours_cmd = || {
+        let mut c = Command::new(vhostkit);
+        c.args(["run", "--kernel", &kernel, "--initrd", &initrd])
+            .args([
+                "--cmdline",
+                LINUX_CMDLINE,
+                "--cpus",
+                "1",
+                "--memory",
+                memory,
+            ])
+            .args(["--log-level", "warn"]);
+        c
+    };
+    let qemu_cmd = || {
+        let mut c = Command::new(&args.qemu);
+        c.args(["-accel", "kvm", "-cpu", &args.cpu, "-machine", "q35"])
+            .args(["-m", memory, "-smp", "1"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-serial", "stdio", "-no-reboot"])
+            .args([
+                "-kernel",
+                &kernel,
+                "-initrd",
+                &initrd,
+                "-append",
+                LINUX_CMDLINE,
+            ]);
+        c
+    };
+    // Warm the page cache, and check both boot, before timing.
+    launch_until(ours_cmd(), &[0], Some(INIT_MARK))
+        .map_err(|e| format!("vhostkit (Linux): {e}"))?;
+    if have_qemu {
+        launch_until(qemu_cmd(), &[0], Some(INIT_MARK))
+            .map_err(|e| format!("QEMU (Linux): {e}"))?;
+    }
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let o = launch_until(ours_cmd(), &[0], Some(INIT_MARK))
+            .map_err(|e| format!("vhostkit (Linux): {e}"))?;
+        eprint!(
+            "linux round {}/{rounds}: vhostkit {:.1} ms to init",
+            round + 1,
+            ms(o.first_line)
+        );
+        ours.push(o.first_line);
+        if have_qemu {
+            let q = launch_until(qemu_cmd(), &[0], Some(INIT_MARK))
+                .map_err(|e| format!("QEMU (Linux): {e}"))?;
+            eprint!(", QEMU q35 {:.1} ms", ms(q.first_line));
+            peer.push(q.first_line);
+        }
+        eprintln!();
+    }
+    let o = median(ours);
+    let p = (!peer.is_empty()).then(|| median(peer));
+    let workload = match p {
+        Some(p) => format!(
+            "{WHAT}: Linux {} bzImage + mini initramfs, spawn to first {INIT_MARK} \
+             (ours {:.1} ms, QEMU q35 {:.1} ms)",
+            image.kernel_release,
+            ms(o),
+            ms(p)
+        ),
+        None => format!(
+            "{WHAT}: Linux {} bzImage + mini initramfs, spawn to first {INIT_MARK} (ours {:.1} ms)",
+            image.kernel_release,
+            ms(o)
+        ),
+    };
+    Ok(Ok(Row {
+        workload,
+        ours: per_second(o),
+        peer: p.map(per_second),
+    }))
 }
 
 /// The blk guest on our VMM with a fresh vhost-user-blk daemon per round (started
@@ -443,7 +578,17 @@ fn notification_row(
 /// Spawns `cmd`, reads its stdout as it arrives and times the first line and the
 /// exit; checks the exit code and, for the hello guest, the first line. QEMU ends
 /// with 33 through isa-debug-exit (microvm) or 0 through an i8042 reset (q35, pc).
-fn launch(mut cmd: Command, want_codes: &[i32]) -> Result<Sample, String> {
+fn launch(cmd: Command, want_codes: &[i32]) -> Result<Sample, String> {
+    launch_until(cmd, want_codes, None)
+}
+
+/// [`launch`], with `first_line` the time to the first output containing `marker`
+/// (to the first line when `None`).
+fn launch_until(
+    mut cmd: Command,
+    want_codes: &[i32],
+    marker: Option<&'static str>,
+) -> Result<Sample, String> {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -461,8 +606,14 @@ fn launch(mut cmd: Command, want_codes: &[i32]) -> Result<Sample, String> {
             if n == 0 {
                 break;
             }
+            let from = text.len().saturating_sub(marker.map_or(0, str::len));
             text.extend_from_slice(&buf[..n]);
-            if first.is_none() && buf[..n].contains(&b'\n') {
+            let seen = match marker {
+                None => buf[..n].contains(&b'\n'),
+                // Only the new bytes (and a marker's length before them) can hold it.
+                Some(m) => text[from..].windows(m.len()).any(|w| w == m.as_bytes()),
+            };
+            if first.is_none() && seen {
                 first = Some(start.elapsed());
             }
         }
@@ -499,7 +650,12 @@ fn launch(mut cmd: Command, want_codes: &[i32]) -> Result<Sample, String> {
         ));
     }
     let Some(first_line) = first else {
-        return Err(format!("no serial line; stderr {stderr:?}"));
+        return Err(match marker {
+            Some(m) => {
+                format!("no {m} on the serial console; stdout {stdout:?}, stderr {stderr:?}")
+            }
+            None => format!("no serial line; stderr {stderr:?}"),
+        });
     };
     if stdout.starts_with("vhostkit test guest") && !stdout.starts_with(HELLO_LINE) {
         return Err(format!("unexpected first line: {stdout:?}"));
