@@ -81,6 +81,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
     let (kvm, vmfd) = vm::create()?;
     let mem = Arc::new(memory::create(config.memory)?);
     memory::register(&vmfd, &mem)?;
+    vm::create_irqchip(&vmfd)?;
     let kernel = boot::load_kernel(&mem, config.memory, &config.kernel)?;
     let entry = kernel.entry;
 

@@ -57,13 +57,19 @@ pub type Result<T> = std::result::Result<T, VmError>;
 /// Firecracker does.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
-/// The KVM handle and a VM with no memory yet, with KVM's in-kernel interrupt
-/// controllers: a local APIC per vCPU, the IOAPIC (24 GSIs) and the dual 8259 PIC,
-/// and the PIT. With them, an irqfd raises a guest interrupt without the VMM, HLT
-/// waits in the kernel, and secondary vCPUs wait for INIT/SIPI from the boot vCPU.
+/// The KVM handle and a VM with no memory yet.
 pub fn create() -> Result<(Kvm, VmFd)> {
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+    Ok((kvm, vm))
+}
+
+/// KVM's in-kernel interrupt controllers: a local APIC per vCPU, the IOAPIC (24
+/// GSIs) and the dual 8259 PIC, and the PIT, with a PC's GSI routing. With them, an
+/// irqfd raises a guest interrupt without the VMM, HLT waits in the kernel, and
+/// secondary vCPUs wait for INIT/SIPI from the boot vCPU. Call it after the guest
+/// memory is registered and before the vCPUs are created, as Firecracker does.
+pub fn create_irqchip(vm: &VmFd) -> Result<()> {
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(|e| VmError::Irqchip("TSS address", e))?;
     vm.create_irq_chip()
@@ -75,7 +81,47 @@ pub fn create() -> Result<(Kvm, VmFd)> {
     };
     vm.create_pit2(pit)
         .map_err(|e| VmError::Irqchip("PIT", e))?;
-    Ok((kvm, vm))
+    vm.set_gsi_routing(&pc_gsi_routing())
+        .map_err(|e| VmError::Irqchip("GSI routing", e))?;
+    Ok(())
+}
+
+/// Number of IOAPIC pins (KVM's IOAPIC has 24).
+pub const IOAPIC_PINS: u32 = 24;
+
+/// GSI routing of a PC, as QEMU sets it: ISA IRQs 0-15 to the 8259 pins (but 2, the
+/// cascade) and GSIs 0-23 to the IOAPIC pins of the same number, except that IRQ 0
+/// (the PIT) arrives on IOAPIC pin 2, as the MADT's interrupt source override and the
+/// MP table say. KVM's default routes GSI 0 to pin 0 instead, which Linux's timer
+/// check reports as an MP-BIOS bug.
+fn pc_gsi_routing() -> kvm_bindings::KvmIrqRouting {
+    use kvm_bindings::{
+        kvm_irq_routing_entry, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+        KVM_IRQ_ROUTING_IRQCHIP,
+    };
+    let route = |gsi: u32, irqchip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip.irqchip = irqchip;
+        e.u.irqchip.pin = pin;
+        e
+    };
+    let mut entries = Vec::new();
+    for gsi in (0..8).filter(|&g| g != 2) {
+        entries.push(route(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
+    }
+    for gsi in 8..16 {
+        entries.push(route(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8));
+    }
+    entries.push(route(0, KVM_IRQCHIP_IOAPIC, 2));
+    for gsi in (1..IOAPIC_PINS).filter(|&g| g != 2) {
+        entries.push(route(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+    }
+    kvm_bindings::KvmIrqRouting::from_entries(&entries)
+        .expect("fewer routes than KVM_MAX_IRQ_ROUTES")
 }
 
 /// Creates vCPU `id`. vCPU 0 starts in long mode at `entry`; the others wait in
@@ -228,4 +274,46 @@ fn run_loop<W: Write>(
 /// (device accesses are single steps), so poisoning is ignored.
 fn lock<T>(bus: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     bus.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::{KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER};
+
+    #[test]
+    fn pc_routing_puts_irq0_on_ioapic_pin_2() {
+        let routing = pc_gsi_routing();
+        let routes: Vec<(u32, u32, u32)> = routing
+            .as_slice()
+            .iter()
+            // SAFETY: every entry was built as KVM_IRQ_ROUTING_IRQCHIP, whose union
+            // member is `irqchip`.
+            .map(|e| unsafe { (e.gsi, e.u.irqchip.irqchip, e.u.irqchip.pin) })
+            .collect();
+        let ioapic = |gsi| {
+            routes
+                .iter()
+                .filter(|r| r.0 == gsi && r.1 == KVM_IRQCHIP_IOAPIC)
+                .map(|r| r.2)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ioapic(0),
+            [2],
+            "the PIT on pin 2, as the MADT override says"
+        );
+        assert_eq!(
+            ioapic(2),
+            Vec::<u32>::new(),
+            "GSI 2 is not a pin of its own"
+        );
+        for gsi in [1, 4, 5, 12, 23] {
+            assert_eq!(ioapic(gsi), [gsi], "GSI {gsi}");
+        }
+        assert!(routes.contains(&(0, KVM_IRQCHIP_PIC_MASTER, 0)));
+        assert!(!routes.iter().any(|r| r.1 != KVM_IRQCHIP_IOAPIC && r.0 == 2));
+        // 15 PIC routes and 23 IOAPIC routes.
+        assert_eq!(routes.len(), 15 + 23);
+    }
 }

@@ -399,7 +399,8 @@ fn kvm_ioeventfds_and_irqfds() {
     s.dev.register_ioeventfds(&vm, base).unwrap();
     // KVM holds the registration: the same one again is refused (EEXIST).
     assert!(s.dev.register_ioeventfds(&vm, base).is_err());
-    // vm::create made the irqchip the irqfds need.
+    // The irqchip the irqfds need.
+    vhostkit_vmm::vm::create_irqchip(&vm).unwrap();
     s.dev.register_irqfds(&vm, 5).unwrap();
     // With irqfds the VMM never sees calls: InterruptStatus reports "used buffer"
     // while the device is live, and only then.
