@@ -70,6 +70,9 @@ pub struct PairWorker {
     memory: Option<GuestMemory>,
     iovecs: Vec<libc::iovec>,
     rx_chains: Vec<RxChain>,
+    /// One byte after the guest's buffers in every read: a frame that reaches it
+    /// did not fit (the tap gives no other sign of truncation).
+    overflow: Box<[u8; 1]>,
 }
 
 // SAFETY: the raw pointers in `iovecs` are scratch, only valid (and only used)
@@ -88,6 +91,7 @@ impl PairWorker {
             memory: None,
             iovecs: Vec::with_capacity(MAX_IOVECS),
             rx_chains: Vec::new(),
+            overflow: Box::new([0]),
         }
     }
 
@@ -194,6 +198,9 @@ impl PairWorker {
             }
             push_iovecs(&**mem, desc.addr(), desc.len() as usize, &mut self.iovecs)
                 .map_err(TxDrop::OutsideMemory)?;
+            if self.iovecs.len() > MAX_IOVECS {
+                return Err(TxDrop::Shape(TxError::TooManyDescriptors(descriptors)));
+            }
         }
         check_tx(total, descriptors, self.hdr_len()).map_err(TxDrop::Shape)?;
         // SAFETY: the iovecs point into guest memory that `mem` keeps mapped for the
@@ -326,9 +333,13 @@ impl PairWorker {
         if self.rx_chains.is_empty() {
             return RxOutcome::NoBuffers;
         }
+        self.iovecs.push(libc::iovec {
+            iov_base: self.overflow.as_mut_ptr().cast(),
+            iov_len: self.overflow.len(),
+        });
         // SAFETY: the iovecs point into guest memory that `mem` keeps mapped for the
-        // whole call, in device-writable buffers the guest gave us; readv writes at
-        // most their total length.
+        // whole call, in device-writable buffers the guest gave us, and into
+        // `self.overflow`; readv writes at most their total length.
         let n = unsafe {
             libc::readv(
                 self.tap_fd,
@@ -346,10 +357,10 @@ impl PairWorker {
         }
         let n = n as usize;
         if n > capacity {
-            // The tap reports the frame's full length; it did not fit. Keep the
+            // The frame reached the overflow byte: it did not fit. Keep the
             // buffers for the next frame.
             guest_error!(
-                "pair {}: dropping a received frame of {n} bytes: the guest's receive buffers hold {capacity}{}",
+                "pair {}: dropping a received frame of over {capacity} bytes: the guest's receive buffers hold {capacity}{}",
                 self.pair,
                 if mergeable { "" } else { " (no MRG_RXBUF)" }
             );
@@ -455,12 +466,13 @@ where
         if !desc.is_write_only() {
             return Err(RxChainError::ReadableDescriptor);
         }
-        if iovecs.len() >= MAX_IOVECS {
-            return Err(RxChainError::TooManyDescriptors);
-        }
         let len = desc.len() as usize;
         first.get_or_insert((desc.addr(), len));
         push_iovecs(mem, desc.addr(), len, iovecs).map_err(RxChainError::OutsideMemory)?;
+        // One iovec stays free for the overflow byte.
+        if iovecs.len() >= MAX_IOVECS {
+            return Err(RxChainError::TooManyDescriptors);
+        }
         capacity += len;
     }
     // The header goes whole into the first buffer: the driver reads it from there
