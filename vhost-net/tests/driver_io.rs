@@ -151,12 +151,19 @@ impl PacketSocket {
 
     /// Sends `frame` out of the tap (into the daemon).
     fn send(&self, frame: &[u8]) {
+        self.send_raw(frame, &frame[..6]);
+    }
+
+    /// Sends `bytes` (a frame, or with PACKET_VNET_HDR a virtio_net_hdr and a
+    /// frame) to link address `dst`.
+    fn send_raw(&self, bytes: &[u8], dst: &[u8]) {
+        let frame = bytes;
         // SAFETY: sockaddr_ll is plain data; all zeroes is valid.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_ifindex = self.ifindex;
         sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        sll.sll_addr[..6].copy_from_slice(dst);
         // SAFETY: `frame` and `sll` are valid for the lengths given.
         let n = unsafe {
             libc::sendto(
@@ -344,10 +351,10 @@ fn tx_frames_come_out_of_the_tap_intact() {
 }
 
 /// A TCP/IPv4 frame: Ethernet, IPv4 (checksummed), TCP, `payload` bytes.
-fn tcp4_frame(payload: usize, m: &[u8]) -> Vec<u8> {
+fn tcp4_frame(dst: [u8; 6], src: [u8; 6], payload: usize, m: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
-    f.extend_from_slice(&BROADCAST);
-    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
     let total = (20 + 20 + payload) as u16;
     let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0];
@@ -385,7 +392,7 @@ fn gso_frame_crosses_with_its_segmentation_metadata() {
     let mut dev = s.connect(all_features());
     let mut pairs = dev.setup_pairs(1, 256).unwrap();
     let m = marker("gso");
-    let f = tcp4_frame(64000, &m);
+    let f = tcp4_frame(BROADCAST, GUEST_MAC, 64000, &m);
     let hdr = NetHdr {
         flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
         gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
@@ -455,6 +462,49 @@ fn rx_waits_for_buffers_then_delivers() {
     pair.post_rx(8, 2048).unwrap();
     let got = recv_marked(pair, &m).expect("frame lost while no buffers");
     assert_eq!(got.data, f);
+}
+
+#[test]
+fn host_gso_frames_reach_the_guest_whole_with_guest_tso4() {
+    if !can_run() {
+        return;
+    }
+    let s = Setup::new(11, &[]);
+    // The host sends a 64 KB TCP segment with its GSO metadata (PACKET_VNET_HDR).
+    // With GUEST_TSO4 acked the daemon set TUN_F_TSO4 on the tap, so the kernel
+    // hands it over unsegmented and the guest gets it whole with gso_type TCPV4.
+    let sock = PacketSocket::open(&s.tap, true);
+    let mut dev = s.connect(all_features());
+    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let pair = &mut pairs[0];
+    pair.post_rx(128, 1536).unwrap();
+    let m = marker("guest-tso");
+    let f = tcp4_frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 60000, &m);
+    let hdr = NetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    let mut bytes = hdr.to_bytes()[..10].to_vec();
+    bytes.extend_from_slice(&f);
+    sock.send_raw(&bytes, &GUEST_MAC);
+    let got = recv_marked(pair, &m).expect("the GSO frame never reached the guest");
+    assert_eq!(
+        got.hdr.gso_type, VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+        "segmented on the way: {:?}",
+        got.hdr
+    );
+    assert_eq!(got.hdr.gso_size, 1448);
+    assert_eq!(got.data.len(), f.len());
+    assert!(got.data == f, "the frame changed on the way");
+    assert!(
+        got.buffers > 1,
+        "a 60 KB frame fills several 1536-byte buffers"
+    );
 }
 
 fn mq_set(ctrl: &mut CtrlQueue, pairs: u16) -> u8 {
