@@ -9,9 +9,8 @@ use vhostkit_common::cli::{ListenAddr, ListenArgs, LogArgs};
 use crate::net::{random_mac, MIN_MTU};
 use crate::tap::MAX_NAME_LEN;
 
-/// The most queue pairs: 2 * 64 + 1 queues stays below the 64-bit masks of the
-/// vhost-user library's thread model... (it allows 64 queues), so 31 pairs and the
-/// control queue.
+/// The most queue pairs. The vhost-user library assigns queues to threads with
+/// 64-bit masks, so 2N + 1 queues (the pairs and the control queue) must fit in 64.
 pub const MAX_QUEUE_PAIRS: u16 = 31;
 
 /// vhost-user-net: a virtio network device backed by a (multi-queue) tap,

@@ -674,3 +674,53 @@ impl ControlWorker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_fill_chains_in_order() {
+        let caps = || [1536usize, 1536, 1536, 1536].into_iter();
+        assert_eq!(
+            chains_filled(0, caps()),
+            1,
+            "an empty read still uses one buffer"
+        );
+        assert_eq!(chains_filled(72, caps()), 1);
+        assert_eq!(chains_filled(1536, caps()), 1);
+        assert_eq!(chains_filled(1537, caps()), 2);
+        assert_eq!(chains_filled(4012, caps()), 3);
+    }
+
+    #[test]
+    fn rx_chain_shapes() {
+        use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+        let mem: GuestMemoryMmap<()> =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let w = VRING_DESC_F_WRITE as u16;
+        let mut iovecs = Vec::new();
+        let ok = [Descriptor::new(0x1000, 1536, w, 0)];
+        let (cap, first) = collect_rx_chain(ok.into_iter(), &mem, 12, &mut iovecs).unwrap();
+        assert_eq!((cap, first), (1536, (GuestAddress(0x1000), 1536)));
+        assert_eq!(iovecs.len(), 1);
+        let readable = [Descriptor::new(0x1000, 1536, 0, 0)];
+        assert!(matches!(
+            collect_rx_chain(readable.into_iter(), &mem, 12, &mut iovecs),
+            Err(RxChainError::ReadableDescriptor)
+        ));
+        let tiny = [
+            Descriptor::new(0x1000, 8, w, 0),
+            Descriptor::new(0x2000, 1536, w, 0),
+        ];
+        assert!(matches!(
+            collect_rx_chain(tiny.into_iter(), &mem, 12, &mut iovecs),
+            Err(RxChainError::NoRoomForHeader(8))
+        ));
+        let outside = [Descriptor::new(0xf000, 0x2000, w, 0)];
+        assert!(matches!(
+            collect_rx_chain(outside.into_iter(), &mem, 12, &mut iovecs),
+            Err(RxChainError::OutsideMemory(_))
+        ));
+    }
+}
