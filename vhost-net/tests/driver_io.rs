@@ -507,6 +507,136 @@ fn host_gso_frames_reach_the_guest_whole_with_guest_tso4() {
     );
 }
 
+/// A UDP/IPv4 frame from 10.213.12.2:`sport` to 10.213.12.3:9 carrying `m`.
+fn udp4_frame(sport: u16, m: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + m.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[10, 213, 12, 2, 10, 213, 12, 3]);
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&9u16.to_be_bytes());
+    f.extend_from_slice(&((8 + m.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(m);
+    f
+}
+
+/// Sends one UDP frame per source port and collects which pair each arrived on.
+fn spread(pairs: &mut [NetQueuePair], sock: &PacketSocket, tag: &str, flows: u16) -> Vec<usize> {
+    let marks: Vec<Vec<u8>> = (0..flows)
+        .map(|i| marker(&format!("{tag}-{i:03}")))
+        .collect();
+    for (i, m) in marks.iter().enumerate() {
+        sock.send(&udp4_frame(20000 + i as u16 * 7, m));
+    }
+    let mut per_pair = vec![0usize; pairs.len()];
+    let mut seen = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    while seen < marks.len() && Instant::now() < deadline {
+        for (p, pair) in pairs.iter_mut().enumerate() {
+            while let Some(got) = pair.recv(Duration::from_millis(20)).unwrap() {
+                if marks.iter().any(|m| got.data.ends_with(m)) {
+                    per_pair[p] += 1;
+                    seen += 1;
+                }
+            }
+        }
+    }
+    per_pair
+}
+
+#[test]
+fn frames_go_only_to_the_pairs_the_guest_uses() {
+    if !can_run() {
+        return;
+    }
+    let s = Setup::new(12, &["--num-queue-pairs", "2"]);
+    let sock = PacketSocket::open(&s.tap, false);
+    let mut dev = s.connect(all_features());
+    let mut pairs = dev.setup_pairs(2, 256).unwrap();
+    let mut ctrl = dev.setup_ctrl(64).unwrap();
+    for pair in pairs.iter_mut() {
+        pair.post_rx(128, 2048).unwrap();
+    }
+    // With the control queue the guest starts on one pair: every flow lands there.
+    let before = spread(&mut pairs, &sock, "one-pair", 32);
+    assert_eq!(
+        before,
+        vec![32, 0],
+        "frames steered to a pair the guest does not use"
+    );
+    assert_eq!(mq_set(&mut ctrl, 2), VIRTIO_NET_OK);
+    let after = spread(&mut pairs, &sock, "two-pairs", 32);
+    assert_eq!(after.iter().sum::<usize>(), 32, "frames lost: {after:?}");
+    assert!(after[1] > 0, "no flow reached pair 1: {after:?}");
+    assert_eq!(mq_set(&mut ctrl, 1), VIRTIO_NET_OK);
+    let back = spread(&mut pairs, &sock, "back-to-one", 32);
+    assert_eq!(back, vec![32, 0]);
+}
+
+#[test]
+fn offloads_are_reset_for_the_next_frontend() {
+    if !can_run() {
+        return;
+    }
+    let s = Setup::new(13, &["--poll-us", "50"]);
+    let sock = PacketSocket::open(&s.tap, true);
+    let tso = (1 << VIRTIO_NET_F_GUEST_CSUM) | (1 << VIRTIO_NET_F_GUEST_TSO4);
+    for (round, features) in [all_features(), all_features() & !tso]
+        .into_iter()
+        .enumerate()
+    {
+        let mut dev = s.connect(features);
+        let mut pairs = dev.setup_pairs(1, 256).unwrap();
+        let pair = &mut pairs[0];
+        pair.post_rx(128, 2048).unwrap();
+        let m = marker(&format!("reset-{round}"));
+        let f = tcp4_frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 20000, &m);
+        let hdr = NetHdr {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+            gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+            hdr_len: 54,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        let mut bytes = hdr.to_bytes()[..10].to_vec();
+        bytes.extend_from_slice(&f);
+        sock.send_raw(&bytes, &GUEST_MAC);
+        // The marker sits at the start of the payload: in the first segment.
+        let got = recv_marked(pair, &m).expect("frame lost");
+        if round == 0 {
+            assert_eq!(got.hdr.gso_type, VIRTIO_NET_HDR_GSO_TCPV4 as u8);
+            assert_eq!(got.data.len(), f.len());
+        } else {
+            // This guest takes no TSO: the kernel segments before the tap.
+            assert_eq!(got.hdr.gso_type, VIRTIO_NET_HDR_GSO_NONE as u8);
+            assert_eq!(got.data.len(), 14 + 20 + 20 + 1448);
+        }
+        check_tx_passes(
+            pair,
+            &PacketSocket::open(&s.tap, false),
+            200,
+            &format!("poll-{round}"),
+        );
+        drop(dev);
+        s.wait_for_log(&format!("frontend {} disconnected", round + 2));
+    }
+}
+
 fn mq_set(ctrl: &mut CtrlQueue, pairs: u16) -> u8 {
     ctrl.command(
         VIRTIO_NET_CTRL_MQ,
