@@ -68,6 +68,7 @@ impl NetBackend {
             ctrl_in_charge: AtomicBool::new(false),
             hdr_len: AtomicUsize::new(VNET_HDR_LEN),
             mergeable_rx: AtomicBool::new(false),
+            rx_frame_max: AtomicUsize::new(net::MAX_FRAME_LEN),
         });
         let pairs = (0..usize::from(config.num_queue_pairs))
             .map(|pair| Mutex::new(PairWorker::new(pair, device.clone(), config.poll)))
@@ -139,6 +140,12 @@ impl VhostUserBackend for NetBackend {
         if let Err(e) = device.tap.set_offload(offload) {
             warn!("{e}");
         }
+        let rx_frame_max = if offload & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) != 0 {
+            net::MAX_FRAME_LEN
+        } else {
+            net::max_frame_len_for_mtu(self.inner.config.mtu)
+        };
+        device.rx_frame_max.store(rx_frame_max, Ordering::Relaxed);
         // With the control queue the guest starts on one pair and asks for more
         // (spec 5.1.6.5.5); without it the enabled receive queues tell.
         let ctrl = features & bit(VIRTIO_NET_F_CTRL_VQ) != 0;

@@ -18,6 +18,11 @@ pub const NUM_BUFFERS_OFFSET: usize = offset_of!(virtio_net_hdr_mrg_rxbuf, num_b
 /// The longest frame (without the virtio-net header) either way: a 64 KiB GSO
 /// packet plus an Ethernet header with one VLAN tag.
 pub const MAX_FRAME_LEN: usize = 65536 + 18;
+/// The longest frame of an MTU-sized packet: Ethernet header and one VLAN tag.
+pub fn max_frame_len_for_mtu(mtu: u16) -> usize {
+    usize::from(mtu) + 18
+}
+
 /// The longest transmit chain accepted.
 pub const MAX_TX_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 /// Most descriptors a frame's chain may have (the kernel's UIO_MAXIOV for readv

@@ -19,9 +19,7 @@ use vm_memory::{
 };
 
 use crate::ctrl::{self, Command, CommandError, ACK_ERR, ACK_OK};
-use crate::net::{
-    check_tx, TxError, MAX_FRAME_LEN, MAX_IOVECS, MAX_TX_LEN, NUM_BUFFERS_OFFSET, VNET_HDR_LEN,
-};
+use crate::net::{check_tx, TxError, MAX_IOVECS, MAX_TX_LEN, NUM_BUFFERS_OFFSET, VNET_HDR_LEN};
 use crate::tap::Tap;
 
 type Mem = Arc<GuestMemoryMmap<()>>;
@@ -40,6 +38,10 @@ pub struct DeviceState {
     pub hdr_len: std::sync::atomic::AtomicUsize,
     /// MRG_RXBUF acked: a received frame may fill several buffers.
     pub mergeable_rx: AtomicBool,
+    /// The longest frame the tap can hand the guest: 64 KiB and headers with
+    /// segmentation offloads on, else the MTU and headers. Receive buffers are
+    /// gathered for this much before each read.
+    pub rx_frame_max: std::sync::atomic::AtomicUsize,
 }
 
 /// A receive chain taken for the frame being read.
@@ -285,7 +287,7 @@ impl PairWorker {
     fn receive_frame(&mut self, queue: &mut Queue, mem: &Mem) -> RxOutcome {
         let mergeable = self.device.mergeable_rx.load(Ordering::Relaxed);
         let hdr_len = self.hdr_len();
-        let wanted = hdr_len + MAX_FRAME_LEN;
+        let wanted = hdr_len + self.device.rx_frame_max.load(Ordering::Relaxed);
         self.iovecs.clear();
         self.rx_chains.clear();
         let mut capacity = 0usize;
