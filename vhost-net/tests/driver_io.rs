@@ -718,6 +718,14 @@ fn control_queue_sets_pairs_and_refuses_bad_commands() {
     mem.write(cmd + 32, &[net::ACK_UNWRITTEN]).unwrap();
     assert_eq!(ctrl.run(&[Buf::writable(cmd + 32, 1)], TIMEOUT).unwrap(), 1);
     assert_eq!(mem.read_vec(cmd + 32, 1).unwrap(), vec![VIRTIO_NET_ERR]);
+    // A command outside guest memory, with a good ack byte: refused.
+    mem.write(cmd + 32, &[net::ACK_UNWRITTEN]).unwrap();
+    let outside = [
+        Buf::readable(0x7f00_0000_0000, 4),
+        Buf::writable(cmd + 32, 1),
+    ];
+    assert_eq!(ctrl.run(&outside, TIMEOUT).unwrap(), 1);
+    assert_eq!(mem.read_vec(cmd + 32, 1).unwrap(), vec![VIRTIO_NET_ERR]);
     // Both pairs carry traffic after all that.
     check_tx_passes(&mut pairs[0], &sock, 100, "ctrl-pair0");
     check_tx_passes(&mut pairs[1], &sock, 100, "ctrl-pair1");
