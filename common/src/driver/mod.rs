@@ -35,6 +35,8 @@
 //!   [`Queue::set_avail_idx`], [`Queue::read_used`], [`RawDesc::write_at`]) writes
 //!   whatever a hostile test wants: any address, length, flags and next index, loops,
 //!   indirect tables pointing anywhere, any head index.
+//! - [`net`]: virtio-net frames, receive buffers and control commands on top of
+//!   `Queue`s ([`net::NetQueuePair`], [`net::CtrlQueue`]) and the config space.
 //! - [`blk`]: virtio-blk requests on top of a `Queue` ([`blk::BlkQueue`]) and the
 //!   config space ([`blk::BlkConfig`]).
 //!
@@ -60,6 +62,7 @@ use std::io;
 pub mod blk;
 pub mod device;
 pub mod memory;
+pub mod net;
 pub mod virtq;
 
 pub use device::{Driver, DriverConfig};

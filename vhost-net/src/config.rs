@@ -1,0 +1,227 @@
+//! Command line to validated configuration.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use clap::Parser;
+use vhostkit_common::cli::{ListenAddr, ListenArgs, LogArgs};
+
+use crate::net::{random_mac, MIN_MTU};
+use crate::tap::MAX_NAME_LEN;
+
+/// The most queue pairs. The vhost-user library assigns queues to threads with
+/// 64-bit masks, so 2N + 1 queues (the pairs and the control queue) must fit in 64.
+pub const MAX_QUEUE_PAIRS: u16 = 31;
+
+/// vhost-user-net: a virtio network device backed by a (multi-queue) tap,
+/// served to a VMM (QEMU, cloud-hypervisor, vhostkit) over vhost-user.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "vhost-user-net", version, about, long_about = None)]
+pub struct Args {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+
+    /// Tap interface to attach to, created if it does not exist (at most 15 bytes).
+    #[arg(long, value_name = "NAME")]
+    pub tap: String,
+
+    /// Give the host side of the tap this IPv4 address and prefix and bring it up,
+    /// e.g. 192.168.249.1/24.
+    #[arg(long, value_name = "ADDR/PREFIX")]
+    pub host_ip: Option<String>,
+
+    /// The guest's MAC address (config space); default: a random locally
+    /// administered unicast address.
+    #[arg(long, value_name = "XX:XX:XX:XX:XX:XX")]
+    pub mac: Option<String>,
+
+    /// MTU of the tap and of the guest (config space), 68 to 65535.
+    #[arg(long, default_value_t = 1500, value_name = "BYTES")]
+    pub mtu: u32,
+
+    /// Receive/transmit queue pairs (one worker thread and one tap queue each), 1 to 31.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub num_queue_pairs: u16,
+
+    /// Largest queue size the frontend may configure: a power of two, 2 to 32768.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub queue_size: u16,
+
+    /// Busy-poll the transmit queue for this many microseconds after it runs dry
+    /// before sleeping (trades CPU for latency); 0 turns polling off.
+    #[arg(long, default_value_t = 0, value_name = "US")]
+    pub poll_us: u64,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub listen: ListenAddr,
+    pub tap: String,
+    pub host_ip: Option<(Ipv4Addr, u8)>,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    pub num_queue_pairs: u16,
+    pub queue_size: u16,
+    pub poll: Duration,
+    pub log_level: String,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let err = || format!("--mac {s}: expected six hex bytes like 52:54:00:12:34:56");
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in mac.iter_mut() {
+        let part = parts.next().ok_or_else(err)?;
+        if part.len() != 2 {
+            return Err(err());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
+    }
+    if parts.next().is_some() {
+        return Err(err());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("--mac {s}: a multicast address cannot be a NIC's"));
+    }
+    if mac == [0; 6] {
+        return Err(format!("--mac {s}: the zero address cannot be a NIC's"));
+    }
+    Ok(mac)
+}
+
+fn parse_host_ip(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let err = || format!("--host-ip {s}: expected an IPv4 ADDR/PREFIX like 192.168.249.1/24");
+    let (addr, prefix) = s.split_once('/').ok_or_else(err)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| err())?;
+    let prefix: u8 = prefix.parse().map_err(|_| err())?;
+    if prefix > 32 {
+        return Err(err());
+    }
+    Ok((addr, prefix))
+}
+
+impl TryFrom<Args> for NetConfig {
+    type Error = String;
+
+    fn try_from(args: Args) -> Result<Self, String> {
+        let listen = ListenAddr::try_from(args.listen)?;
+        if args.tap.is_empty() || args.tap.len() > MAX_NAME_LEN || args.tap.contains(['/', '\0']) {
+            return Err(format!(
+                "--tap {:?}: must be 1 to {MAX_NAME_LEN} bytes without '/'",
+                args.tap
+            ));
+        }
+        if !(u32::from(MIN_MTU)..=65535).contains(&args.mtu) {
+            return Err(format!("--mtu {}: must be {MIN_MTU} to 65535", args.mtu));
+        }
+        if !(1..=MAX_QUEUE_PAIRS).contains(&args.num_queue_pairs) {
+            return Err(format!(
+                "--num-queue-pairs {}: must be 1 to {MAX_QUEUE_PAIRS}",
+                args.num_queue_pairs
+            ));
+        }
+        if args.queue_size < 2 || args.queue_size > 32768 || !args.queue_size.is_power_of_two() {
+            return Err(format!(
+                "--queue-size {}: must be a power of two from 2 to 32768",
+                args.queue_size
+            ));
+        }
+        if args.poll_us > 1_000_000 {
+            return Err(format!(
+                "--poll-us {}: at most 1000000 (one second)",
+                args.poll_us
+            ));
+        }
+        let mac = match &args.mac {
+            Some(s) => parse_mac(s)?,
+            None => random_mac(),
+        };
+        let host_ip = args.host_ip.as_deref().map(parse_host_ip).transpose()?;
+        Ok(NetConfig {
+            listen,
+            tap: args.tap,
+            host_ip,
+            mac,
+            mtu: args.mtu as u16,
+            num_queue_pairs: args.num_queue_pairs,
+            queue_size: args.queue_size,
+            poll: Duration::from_micros(args.poll_us),
+            log_level: args.log.log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NetConfig, String> {
+        let mut full = vec!["vhost-user-net"];
+        full.extend_from_slice(args);
+        let args = Args::try_parse_from(full).map_err(|e| e.to_string())?;
+        NetConfig::try_from(args)
+    }
+
+    fn with(extra: &[&str]) -> Result<NetConfig, String> {
+        let mut v = vec!["--socket-path", "/tmp/n.sock", "--tap", "vk0"];
+        v.extend_from_slice(extra);
+        parse(&v)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.num_queue_pairs, 1);
+        assert_eq!(c.queue_size, 256);
+        assert_eq!(c.mtu, 1500);
+        assert!(c.host_ip.is_none());
+        assert_eq!(c.mac[0] & 3, 2);
+        assert!(c.poll.is_zero());
+    }
+
+    #[test]
+    fn values() {
+        let c = with(&[
+            "--mac",
+            "52:54:00:ab:CD:ef",
+            "--host-ip",
+            "10.1.2.1/24",
+            "--mtu",
+            "9000",
+            "--num-queue-pairs",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(c.mac, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
+        assert_eq!(c.host_ip, Some((Ipv4Addr::new(10, 1, 2, 1), 24)));
+        assert_eq!(c.mtu, 9000);
+        assert_eq!(c.num_queue_pairs, 4);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (extra, needle) in [
+            (&["--mac", "52:54:00:ab:cd"][..], "--mac"),
+            (&["--mac", "52:54:00:ab:cd:ef:01"][..], "--mac"),
+            (&["--mac", "01:00:5e:00:00:01"][..], "multicast"),
+            (&["--mac", "zz:54:00:ab:cd:ef"][..], "--mac"),
+            (&["--mtu", "67"][..], "--mtu"),
+            (&["--mtu", "65536"][..], "--mtu"),
+            (&["--num-queue-pairs", "0"][..], "--num-queue-pairs"),
+            (&["--num-queue-pairs", "32"][..], "--num-queue-pairs"),
+            (&["--queue-size", "100"][..], "power of two"),
+            (&["--host-ip", "10.0.0.1"][..], "--host-ip"),
+            (&["--host-ip", "10.0.0.1/33"][..], "--host-ip"),
+            (&["--poll-us", "5000000"][..], "--poll-us"),
+        ] {
+            let err = with(extra).unwrap_err();
+            assert!(err.contains(needle), "{extra:?}: {err}");
+        }
+        assert!(parse(&["--socket-path", "/tmp/n.sock"]).is_err());
+        assert!(parse(&["--socket-path", "/tmp/n.sock", "--tap", "0123456789abcdef"]).is_err());
+    }
+}
