@@ -3,8 +3,10 @@
 //! (prints a hello line, powers off; it also has a PVH entry note, so QEMU's
 //! `-kernel` boots the same ELF), `VHOSTKIT_FAULT_GUEST` (triple-faults) and
 //! `VHOSTKIT_VIRTIO_GUEST` (probes the first virtio-mmio window). guest/blk.c, a
-//! polling virtio-blk driver (writes and reads back a sector), is built with the
-//! system's `cc` as freestanding C into `VHOSTKIT_BLK_GUEST`.
+//! virtio-blk driver (writes and reads back a sector), and guest/net.c, a virtio-net
+//! driver (sends a frame, waits for the reply), both on guest/virtio_guest.h, are
+//! built with the system's `cc` as freestanding C into `VHOSTKIT_BLK_GUEST` and
+//! `VHOSTKIT_NET_GUEST`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,12 +78,15 @@ fn link(out: &Path, name: &str, obj: &Path) -> PathBuf {
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rerun-if-changed=guest/hello.ld");
+    println!("cargo:rerun-if-changed=guest/virtio_guest.h");
     let hello = guest(&out, "hello");
     let fault = guest(&out, "fault");
     let virtio = guest(&out, "virtio");
     let blk = c_guest(&out, "blk");
+    let net = c_guest(&out, "net");
     println!("cargo:rustc-env=VHOSTKIT_TEST_GUEST={}", hello.display());
     println!("cargo:rustc-env=VHOSTKIT_FAULT_GUEST={}", fault.display());
     println!("cargo:rustc-env=VHOSTKIT_VIRTIO_GUEST={}", virtio.display());
     println!("cargo:rustc-env=VHOSTKIT_BLK_GUEST={}", blk.display());
+    println!("cargo:rustc-env=VHOSTKIT_NET_GUEST={}", net.display());
 }

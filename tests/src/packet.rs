@@ -139,4 +139,3 @@ pub fn frame(dst: [u8; 6], src: [u8; 6], len: usize, marker: &[u8]) -> Vec<u8> {
     }
     f
 }
-
