@@ -269,48 +269,69 @@ fn watch(
         });
     }
     loop {
-        if let Ok(outcome) = results.try_recv() {
-            return Ok(outcome?);
-        }
         // SAFETY: `fds` is a valid array of fds.len() pollfds for the whole call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
             continue; // EINTR
         }
+        if let Some(e) = backend_failure(&fds[1..], backends, daemons) {
+            return Err(e);
+        }
         if fds[0].revents != 0 {
             let _ = vcpu_done.read();
             match results.try_recv() {
-                Ok(outcome) => return Ok(outcome?),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(())) => {
+                    // The guest powered off. A backend that went away just before
+                    // (the guest saw its device fail and gave up) is still the
+                    // run's error: look once more without waiting.
+                    for p in fds.iter_mut() {
+                        p.revents = 0;
+                    }
+                    // SAFETY: as above; a zero timeout only samples the events.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+                    return match backend_failure(&fds[1..], backends, daemons) {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    };
+                }
                 Err(mpsc::TryRecvError::Disconnected) => return Err(vm::VmError::NoResult.into()),
                 Err(mpsc::TryRecvError::Empty) => {}
             }
         }
-        if let Some(line) = daemons.exited() {
-            return Err(Error::DaemonExited(line));
-        }
-        for (pfd, (_, what)) in fds[1..=backends.len()].iter().zip(backends) {
-            if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
-                // A daemon of ours that died closed its socket first: its exit
-                // status says more than the hang-up, so give it a moment to show.
-                if !pidfds.is_empty() {
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-                    while std::time::Instant::now() < deadline {
-                        if let Some(line) = daemons.exited() {
-                            return Err(Error::DaemonExited(line));
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                    }
-                }
-                return Err(Error::BackendHangup(what.clone()));
-            }
-        }
         // A pidfd fired for a daemon `exited` has not reaped yet: look again soon.
-        if pidfds
-            .iter()
-            .zip(&fds[1 + backends.len()..])
-            .any(|(_, p)| p.revents != 0)
-        {
+        if fds[1 + backends.len()..].iter().any(|p| p.revents != 0) {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
+}
+
+/// What the events on the backend sockets and daemon pidfds in `fds` (backends
+/// first, as in `backends`) say went wrong, if anything.
+fn backend_failure(
+    fds: &[libc::pollfd],
+    backends: &[(std::os::fd::OwnedFd, String)],
+    daemons: &mut daemons::Daemons,
+) -> Option<Error> {
+    if let Some(line) = daemons.exited() {
+        return Some(Error::DaemonExited(line));
+    }
+    let has_daemons = fds.len() > backends.len();
+    for (pfd, (_, what)) in fds.iter().zip(backends) {
+        if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            // A daemon of ours that died closed its socket first: its exit status
+            // says more than the hang-up, so give it a moment to show.
+            if has_daemons {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while std::time::Instant::now() < deadline {
+                    if let Some(line) = daemons.exited() {
+                        return Some(Error::DaemonExited(line));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            return Some(Error::BackendHangup(what.clone()));
+        }
+    }
+    None
 }

@@ -3,50 +3,23 @@
 //! (it hangs up, a daemon we started dies, it never answers). Each failure must end
 //! the VMM with one clear error line and a non-zero status, never a hang.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
-use vhostkit_tests::util::{run_to_end, Finished, TempDir};
+use support::*;
+use vhostkit_tests::util::TempDir;
 
-const VHOSTKIT: &str = env!("CARGO_BIN_EXE_vhostkit");
-const HELLO: &str = env!("VHOSTKIT_TEST_GUEST");
-const BLK: &str = env!("VHOSTKIT_BLK_GUEST");
-const TIMEOUT: Duration = Duration::from_secs(30);
 /// Enough write+read pairs that the blk guest is still busy when the test strikes.
 const LONG_RUN: &str = "requests=10000000";
 
 /// Whether the test can run: /dev/kvm and the daemon binary (prints SKIPPED if not).
 fn ready() -> bool {
-    if !Path::new("/dev/kvm").exists() {
-        println!("SKIPPED: no /dev/kvm");
-        return false;
-    }
-    let bin = workspace_bin("vhost-user-blk");
-    if !bin.exists() {
-        println!(
-            "SKIPPED: {} not built (cargo build --workspace --bins)",
-            bin.display()
-        );
-        return false;
-    }
-    true
-}
-
-fn vhostkit(args: &[&str]) -> Finished {
-    run_to_end(
-        Command::new(VHOSTKIT).args(args).env_remove("RUST_LOG"),
-        TIMEOUT,
-    )
-}
-
-/// The error lines of a run's stderr (everything but INFO).
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| !l.contains(" INFO ")).collect()
+    have_kvm() && built("vhost-user-blk").is_some()
 }
 
 /// The pids of running processes whose command line contains `needle`.
@@ -144,13 +117,7 @@ fn disk_path_starts_our_daemon_and_stops_it_on_exit() {
     let image = dir.image(1 << 20).unwrap();
     let image_s = image.display().to_string();
     let o = vhostkit(&["run", "--kernel", BLK, "--disk", &format!("path={image_s}")]);
-    assert_eq!(
-        o.code,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        o.stdout,
-        o.stderr
-    );
+    assert_powered_off(&o);
     assert!(
         o.stdout
             .contains("virtio-blk: capacity 2048 sectors, write+read sector 33 ok"),
@@ -184,13 +151,7 @@ fn toml_description_boots_the_same_vm() {
     )
     .unwrap();
     let o = vhostkit(&["run", "--config", &toml.display().to_string()]);
-    assert_eq!(
-        o.code,
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        o.stdout,
-        o.stderr
-    );
+    assert_powered_off(&o);
     assert!(o.stdout.contains("write+read sector 33 ok"), "{}", o.stdout);
     assert_eq!(std::fs::read(&image).unwrap()[33 * 512], 3);
 }
@@ -202,16 +163,8 @@ fn a_backend_that_hangs_up_ends_the_vm_with_an_error() {
     }
     let dir = TempDir::new("vmm-hangup").unwrap();
     let image = dir.image(1 << 20).unwrap();
-    let sock = dir.join("blk.sock");
-    let mut cmd = Command::new(workspace_bin("vhost-user-blk"));
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .arg("--path")
-        .arg(&image)
-        .args(["--log-level", "warn"]);
-    let mut daemon =
-        DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10)).unwrap();
-    let disk = format!("socket={}", sock.display());
+    let mut daemon = blk_daemon(&dir, &image);
+    let disk = format!("socket={}", daemon.socket().display());
     let vm = Running::start(&[
         "run",
         "--kernel",
@@ -226,15 +179,8 @@ fn a_backend_that_hangs_up_ends_the_vm_with_an_error() {
         .signal_and_wait(libc::SIGKILL, Duration::from_secs(5))
         .unwrap();
     let (code, stderr) = vm.finish(Duration::from_secs(10));
-    assert_eq!(code, Some(1), "{stderr}");
-    let errors = error_lines(&stderr);
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(
-        errors[0].contains(&format!(
-            "--disk {disk}: the vhost-user backend closed the connection"
-        )),
-        "{stderr}"
-    );
+    let want = format!("--disk {disk}: the vhost-user backend closed the connection");
+    assert_one_error(code, &stderr, 1, &want);
 }
 
 #[test]
@@ -266,19 +212,13 @@ fn a_daemon_we_started_dying_ends_the_vm_with_an_error() {
     // SAFETY: kill() with a pid and a signal number touches no memory of ours.
     assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) }, 0);
     let (code, stderr) = vm.finish(Duration::from_secs(10));
-    assert_eq!(code, Some(1), "{stderr}");
-    let errors = error_lines(&stderr);
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(
-        errors[0].contains(&format!("vhost-user-blk for --disk path={image_s} exited")),
-        "{stderr}"
-    );
+    let want = format!("vhost-user-blk for --disk path={image_s} exited");
+    assert_one_error(code, &stderr, 1, &want);
 }
 
 #[test]
 fn a_backend_that_never_answers_is_an_error_not_a_hang() {
-    if !Path::new("/dev/kvm").exists() {
-        println!("SKIPPED: no /dev/kvm");
+    if !have_kvm() {
         return;
     }
     let dir = TempDir::new("vmm-mute").unwrap();
@@ -294,13 +234,11 @@ fn a_backend_that_never_answers_is_an_error_not_a_hang() {
         "--disk",
         &format!("socket={}", sock.display()),
     ]);
-    assert_eq!(o.code, Some(1), "{}", o.stderr);
-    let errors = error_lines(&o.stderr);
-    assert_eq!(errors.len(), 1, "{}", o.stderr);
-    assert!(
-        errors[0].contains("GET_FEATURES: no answer from the backend within 5s"),
-        "{}",
-        o.stderr
+    assert_one_error(
+        o.code,
+        &o.stderr,
+        1,
+        "GET_FEATURES: no answer from the backend within 5s",
     );
     assert!(start.elapsed() < Duration::from_secs(15));
     assert!(!o.stdout.contains("hello"), "the guest must not start");

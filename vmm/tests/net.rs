@@ -3,37 +3,22 @@
 //! its tap, and waits by interrupt for the reply the test sends back through the
 //! tap (an AF_PACKET socket bound to it). Needs root, /dev/kvm and /dev/net/tun.
 
-use std::path::Path;
+mod support;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use support::*;
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
 use vhostkit_tests::packet::{frame, PacketSocket, ETHERTYPE_TEST};
 use vhostkit_tests::util::{run_to_end, Finished, TempDir};
 
-const VHOSTKIT: &str = env!("CARGO_BIN_EXE_vhostkit");
-const NET: &str = env!("VHOSTKIT_NET_GUEST");
-const TIMEOUT: Duration = Duration::from_secs(30);
 const HELLO: &[u8] = b"vhostkit vmm net guest hello";
 const REPLY: &[u8] = b"vhostkit vmm net host reply";
 
 fn ready() -> bool {
-    for need in ["/dev/kvm", "/dev/net/tun"] {
-        if !Path::new(need).exists() {
-            println!("SKIPPED: no {need}");
-            return false;
-        }
-    }
-    let bin = workspace_bin("vhost-user-net");
-    if !bin.exists() {
-        println!(
-            "SKIPPED: {} not built (cargo build --workspace --bins)",
-            bin.display()
-        );
-        return false;
-    }
-    true
+    have_paths(&["/dev/kvm", "/dev/net/tun"]) && built("vhost-user-net").is_some()
 }
 
 /// A tap name unique to this test process and call (at most 15 bytes).
@@ -99,13 +84,7 @@ fn check_guest(o: &Finished, mac: &str) {
         "{}",
         lines[2]
     );
-    assert!(
-        o.stderr
-            .contains("virtio notifications through the VMM: 0 kicks, 0 calls"),
-        "{}",
-        o.stderr
-    );
-    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+    assert_no_vmm_notifications(o);
 }
 
 #[test]
