@@ -12,7 +12,7 @@
 //! - rx rows: frames are injected into the tap by a host-side AF_PACKET socket
 //!   (PACKET_QDISC_BYPASS, `sendmmsg` batches of 64) in the driver's thread, closed
 //!   loop: at most one queue's worth of frames between injection and the driver's
-//!   receive queue; a window that makes no progress for 2 ms is written off as lost.
+//!   receive queue; a window that makes no progress for 2 ms is written off.
 //!   Frames count at the driver's receive queue.
 //!
 //! Rows alternate backends (`--rounds` rounds, the order flipping every round), each
@@ -84,6 +84,12 @@ struct Args {
     /// EAL core list of testpmd (one main core, the rest forward; it needs two).
     #[arg(long, default_value = "0-1")]
     testpmd_lcores: String,
+
+    /// Pin the driver thread (and the rx rows' injector, which runs in it) to this
+    /// CPU while it measures, for both backends; testpmd's forwarding lcore is the
+    /// last CPU of --testpmd-lcores. -1: no pinning.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    driver_cpu: i32,
 
     /// Measure ours only.
     #[arg(long)]
@@ -480,6 +486,42 @@ fn connect(socket: &Path, features: u64, mem_size: u64) -> Result<NetDevice, Str
     }
 }
 
+/// Pins the calling thread to one CPU; restores its former CPU set on drop.
+struct Pin(libc::cpu_set_t);
+
+impl Pin {
+    fn to(cpu: usize) -> Result<Pin, String> {
+        // SAFETY: cpu_set_t is plain data; all zeroes is an empty set.
+        let mut old: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `old` is a valid cpu_set_t of the size given; 0 is this thread.
+        if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&old), &mut old) } != 0 {
+            return Err(format!(
+                "sched_getaffinity: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: as above.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: CPU_SET only writes inside `set` (it checks `cpu` against its size).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: `set` is a valid cpu_set_t of the size given.
+        if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+            return Err(format!(
+                "--driver-cpu {cpu}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Pin(old))
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is a valid cpu_set_t of the size given.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&self.0), &self.0) };
+    }
+}
+
 // ---- the host-side sender -----------------------------------------------------------
 
 /// An AF_PACKET socket bound to a tap that sends batches of one frame with
@@ -568,6 +610,7 @@ impl Injector {
 // ---- one measurement ----------------------------------------------------------------
 
 struct Settings {
+    driver_cpu: Option<usize>,
     mss: usize,
     dir: PathBuf,
     seconds: f64,
@@ -577,9 +620,10 @@ struct Settings {
 /// What a measurement saw besides the report's figures.
 #[derive(Default)]
 struct Extra {
-    /// Frames the driver got back as used (tx) or lost in the closed loop (rx).
+    /// Frames the driver got back as used (tx) or received (rx).
     completed: u64,
-    lost: u64,
+    /// rx: frames written off after 2 ms without progress (dropped, or late).
+    written_off: u64,
     /// TSO: average bytes per frame that landed (tells whether a backend segmented).
     bytes_per_landed: f64,
 }
@@ -630,7 +674,7 @@ struct RxState {
     sizes: std::collections::HashMap<u64, u32>,
     outstanding: u64,
     window: u64,
-    lost: u64,
+    written_off: u64,
 }
 
 impl RxState {
@@ -668,8 +712,9 @@ impl RxState {
                     .wait_used(Duration::from_millis(2))
                     .map_err(|e| e.to_string())?
             {
-                // Nothing for 2 ms: whatever is outstanding was dropped on the way.
-                self.lost += self.outstanding;
+                // Nothing for 2 ms: write off what is outstanding (dropped on the
+                // way, or late: a late frame then only shrinks the next window).
+                self.written_off += self.outstanding;
                 self.outstanding = 0;
             }
         }
@@ -716,6 +761,11 @@ fn measure(
         .map_err(|e| format!("{label}: queue set-up: {e}"))?;
     let mut pair = pairs.remove(0);
     let mem = pair.memory().clone();
+    // The backend is running (with the whole CPU set): pin only this thread now.
+    let _pin = match s.driver_cpu {
+        Some(cpu) => Some(Pin::to(cpu)?),
+        None => None,
+    };
     let pid = run.proc.pid();
     let measured = Duration::from_secs_f64(s.seconds);
     let warmup = Duration::from_secs_f64((s.seconds / 5.0).clamp(0.05, 0.5));
@@ -755,7 +805,7 @@ fn measure(
             let (packets, bytes) = (p1 - p0, b1 - b0);
             let extra = Extra {
                 completed: done,
-                lost: 0,
+                written_off: 0,
                 bytes_per_landed: if packets > 0 {
                     bytes as f64 / packets as f64
                 } else {
@@ -791,11 +841,11 @@ fn measure(
                 sizes,
                 outstanding: 0,
                 window: u64::from(qsize),
-                lost: 0,
+                written_off: 0,
             };
             st.run_until(Instant::now() + warmup)
                 .map_err(|e| format!("{label}: {e}"))?;
-            st.lost = 0;
+            st.written_off = 0;
             let cpu0 = process_cpu_seconds(pid).map_err(|e| e.to_string())?;
             let t0 = Instant::now();
             let (frames, bytes) = st
@@ -805,7 +855,7 @@ fn measure(
             let cpu1 = process_cpu_seconds(pid).map_err(|e| e.to_string())?;
             let extra = Extra {
                 completed: frames,
-                lost: st.lost,
+                written_off: st.written_off,
                 bytes_per_landed: if frames > 0 {
                     bytes as f64 / frames as f64
                 } else {
@@ -845,14 +895,23 @@ fn median_of(ms: &[Measurement]) -> Measurement {
     }
 }
 
+/// Whether `--rows` selects row `name`: a full row name selects that row only
+/// ("tx-64" is not "tx-64k-tso"), anything else every row containing it ("rx").
 fn selected(filter: &Option<String>, name: &str) -> bool {
+    let rows = workloads();
     match filter {
         None => true,
         Some(f) => f
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .any(|p| name.contains(p)),
+            .any(|p| {
+                if rows.iter().any(|w| w.name == p) {
+                    name == p
+                } else {
+                    name.contains(p)
+                }
+            }),
     }
 }
 
@@ -936,7 +995,7 @@ fn run(mut args: Args) -> Result<(), String> {
         peer_note = "peer: not run (--no-peer)".to_string();
         None
     } else if !have_command(&args.testpmd) {
-        peer_note = "peer: SKIPPED (dpdk-testpmd not installed: apt-get install dpdk)".into();
+        peer_note = "peer: SKIPPED (dpdk-testpmd not installed: apt-get install dpdk-dev)".into();
         eprintln!("net-bench: {peer_note}");
         None
     } else {
@@ -965,6 +1024,7 @@ fn run(mut args: Args) -> Result<(), String> {
         None => "-".into(),
     };
     let settings = Settings {
+        driver_cpu: usize::try_from(args.driver_cpu).ok(),
         mss: usize::from(args.tso_mss),
         dir: dir.clone(),
         seconds: args.seconds,
@@ -999,14 +1059,14 @@ fn run(mut args: Args) -> Result<(), String> {
                 match measure(b, w, &settings, n) {
                     Ok((m, x)) => {
                         eprintln!(
-                            "  {tag} {:<11} {:<4} round {round}: {:>9.0} frames/s {:>6.2} Gbit/s {:>7.2} CPU s/Mframe  ({} completed, {} lost, {:.0} B/frame)",
+                            "  {tag} {:<11} {:<4} round {round}: {:>9.0} frames/s {:>6.2} Gbit/s {:>7.2} CPU s/Mframe  ({} completed, {} written off, {:.0} B/frame)",
                             w.name,
                             b.label(),
                             m.ops_per_sec,
                             m.mb_per_sec * 8.0 / 1000.0,
                             m.cpu_s_per_mop.unwrap_or(f64::NAN),
                             x.completed,
-                            x.lost,
+                            x.written_off,
                             x.bytes_per_landed
                         );
                         if w.tso && round == 1 {
@@ -1064,7 +1124,15 @@ fn run(mut args: Args) -> Result<(), String> {
             args.tso_mss
         ),
         "Gbit/s: Ethernet frame bytes (no FCS, preamble or vnet header); CPU s/Mframe: utime+stime of the backend process over the measured interval per million frames (DPDK's forwarding lcore polls: ~1 CPU s per second whatever the load)".into(),
-        format!("host: {cores} CPUs shared by the backend, the driver thread and the host side of the tap"),
+        format!(
+            "host: {cores} CPUs shared by the backend, the driver thread and the host side of the tap; driver thread {}",
+            match args.driver_cpu {
+                c if c >= 0 => format!("pinned to CPU {c} while measuring (testpmd's forwarding lcore: the last of -l {}; our daemon's threads are not pinned)", args.testpmd_lcores),
+                _ => "not pinned".to_string(),
+            }
+        ),
+        "dpdk tx-64k-tso: the vhost PMD (legacy-ol-flags=1) marks the frame for TSO and the tap PMD segments it in software (librte_gso, tx_offload tcp_tso on the tap port) into MSS-sized frames; it drops any whose MSS + 54 exceeds the tap MTU, hence MSS 1446 (with 1448 every frame is dropped). Ours hands the frame to the tap whole with its vnet header".into(),
+        "dpdk rx rows: the tap PMD reads the tap only after a SIGIO arrived since its last read (its receive path returns empty otherwise), so receiving costs it a signal per batch on top of its polling".into(),
     ];
     notes.extend(tso_notes);
     notes.extend(std::mem::take(&mut report.notes));
@@ -1114,6 +1182,9 @@ mod tests {
         );
         assert!(selected(&Some("tx-1500".into()), "tx-1500"));
         assert!(!selected(&Some("tx-1500".into()), "rx-1500"));
+        assert!(!selected(&Some("tx-64".into()), "tx-64k-tso"));
+        assert!(selected(&Some("rx, tso".into()), "tx-64k-tso"));
+        assert!(selected(&Some("rx".into()), "rx-64"));
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
     }
 
