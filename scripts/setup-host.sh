@@ -3,7 +3,8 @@
 # bookworm, as root: QEMU 7.2 (qemu-system-x86; its qemu-system-common package
 # carries qemu-storage-daemon, the block peer), fio, iperf3, busybox-static, cpio and
 # kmod (guest image), iproute2 (network tests), acpica-tools (iasl checks the
-# VMM's ACPI tables). Does nothing when all are present.
+# VMM's ACPI tables), dpdk-dev (dpdk-testpmd: net-bench's vhost-user-net peer).
+# Does nothing when all are present.
 set -euo pipefail
 
 log() { printf '[setup-host] %s\n' "$*" >&2; }
@@ -18,6 +19,7 @@ want=(
     blkdiscard:util-linux
     ip:iproute2
     iasl:acpica-tools
+    dpdk-testpmd:dpdk-dev
 )
 missing=()
 for entry in "${want[@]}"; do

@@ -43,6 +43,11 @@ pub struct Report {
     pub peer_name: String,
     /// Free-form facts about the set-up: image location, queue size, run length.
     pub notes: Vec<String>,
+    /// What one operation is called in the table headers ("ops", "frames").
+    pub op_name: String,
+    /// Show the byte rate as Gbit/s (10^9 bits) instead of MB/s in the table (the
+    /// JSON keeps `mb_per_sec`).
+    pub gbit: bool,
     pub rows: Vec<Row>,
 }
 
@@ -67,31 +72,47 @@ impl Report {
             ours_name: ours_name.to_string(),
             peer_name: peer_name.to_string(),
             notes: Vec::new(),
+            op_name: "ops".to_string(),
+            gbit: false,
             rows: Vec::new(),
+        }
+    }
+
+    /// The byte rate as the table shows it (MB/s, or Gbit/s with [`Report::gbit`]).
+    fn rate(&self, m: &Measurement) -> f64 {
+        if self.gbit {
+            m.mb_per_sec * 8.0 / 1000.0
+        } else {
+            m.mb_per_sec
         }
     }
 
     /// Renders the report as an aligned text table.
     pub fn to_table(&self) -> String {
+        let (op, short) = match self.op_name.as_str() {
+            "ops" => ("ops", "op".to_string()),
+            name => (name, name.trim_end_matches('s').to_string()),
+        };
+        let rate = if self.gbit { "Gbit/s" } else { "MB/s" };
         let header = [
-            "workload",
-            "ours ops/s",
-            "peer ops/s",
-            "ours MB/s",
-            "peer MB/s",
-            "ours CPU s/Mop",
-            "peer CPU s/Mop",
-            "ours/peer",
+            "workload".to_string(),
+            format!("ours {op}/s"),
+            format!("peer {op}/s"),
+            format!("ours {rate}"),
+            format!("peer {rate}"),
+            format!("ours CPU s/M{short}"),
+            format!("peer CPU s/M{short}"),
+            "ours/peer".to_string(),
         ];
-        let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+        let mut cells: Vec<Vec<String>> = vec![header.to_vec()];
         for row in &self.rows {
             let peer = row.peer.as_ref();
             cells.push(vec![
                 row.workload.clone(),
                 fmt_num(row.ours.ops_per_sec),
                 fmt_opt(peer.map(|p| p.ops_per_sec)),
-                fmt_num(row.ours.mb_per_sec),
-                fmt_opt(peer.map(|p| p.mb_per_sec)),
+                fmt_num(self.rate(&row.ours)),
+                fmt_opt(peer.map(|p| self.rate(p))),
                 fmt_opt(row.ours.cpu_s_per_mop),
                 fmt_opt(peer.and_then(|p| p.cpu_s_per_mop)),
                 row.ratio()
@@ -266,6 +287,20 @@ mod tests {
         assert!(t.contains("1.50x"), "{t}");
         assert!(t.contains("150000"), "{t}");
         assert!(r.to_svg().contains("1.50x"));
+        assert!(t.contains("ours ops/s"), "{t}");
+    }
+
+    #[test]
+    fn frames_and_gbit_columns() {
+        let mut r = sample();
+        r.op_name = "frames".into();
+        r.gbit = true;
+        let t = r.to_table();
+        assert!(t.contains("ours frames/s"), "{t}");
+        assert!(t.contains("ours Gbit/s"), "{t}");
+        assert!(t.contains("CPU s/Mframe"), "{t}");
+        // 614.4 MB/s = 4.9152 Gbit/s.
+        assert!(t.contains("4.92"), "{t}");
     }
 
     #[test]
