@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod guest;
+pub mod netns;
 pub mod util;
 
 pub use util::{wait_for_log, Rng, TempDir};
