@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: builds everything, boots a Debian Linux guest with our vhost-user
 # daemons attached, runs fio inside against our daemon and against the peer
-# (qemu-storage-daemon), and prints the results table.
+# (qemu-storage-daemon), and iperf3 between the guest and the host on our
+# vhost-user-net and on QEMU's own tap backend (short runs: 3 s per row), and
+# prints the results table (fio rows and net rows; --no-net leaves the net rows out).
 # Which VMM boots the guest is guest-bench's choice (--vhostkit auto): where the host
 # has hardware virtualization (vmx/svm) the guest also boots through our own VMM,
 # vhostkit, with our daemon (rows vhostkit+ours), beside QEMU with KVM; elsewhere

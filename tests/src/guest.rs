@@ -356,6 +356,102 @@ impl BlkDevice {
     }
 }
 
+/// What carries a guest network device's frames on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetBackend {
+    /// A vhost-user-net backend listening on this socket (ours, or any other).
+    VhostUser { socket: PathBuf },
+    /// QEMU's own tap backend on this (existing or new) tap interface, in QEMU's
+    /// user-space data path (`vhost=off`): the peer our daemon is compared with.
+    /// QEMU only.
+    Tap { ifname: String },
+}
+
+/// A virtio-net device given to the guest: `virtio-net-pci` under QEMU, fed by a
+/// vhost-user socket (`-netdev vhost-user`) or by QEMU's tap backend; `--net
+/// socket=PATH[,mac=MAC],num-queue-pairs=P` under vhostkit (vhost-user only). The guest sees
+/// `eth0`, `eth1`, ... in the order given.
+///
+/// Under QEMU the device always gets `vectors=0` (legacy INTx, no MSI-X): QEMU 7.2
+/// under TCG segfaults starting a vhost-user virtio-net-pci device with MSI-X. The
+/// tap form gets the same, so both backends face the same guest device.
+#[derive(Clone, Debug)]
+pub struct NetDevice {
+    pub backend: NetBackend,
+    /// Receive/transmit queue pairs (`queues=P`; `mq=on` when more than one).
+    pub queue_pairs: u16,
+    /// The guest's MAC address (`52:54:00:12:34:56`); QEMU's default when `None`.
+    /// A vhost-user backend may report its own in the config space; QEMU's
+    /// `mac=` wins for the guest.
+    pub mac: Option<String>,
+}
+
+impl NetDevice {
+    /// A device served by the vhost-user-net backend listening on `socket`.
+    pub fn vhost_user(socket: impl Into<PathBuf>, queue_pairs: u16) -> Self {
+        NetDevice {
+            backend: NetBackend::VhostUser {
+                socket: socket.into(),
+            },
+            queue_pairs,
+            mac: None,
+        }
+    }
+
+    /// A device on QEMU's own tap backend (`-netdev tap,ifname=...,vhost=off`).
+    /// With more than one queue pair an existing tap must be multi-queue
+    /// (`ip tuntap add ... multi_queue`).
+    pub fn tap(ifname: impl Into<String>, queue_pairs: u16) -> Self {
+        NetDevice {
+            backend: NetBackend::Tap {
+                ifname: ifname.into(),
+            },
+            queue_pairs,
+            mac: None,
+        }
+    }
+
+    /// Sets the guest's MAC address.
+    pub fn mac(mut self, mac: impl Into<String>) -> Self {
+        self.mac = Some(mac.into());
+        self
+    }
+
+    /// QEMU's arguments for this device, as device number `i`.
+    fn qemu_args(&self, i: usize) -> Vec<String> {
+        let mut args = Vec::new();
+        let queues = self.queue_pairs.max(1);
+        match &self.backend {
+            NetBackend::VhostUser { socket } => {
+                args.push("-chardev".into());
+                args.push(format!("socket,id=net{i},path={}", socket.display()));
+                args.push("-netdev".into());
+                args.push(format!("vhost-user,id=n{i},chardev=net{i},queues={queues}"));
+            }
+            NetBackend::Tap { ifname } => {
+                args.push("-netdev".into());
+                let mut netdev =
+                    format!("tap,id=n{i},ifname={ifname},script=no,downscript=no,vhost=off");
+                if queues > 1 {
+                    netdev.push_str(&format!(",queues={queues}"));
+                }
+                args.push(netdev);
+            }
+        }
+        let mut device = format!("virtio-net-pci,netdev=n{i}");
+        if let Some(mac) = &self.mac {
+            device.push_str(&format!(",mac={mac}"));
+        }
+        if queues > 1 {
+            device.push_str(",mq=on");
+        }
+        device.push_str(",vectors=0");
+        args.push("-device".into());
+        args.push(device);
+        args
+    }
+}
+
 /// Writes a cpio archive in the "newc" format the kernel unpacks: the given files
 /// (path relative to `/`, mode, contents) with their parent folders, then the trailer.
 pub fn write_newc_cpio<W: Write>(out: &mut W, files: &[(&str, u32, &[u8])]) -> io::Result<()> {
@@ -416,6 +512,7 @@ pub struct Guest<'a> {
     files: Vec<(String, u32, Vec<u8>)>,
     initrd: Initrd,
     blk: Vec<BlkDevice>,
+    net: Vec<NetDevice>,
     extra_args: Vec<String>,
     cmdline_extra: String,
     memory_mib: u32,
@@ -424,6 +521,7 @@ pub struct Guest<'a> {
     accel: Accel,
     vmm: Vmm,
     vhostkit: Option<PathBuf>,
+    netns: Option<String>,
     echo: bool,
 }
 
@@ -444,6 +542,7 @@ impl<'a> Guest<'a> {
             files: Vec::new(),
             initrd: Initrd::Full,
             blk: Vec::new(),
+            net: Vec::new(),
             extra_args: Vec::new(),
             cmdline_extra: String::new(),
             memory_mib: 512,
@@ -452,6 +551,7 @@ impl<'a> Guest<'a> {
             accel: Accel::detect(),
             vmm: Vmm::Qemu,
             vhostkit: None,
+            netns: None,
             echo,
         }
     }
@@ -459,6 +559,20 @@ impl<'a> Guest<'a> {
     /// Adds a vhost-user-blk-pci device.
     pub fn blk(mut self, dev: BlkDevice) -> Self {
         self.blk.push(dev);
+        self
+    }
+
+    /// Adds a virtio-net device (`eth0`, `eth1`, ... in the order added).
+    pub fn net(mut self, dev: NetDevice) -> Self {
+        self.net.push(dev);
+        self
+    }
+
+    /// Starts QEMU inside this network namespace (`ip netns exec NS qemu-system-x86_64
+    /// ...`), e.g. so that `-netdev tap,ifname=...` finds a tap made there
+    /// ([`crate::netns::NetNs::add_tap`]). QEMU only.
+    pub fn netns(mut self, name: impl Into<String>) -> Self {
+        self.netns = Some(name.into());
         self
     }
 
@@ -560,13 +674,14 @@ impl<'a> Guest<'a> {
         };
         let accel = self.effective_accel();
         eprintln!(
-            "guest: booting Linux {} through {} on {}, {} vCPU, {} MiB, {} vhost-user-blk device(s), timeout {:?}",
+            "guest: booting Linux {} through {} on {}, {} vCPU, {} MiB, {} vhost-user-blk device(s), {} virtio-net device(s), timeout {:?}",
             self.image.kernel_release,
             self.vmm,
             accel,
             self.cpus,
             self.memory_mib,
             self.blk.len(),
+            self.net.len(),
             self.timeout
         );
         if self.vmm == Vmm::Vhostkit && !hardware_kvm() {
@@ -613,7 +728,14 @@ impl<'a> Guest<'a> {
 
     /// The QEMU command line for this guest.
     fn qemu_command(&self, initrd: &Path) -> Command {
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+                cmd
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
         cmd.args(["-machine", "q35"])
             .args(self.accel.qemu_args())
             .args(["-smp", &self.cpus.to_string()])
@@ -645,6 +767,9 @@ impl<'a> Guest<'a> {
             }
             cmd.arg("-device").arg(device);
         }
+        for (i, dev) in self.net.iter().enumerate() {
+            cmd.args(dev.qemu_args(i));
+        }
         cmd.args(&self.extra_args);
         cmd
     }
@@ -662,6 +787,11 @@ impl<'a> Guest<'a> {
             return Err(refuse(format!(
                 "QEMU arguments {:?} given for a guest booted through vhostkit",
                 self.extra_args
+            )));
+        }
+        if let Some(ns) = &self.netns {
+            return Err(refuse(format!(
+                "network namespace {ns} given for a guest booted through vhostkit (QEMU only)"
             )));
         }
         let program = self.vhostkit.clone().unwrap_or_else(vhostkit_bin);
@@ -693,6 +823,28 @@ impl<'a> Guest<'a> {
             }
             cmd.arg("--disk")
                 .arg(format!("socket={socket},num-queues={}", dev.num_queues));
+        }
+        for dev in &self.net {
+            let NetBackend::VhostUser { socket } = &dev.backend else {
+                return Err(refuse(format!(
+                    "{:?}: QEMU's tap backend is QEMU-only (vhostkit serves vhost-user-net)",
+                    dev.backend
+                )));
+            };
+            let socket = socket
+                .to_str()
+                .ok_or_else(|| refuse(format!("socket path {} is not UTF-8", socket.display())))?;
+            if socket.contains(',') {
+                return Err(refuse(format!(
+                    "socket path {socket} contains a comma (vhostkit's --net separator)"
+                )));
+            }
+            let mut net = format!("socket={socket}");
+            if let Some(mac) = &dev.mac {
+                net.push_str(&format!(",mac={mac}"));
+            }
+            net.push_str(&format!(",num-queue-pairs={}", dev.queue_pairs.max(1)));
+            cmd.arg("--net").arg(net);
         }
         Ok(cmd)
     }
@@ -1068,14 +1220,23 @@ VHOSTKIT-RUN-END rc=0\nVHOSTKIT-POWEROFF\n";
             .memory_mib(1024)
             .cmdline("foo=1")
             .blk(BlkDevice::new("/tmp/a.sock", 2))
-            .blk(BlkDevice::new("/tmp/b.sock", 1));
+            .blk(BlkDevice::new("/tmp/b.sock", 1))
+            .net(NetDevice::vhost_user("/tmp/n.sock", 2))
+            .net(NetDevice::vhost_user("/tmp/m.sock", 1).mac("52:54:00:00:00:02"));
         let line = guest.command_line(Path::new("/tmp/initrd.cpio")).unwrap();
         assert_eq!(
             line,
             "/bin/vhostkit run --kernel /img/vmlinuz --initrd /tmp/initrd.cpio \
              --cmdline 'console=ttyS0 quiet panic=-1 foo=1' --cpus 2 --memory 1024M \
-             --disk socket=/tmp/a.sock,num-queues=2 --disk socket=/tmp/b.sock,num-queues=1"
+             --disk socket=/tmp/a.sock,num-queues=2 --disk socket=/tmp/b.sock,num-queues=1 \
+             --net socket=/tmp/n.sock,num-queue-pairs=2 \
+             --net socket=/tmp/m.sock,mac=52:54:00:00:00:02,num-queue-pairs=1"
         );
+        // QEMU's tap backend has no vhostkit form.
+        let tap = Guest::new(&image, "true")
+            .vmm(Vmm::Vhostkit)
+            .net(NetDevice::tap("vkt0", 1));
+        assert!(tap.command_line(Path::new("/i")).is_err());
         assert_eq!(guest.effective_accel(), Accel::Kvm);
         // QEMU-only settings are refused, not silently dropped.
         let mut dev = BlkDevice::new("/tmp/a.sock", 1);
@@ -1104,6 +1265,41 @@ VHOSTKIT-RUN-END rc=0\nVHOSTKIT-POWEROFF\n";
         assert!(line.contains("-kernel /img/vmlinux -initrd /tmp/initrd.cpio"));
         assert!(line.contains("-append 'console=ttyS0 quiet panic=-1'"));
         assert!(line.contains("vhost-user-blk-pci,chardev=blk0,num-queues=2"));
+        assert!(!line.contains("netdev"));
+    }
+
+    #[test]
+    fn qemu_net_command_line() {
+        let image = fake_image();
+        let line = Guest::new(&image, "true")
+            .accel(Accel::Tcg)
+            .net(NetDevice::vhost_user("/tmp/n.sock", 2).mac("52:54:00:12:34:56"))
+            .net(NetDevice::tap("vkt7", 2))
+            .net(NetDevice::tap("vkt8", 1))
+            .command_line(Path::new("/tmp/initrd.cpio"))
+            .unwrap();
+        assert!(
+            line.contains(
+                "-chardev socket,id=net0,path=/tmp/n.sock \
+                 -netdev vhost-user,id=n0,chardev=net0,queues=2 \
+                 -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,mq=on,vectors=0"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "-netdev tap,id=n1,ifname=vkt7,script=no,downscript=no,vhost=off,queues=2 \
+                 -device virtio-net-pci,netdev=n1,mq=on,vectors=0"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "-netdev tap,id=n2,ifname=vkt8,script=no,downscript=no,vhost=off \
+                 -device virtio-net-pci,netdev=n2,vectors=0"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod guest;
+pub mod netns;
 pub mod packet;
 pub mod util;
 

@@ -60,6 +60,9 @@ enum RxOutcome {
     TapEmpty,
     /// The guest has no (usable) receive buffers.
     NoBuffers,
+    /// A frame is held (`PairWorker::pending`) until the guest posts enough
+    /// receive buffers for it (MRG_RXBUF).
+    WaitForBuffers,
     /// The available ring cannot be read (an impossible index).
     RingBroken,
 }
@@ -75,6 +78,10 @@ pub struct PairWorker {
     /// One byte after the guest's buffers in every read: a frame that reaches it
     /// did not fit (the tap gives no other sign of truncation).
     overflow: Box<[u8; 1]>,
+    /// A frame (vnet header included) read from the tap while the guest's receive
+    /// buffers held less than a largest frame, and too long for them: delivered
+    /// first once the guest has posted enough.
+    pending: Option<Vec<u8>>,
 }
 
 // SAFETY: the raw pointers in `iovecs` are scratch, only valid (and only used)
@@ -94,6 +101,7 @@ impl PairWorker {
             iovecs: Vec::with_capacity(MAX_IOVECS),
             rx_chains: Vec::new(),
             overflow: Box::new([0]),
+            pending: None,
         }
     }
 
@@ -261,6 +269,30 @@ impl PairWorker {
                     let _ = state.get_queue_mut().enable_notification(&*mem);
                     break;
                 }
+                RxOutcome::WaitForBuffers => {
+                    // Ask for a kick when the guest posts buffers beyond the ones it
+                    // has (the event index goes past them), then look once more in
+                    // case they came meanwhile.
+                    let queue = state.get_queue_mut();
+                    let rewound = queue.next_avail();
+                    let end = queue
+                        .avail_idx(&*mem, Ordering::Acquire)
+                        .map_or(rewound, |end| end.0);
+                    queue.set_next_avail(end);
+                    let more = queue.enable_notification(&*mem);
+                    queue.set_next_avail(rewound);
+                    match more {
+                        Ok(true) => {
+                            let _ = queue.disable_notification(&*mem);
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            guest_error!("pair {}: cannot enable rx notifications: {e}", self.pair)
+                        }
+                    }
+                    break;
+                }
                 RxOutcome::NoBuffers => {
                     // Ask for a kick when buffers come, then look once more in case
                     // they came meanwhile.
@@ -287,10 +319,13 @@ impl PairWorker {
     fn receive_frame(&mut self, queue: &mut Queue, mem: &Mem) -> RxOutcome {
         let mergeable = self.device.mergeable_rx.load(Ordering::Relaxed);
         let hdr_len = self.hdr_len();
-        let wanted = hdr_len + self.device.rx_frame_max.load(Ordering::Relaxed);
+        let pending_len = self.pending.as_ref().map(Vec::len);
+        let wanted =
+            pending_len.unwrap_or(hdr_len + self.device.rx_frame_max.load(Ordering::Relaxed));
         self.iovecs.clear();
         self.rx_chains.clear();
         let mut capacity = 0usize;
+        let mut ring_dry = false;
         while capacity < wanted && (mergeable || self.rx_chains.is_empty()) {
             let chain = match queue.iter(&**mem) {
                 Ok(mut avail) => avail.next(),
@@ -301,6 +336,7 @@ impl PairWorker {
                 }
             };
             let Some(chain) = chain else {
+                ring_dry = true;
                 break;
             };
             let head = chain.head_index();
@@ -333,7 +369,53 @@ impl PairWorker {
             }
         }
         if self.rx_chains.is_empty() {
-            return RxOutcome::NoBuffers;
+            return match self.pending {
+                Some(_) => RxOutcome::WaitForBuffers,
+                None => RxOutcome::NoBuffers,
+            };
+        }
+        if let Some(frame) = self.pending.take() {
+            if capacity < frame.len() {
+                if self.rx_chains.len() >= usize::from(queue.size()) {
+                    // The whole ring cannot hold it: no more buffers can come.
+                    guest_error!(
+                        "pair {}: dropping a received frame of {} bytes: the whole receive ring holds {capacity}",
+                        self.pair,
+                        frame.len()
+                    );
+                    self.give_back_chains(queue);
+                    return RxOutcome::Progress;
+                }
+                self.pending = Some(frame);
+                self.give_back_chains(queue);
+                return RxOutcome::WaitForBuffers;
+            }
+            self.copy_to_chains(&frame);
+            return self.complete_frame(queue, mem, frame.len(), hdr_len);
+        }
+        if mergeable && ring_dry && capacity < wanted {
+            // The guest has not posted room for a largest frame yet. Read the next
+            // frame aside: it goes out now if it fits, or waits for more buffers
+            // instead of being dropped.
+            let mut frame = vec![0u8; wanted];
+            // SAFETY: the buffer is ours, `wanted` bytes long; read writes at most that.
+            let n = unsafe { libc::read(self.tap_fd, frame.as_mut_ptr().cast(), frame.len()) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                self.give_back_chains(queue);
+                if err.kind() != io::ErrorKind::WouldBlock {
+                    debug!("pair {}: reading the tap failed: {err}", self.pair);
+                }
+                return RxOutcome::TapEmpty;
+            }
+            frame.truncate(n as usize);
+            if frame.len() > capacity {
+                self.pending = Some(frame);
+                self.give_back_chains(queue);
+                return RxOutcome::WaitForBuffers;
+            }
+            self.copy_to_chains(&frame);
+            return self.complete_frame(queue, mem, frame.len(), hdr_len);
         }
         self.iovecs.push(libc::iovec {
             iov_base: self.overflow.as_mut_ptr().cast(),
@@ -369,6 +451,41 @@ impl PairWorker {
             self.give_back_chains(queue);
             return RxOutcome::Progress;
         }
+        self.complete_frame(queue, mem, n, hdr_len)
+    }
+
+    /// Copies `frame` into the buffers of the chains taken (`self.iovecs`, which
+    /// hold at least `frame.len()` bytes).
+    fn copy_to_chains(&mut self, frame: &[u8]) {
+        let mut done = 0;
+        for iov in &self.iovecs {
+            if done == frame.len() {
+                break;
+            }
+            let len = iov.iov_len.min(frame.len() - done);
+            // SAFETY: the iovec points into a device-writable guest buffer that
+            // `mem` (held by our caller) keeps mapped, at least `iov_len` bytes long;
+            // the source is `frame`, a host buffer that does not overlap it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    frame[done..].as_ptr(),
+                    iov.iov_base.cast::<u8>(),
+                    len,
+                )
+            };
+            done += len;
+        }
+    }
+
+    /// A frame of `n` bytes is in the chains taken: hands back the ones it filled
+    /// (with num_buffers set) and puts the unused rest back on the ring.
+    fn complete_frame(
+        &mut self,
+        queue: &mut Queue,
+        mem: &Mem,
+        n: usize,
+        hdr_len: usize,
+    ) -> RxOutcome {
         // Hand back the chains the frame filled, and the unused rest to the ring
         // (they were the last ones taken).
         let used = chains_filled(n, self.rx_chains.iter().map(|c| c.capacity));
