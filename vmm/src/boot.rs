@@ -379,25 +379,20 @@ fn load_initrd(
         .map_err(|e| BootError::InitrdOpen(name.clone(), e))?
         .len();
     let bottom = bottom.next_multiple_of(PAGE);
-    let addr = top
-        .checked_sub(size)
-        .map(|a| a & !(PAGE - 1))
-        .filter(|&a| a >= bottom)
-        .ok_or_else(|| BootError::InitrdTooBig {
-            path: name.clone(),
-            size,
-            top,
-            bottom,
-            mem: mem_size,
-        })?;
-    // Below the hole, so the size fits usize and u32.
-    let count = usize::try_from(size).map_err(|_| BootError::InitrdTooBig {
+    let too_big = || BootError::InitrdTooBig {
         path: name.clone(),
         size,
         top,
         bottom,
         mem: mem_size,
-    })?;
+    };
+    let addr = top
+        .checked_sub(size)
+        .map(|a| a & !(PAGE - 1))
+        .filter(|&a| a >= bottom)
+        .ok_or_else(too_big)?;
+    // Below the hole, so the size fits usize and u32.
+    let count = usize::try_from(size).map_err(|_| too_big())?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut f, count)
         .map_err(|e| BootError::InitrdLoad(name, e))?;
     Ok((addr, size))
