@@ -5,8 +5,10 @@
 //! `driver` feature, a user-space vhost-user driver for tests and benchmarks.
 
 pub mod cli;
+pub mod daemon;
 pub mod lifecycle;
 pub mod logging;
+pub mod vring;
 pub mod watchdog;
 
 #[cfg(feature = "driver")]
