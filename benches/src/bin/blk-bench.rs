@@ -23,7 +23,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vhostkit_benches::report::{process_cpu_seconds, Measurement, Report, Row};
+use vhostkit_benches::report::{process_cpu_seconds, row_selected, Measurement, Report, Row};
 use vhostkit_common::driver::blk::{BlkDevice, BlkQueue, BlkRequest, SECTOR_SIZE, VIRTIO_BLK_S_OK};
 use vhostkit_common::driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
 use vhostkit_tests::daemon::{
@@ -455,25 +455,6 @@ fn measure(backend: &Backend, w: &Workload, s: &Settings) -> Result<(Measurement
     ))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Field-wise median of the repeats.
-fn median_of(ms: &[Measurement]) -> Measurement {
-    let cpu: Vec<f64> = ms.iter().filter_map(|m| m.cpu_s_per_mop).collect();
-    Measurement {
-        ops_per_sec: median(ms.iter().map(|m| m.ops_per_sec).collect()),
-        mb_per_sec: median(ms.iter().map(|m| m.mb_per_sec).collect()),
-        cpu_s_per_mop: (!cpu.is_empty()).then(|| median(cpu)),
-    }
-}
-
 fn progress(tag: &str, w: &Workload, backend: &Backend, rep: usize, m: &Measurement, x: &Extra) {
     eprintln!(
         "  {tag} {:<22} {:<16} rep {rep}: {:>9.0} ops/s {:>8.1} MB/s {:>6.2} CPU s/Mop  (driver {:.2} CPU s/Mop, {:.2} kicks, {:.2} sleeps per op)",
@@ -512,14 +493,7 @@ impl Drop for DirGuard {
 }
 
 fn selected(filter: &Option<String>, name: &str) -> bool {
-    match filter {
-        None => true,
-        Some(f) => f
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .any(|p| name.contains(p)),
-    }
+    row_selected(filter.as_deref(), name, &[])
 }
 
 fn run(mut args: Args) -> Result<(), String> {
@@ -649,8 +623,8 @@ fn run(mut args: Args) -> Result<(), String> {
         }
         report.rows.push(Row {
             workload: w.name.clone(),
-            ours: median_of(&ours_ms),
-            peer: Some(median_of(&peer_ms)),
+            ours: Measurement::median_of(&ours_ms),
+            peer: Some(Measurement::median_of(&peer_ms)),
         });
     }
     for w in &null_work {
@@ -665,7 +639,7 @@ fn run(mut args: Args) -> Result<(), String> {
         }
         report.rows.push(Row {
             workload: null_name(w),
-            ours: median_of(&ms),
+            ours: Measurement::median_of(&ms),
             peer: None,
         });
     }
@@ -727,8 +701,6 @@ mod tests {
         assert!(selected(&f, "4k randwrite QD32 2q"));
         assert!(selected(&f, "128k seqread QD8 1q"));
         assert!(!selected(&f, "4k randread QD1 1q"));
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(workloads().len(), 9);
     }
 

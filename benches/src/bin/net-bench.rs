@@ -32,7 +32,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vhostkit_benches::report::{process_cpu_seconds, Measurement, Report, Row};
+use vhostkit_benches::report::{process_cpu_seconds, row_selected, Measurement, Report, Row};
 use vhostkit_common::driver::net::{
     NetDevice, NetHdr, NetQueuePair, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
@@ -877,42 +877,11 @@ fn measure(
     ))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn median_of(ms: &[Measurement]) -> Measurement {
-    let cpu: Vec<f64> = ms.iter().filter_map(|m| m.cpu_s_per_mop).collect();
-    Measurement {
-        ops_per_sec: median(ms.iter().map(|m| m.ops_per_sec).collect()),
-        mb_per_sec: median(ms.iter().map(|m| m.mb_per_sec).collect()),
-        cpu_s_per_mop: (!cpu.is_empty()).then(|| median(cpu)),
-    }
-}
-
 /// Whether `--rows` selects row `name`: a full row name selects that row only
 /// ("tx-64" is not "tx-64k-tso"), anything else every row containing it ("rx").
 fn selected(filter: &Option<String>, name: &str) -> bool {
-    let rows = workloads();
-    match filter {
-        None => true,
-        Some(f) => f
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .any(|p| {
-                if rows.iter().any(|w| w.name == p) {
-                    name == p
-                } else {
-                    name.contains(p)
-                }
-            }),
-    }
+    let names: Vec<&str> = workloads().iter().map(|w| w.name).collect();
+    row_selected(filter.as_deref(), name, &names)
 }
 
 /// Whether `bin` runs (a path, or a name on $PATH).
@@ -1099,8 +1068,8 @@ fn run(mut args: Args) -> Result<(), String> {
         }
         report.rows.push(Row {
             workload: w.name.to_string(),
-            ours: median_of(&ours_ms),
-            peer: (!peer_ms.is_empty()).then(|| median_of(&peer_ms)),
+            ours: Measurement::median_of(&ours_ms),
+            peer: (!peer_ms.is_empty()).then(|| Measurement::median_of(&peer_ms)),
         });
     }
 
@@ -1185,7 +1154,6 @@ mod tests {
         assert!(!selected(&Some("tx-64".into()), "tx-64k-tso"));
         assert!(selected(&Some("rx, tso".into()), "tx-64k-tso"));
         assert!(selected(&Some("rx".into()), "rx-64"));
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
     }
 
     #[test]

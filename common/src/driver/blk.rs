@@ -428,17 +428,9 @@ pub struct BlkDevice {
 }
 
 impl BlkDevice {
-    /// [`Driver::connect`], then GET_CONFIG if the CONFIG protocol feature was acked.
+    /// [`Driver::connect_with_config`] with this device's config space.
     pub fn connect(socket: impl AsRef<std::path::Path>, cfg: &DriverConfig) -> Result<Self> {
-        let mut driver = Driver::connect(socket, cfg)?;
-        let config = if driver
-            .protocol_features()
-            .contains(vhost::vhost_user::VhostUserProtocolFeatures::CONFIG)
-        {
-            BlkConfig::read(&mut driver)?
-        } else {
-            BlkConfig::default()
-        };
+        let (driver, config) = Driver::connect_with_config(socket, cfg, BlkConfig::read)?;
         Ok(BlkDevice { driver, config })
     }
 

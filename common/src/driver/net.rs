@@ -345,17 +345,9 @@ pub struct NetDevice {
 }
 
 impl NetDevice {
-    /// [`Driver::connect`], then GET_CONFIG if the CONFIG protocol feature was acked.
+    /// [`Driver::connect_with_config`] with this device's config space.
     pub fn connect(socket: impl AsRef<std::path::Path>, cfg: &DriverConfig) -> Result<Self> {
-        let mut driver = Driver::connect(socket, cfg)?;
-        let config = if driver
-            .protocol_features()
-            .contains(vhost::vhost_user::VhostUserProtocolFeatures::CONFIG)
-        {
-            NetConfig::read(&mut driver)?
-        } else {
-            NetConfig::default()
-        };
+        let (driver, config) = Driver::connect_with_config(socket, cfg, NetConfig::read)?;
         Ok(NetDevice { driver, config })
     }
 
