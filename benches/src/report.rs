@@ -3,7 +3,7 @@
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What one backend achieved on one workload.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -59,6 +59,19 @@ pub fn row_selected(filter: Option<&str>, name: &str, exact_names: &[&str]) -> b
                 }
             }),
     }
+}
+
+/// Where a benchmark writes its report besides the table on stdout; flattened into
+/// each benchmark's command line.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct OutputArgs {
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Write an SVG chart of ours/peer here.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
 }
 
 /// One workload measured on our backend and on the peer, in the same run.
@@ -253,6 +266,11 @@ impl Report {
 
     pub fn write_svg(&self, path: &Path) -> io::Result<()> {
         std::fs::write(path, self.to_svg())
+    }
+
+    /// [`Report::emit`] to the files a benchmark's [`OutputArgs`] name.
+    pub fn emit_to(&self, output: &OutputArgs) -> Result<(), String> {
+        self.emit(output.json.as_deref(), output.svg.as_deref())
     }
 
     /// What every bench binary ends with: the table on stdout, then the JSON and

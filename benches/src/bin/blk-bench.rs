@@ -23,7 +23,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vhostkit_benches::report::{process_cpu_seconds, row_selected, Measurement, Report, Row};
+use vhostkit_benches::report::{
+    process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
+};
 use vhostkit_common::driver::blk::{BlkDevice, BlkQueue, BlkRequest, SECTOR_SIZE, VIRTIO_BLK_S_OK};
 use vhostkit_common::driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
 use vhostkit_tests::daemon::{
@@ -52,13 +54,8 @@ struct Args {
     #[arg(long)]
     rows: Option<String>,
 
-    /// Write the report as JSON here.
-    #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
-
-    /// Write an SVG chart of ours/peer here.
-    #[arg(long, value_name = "PATH")]
-    svg: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 
     /// Short run for a CI smoke test (0.3 s rows, one repeat, 64 MiB image).
     #[arg(long)]
@@ -669,7 +666,7 @@ fn run(mut args: Args) -> Result<(), String> {
         "QD1 and 1-queue rows largely measure eventfd wake-up latency across CPUs (kick and call), which is high in a VM; --spin-us trades driver CPU for it".into(),
     ];
 
-    report.emit(args.json.as_deref(), args.svg.as_deref())?;
+    report.emit_to(&args.output)?;
     Ok(())
 }
 

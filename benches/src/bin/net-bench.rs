@@ -32,7 +32,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vhostkit_benches::report::{process_cpu_seconds, row_selected, Measurement, Report, Row};
+use vhostkit_benches::report::{
+    process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
+};
 use vhostkit_common::driver::net::{
     NetDevice, NetHdr, NetQueuePair, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
@@ -57,13 +59,8 @@ struct Args {
     #[arg(long)]
     rows: Option<String>,
 
-    /// Write the report as JSON here.
-    #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
-
-    /// Write an SVG chart of ours/peer here.
-    #[arg(long, value_name = "PATH")]
-    svg: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 
     /// Short run for a CI smoke test (0.25 s rows, one round; DPDK only if installed).
     #[arg(long)]
@@ -1106,7 +1103,7 @@ fn run(mut args: Args) -> Result<(), String> {
     notes.extend(tso_notes);
     notes.extend(std::mem::take(&mut report.notes));
     report.notes = notes;
-    report.emit(args.json.as_deref(), args.svg.as_deref())
+    report.emit_to(&args.output)
 }
 
 fn main() {
