@@ -26,11 +26,10 @@ use clap::Parser;
 use vhostkit_benches::report::{
     process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
 };
+use vhostkit_benches::setup::{ours_bin, RunDir};
 use vhostkit_common::driver::blk::{BlkDevice, BlkQueue, BlkRequest, SECTOR_SIZE, VIRTIO_BLK_S_OK};
 use vhostkit_common::driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
-use vhostkit_tests::daemon::{
-    qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
-};
+use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, qemu_storage_daemon_version, DaemonProcess};
 use vhostkit_tests::Rng;
 
 /// Compare vhost-user-blk with qemu-storage-daemon through a user-space driver.
@@ -481,14 +480,6 @@ fn make_image(path: &Path, size: u64) -> std::io::Result<()> {
     f.sync_all()
 }
 
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn selected(filter: &Option<String>, name: &str) -> bool {
     row_selected(filter.as_deref(), name, &[])
 }
@@ -528,21 +519,9 @@ fn run(mut args: Args) -> Result<(), String> {
         return Err("--rows selects no row (see --list)".into());
     }
 
-    let bin = args
-        .ours_bin
-        .clone()
-        .unwrap_or_else(|| workspace_bin("vhost-user-blk"));
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release -p vhost-blk`",
-            bin.display()
-        ));
-    }
-    let dir = args
-        .dir
-        .join(format!("vhostkit-blk-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let _guard = DirGuard(dir.clone());
+    let bin = ours_bin(args.ours_bin.as_deref(), "vhost-user-blk", "vhost-blk")?;
+    let run_dir = RunDir::create(&args.dir, "blk-bench", false)?;
+    let dir = run_dir.path().to_path_buf();
     let image = dir.join("disk.img");
     eprintln!(
         "blk-bench: creating {} MiB image {}",

@@ -35,12 +35,12 @@ use clap::Parser;
 use vhostkit_benches::report::{
     process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
 };
+use vhostkit_benches::setup::{ours_bin, RunDir};
 use vhostkit_common::driver::net::{
     NetDevice, NetHdr, NetQueuePair, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
 };
 use vhostkit_common::driver::{Buf, DriverConfig};
-use vhostkit_tests::daemon::workspace_bin;
 
 /// Compare vhost-user-net with DPDK's vhost-user PMD through a user-space driver.
 #[derive(Parser, Debug)]
@@ -900,14 +900,6 @@ fn testpmd_version(bin: &str) -> Option<String> {
     (out.status.success() && !v.is_empty()).then(|| format!("{bin} (DPDK {v})"))
 }
 
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn run(mut args: Args) -> Result<(), String> {
     if args.quick {
         args.seconds = 0.25;
@@ -936,21 +928,9 @@ fn run(mut args: Args) -> Result<(), String> {
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
         return Err("needs root and /dev/net/tun (taps, AF_PACKET)".into());
     }
-    let bin = args
-        .ours_bin
-        .clone()
-        .unwrap_or_else(|| workspace_bin("vhost-user-net"));
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release -p vhost-net`",
-            bin.display()
-        ));
-    }
-    let dir = args
-        .dir
-        .join(format!("vhostkit-net-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let _guard = (!args.keep).then(|| DirGuard(dir.clone()));
+    let bin = ours_bin(args.ours_bin.as_deref(), "vhost-user-net", "vhost-net")?;
+    let run_dir = RunDir::create(&args.dir, "net-bench", args.keep)?;
+    let dir = run_dir.path().to_path_buf();
     if args.keep {
         eprintln!("net-bench: keeping {}", dir.display());
     }
