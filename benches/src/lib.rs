@@ -5,3 +5,4 @@
 //! table, and optionally written as JSON and as an SVG bar chart of the ratios.
 
 pub mod report;
+pub mod setup;

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What one backend achieved on one workload.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -15,6 +15,63 @@ pub struct Measurement {
     /// CPU seconds (user + system) the backend process spent per million operations,
     /// or `None` where it could not be measured (a backend inside a guest).
     pub cpu_s_per_mop: Option<f64>,
+}
+
+impl Measurement {
+    /// Field-wise median of repeated measurements of one backend on one workload
+    /// (the CPU figure over those that have one).
+    pub fn median_of(ms: &[Measurement]) -> Measurement {
+        let cpu: Vec<f64> = ms.iter().filter_map(|m| m.cpu_s_per_mop).collect();
+        Measurement {
+            ops_per_sec: median(ms.iter().map(|m| m.ops_per_sec).collect()),
+            mb_per_sec: median(ms.iter().map(|m| m.mb_per_sec).collect()),
+            cpu_s_per_mop: (!cpu.is_empty()).then(|| median(cpu)),
+        }
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count; 0 for none).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Whether a `--rows` filter (comma-separated patterns; `None` selects all) selects
+/// the row `name`. A pattern equal to one of `exact_names` selects that row only
+/// (so "tx-64" is not also "tx-64k-tso"); any other pattern selects every row whose
+/// name contains it. Pass no `exact_names` for substring matching only.
+pub fn row_selected(filter: Option<&str>, name: &str, exact_names: &[&str]) -> bool {
+    match filter {
+        None => true,
+        Some(f) => f
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .any(|p| {
+                if exact_names.contains(&p) {
+                    name == p
+                } else {
+                    name.contains(p)
+                }
+            }),
+    }
+}
+
+/// Where a benchmark writes its report besides the table on stdout; flattened into
+/// each benchmark's command line.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct OutputArgs {
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Write an SVG chart of ours/peer here.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
 }
 
 /// One workload measured on our backend and on the peer, in the same run.
@@ -211,6 +268,11 @@ impl Report {
         std::fs::write(path, self.to_svg())
     }
 
+    /// [`Report::emit`] to the files a benchmark's [`OutputArgs`] name.
+    pub fn emit_to(&self, output: &OutputArgs) -> Result<(), String> {
+        self.emit(output.json.as_deref(), output.svg.as_deref())
+    }
+
     /// What every bench binary ends with: the table on stdout, then the JSON and
     /// SVG files if asked for (each announced on stderr).
     pub fn emit(&self, json: Option<&Path>, svg: Option<&Path>) -> Result<(), String> {
@@ -260,6 +322,34 @@ pub fn process_cpu_seconds(pid: u32) -> io::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn medians_and_row_filter() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+        let m = |ops, cpu| Measurement {
+            ops_per_sec: ops,
+            mb_per_sec: ops * 2.0,
+            cpu_s_per_mop: cpu,
+        };
+        let med = Measurement::median_of(&[m(1.0, None), m(3.0, Some(5.0)), m(2.0, None)]);
+        assert_eq!((med.ops_per_sec, med.mb_per_sec), (2.0, 4.0));
+        assert_eq!(med.cpu_s_per_mop, Some(5.0));
+        assert!(row_selected(None, "anything", &[]));
+        assert!(row_selected(Some("64, rx"), "tx-64k-tso", &[]));
+        assert!(!row_selected(
+            Some("tx-64"),
+            "tx-64k-tso",
+            &["tx-64", "tx-64k-tso"]
+        ));
+        assert!(row_selected(
+            Some("tx-64"),
+            "tx-64",
+            &["tx-64", "tx-64k-tso"]
+        ));
+        assert!(row_selected(Some("rx"), "rx-1500", &["rx-1500"]));
+    }
 
     fn sample() -> Report {
         let mut r = Report::new("blk", "ours", "peer");

@@ -3,6 +3,7 @@
 use clap::Args;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where a daemon listens for its vhost-user frontend.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
@@ -67,6 +68,52 @@ impl TryFrom<ListenArgs> for ListenAddr {
     }
 }
 
+/// Largest virtqueue a split ring can have (virtio 1.x, 2.6).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Longest `--poll-us` a daemon accepts: a second of spinning is already far past
+/// any latency gain.
+pub const MAX_POLL_US: u64 = 1_000_000;
+
+/// Checks that `--FLAG VALUE` lies in `range`; the message names the flag and the
+/// bounds ("--num-queues 0: must be 1 to 64").
+pub fn check_range<T>(flag: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<T, String>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{flag} {value}: must be {} to {}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// Checks `--queue-size`: the largest queue the frontend may set up, a power of two
+/// from 2 to [`MAX_QUEUE_SIZE`] as a split virtqueue needs.
+pub fn check_queue_size(size: u16) -> Result<u16, String> {
+    if !(2..=MAX_QUEUE_SIZE).contains(&size) || !size.is_power_of_two() {
+        return Err(format!(
+            "--queue-size {size}: must be a power of two from 2 to {MAX_QUEUE_SIZE}"
+        ));
+    }
+    Ok(size)
+}
+
+/// Checks `--poll-us` (busy-poll time after a queue runs dry, at most
+/// [`MAX_POLL_US`]) and turns it into a duration; zero means no polling.
+pub fn poll_duration(poll_us: u64) -> Result<Duration, String> {
+    if poll_us > MAX_POLL_US {
+        return Err(format!(
+            "--poll-us {poll_us}: at most {MAX_POLL_US} (one second)"
+        ));
+    }
+    Ok(Duration::from_micros(poll_us))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +150,24 @@ mod tests {
         assert!(err.contains("does not exist"), "{err}");
         let cli = TestCli::try_parse_from(["x", "--fd=-2"]).unwrap();
         assert!(ListenAddr::try_from(cli.listen).is_err());
+    }
+
+    #[test]
+    fn shared_checks() {
+        assert_eq!(check_range("--n", 3u16, 1..=64), Ok(3));
+        assert_eq!(
+            check_range("--num-queues", 0u16, 1..=64).unwrap_err(),
+            "--num-queues 0: must be 1 to 64"
+        );
+        assert_eq!(check_queue_size(256), Ok(256));
+        for bad in [0, 1, 100, 65535] {
+            assert!(check_queue_size(bad).unwrap_err().contains("power of two"));
+        }
+        assert_eq!(poll_duration(0), Ok(Duration::ZERO));
+        assert_eq!(poll_duration(1_000_000), Ok(Duration::from_secs(1)));
+        assert_eq!(
+            poll_duration(1_000_001).unwrap_err(),
+            "--poll-us 1000001: at most 1000000 (one second)"
+        );
     }
 }

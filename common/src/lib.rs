@@ -4,9 +4,12 @@
 //! watchdog of vhost-user frontends, and, behind the
 //! `driver` feature, a user-space vhost-user driver for tests and benchmarks.
 
+pub mod backend;
 pub mod cli;
+pub mod daemon;
 pub mod lifecycle;
 pub mod logging;
+pub mod vring;
 pub mod watchdog;
 
 #[cfg(feature = "driver")]

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::{debug, info};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
+use vhostkit_common::backend::{bit, config_slice, protocol_features};
 use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
 use virtio_bindings::virtio_blk::*;
@@ -46,10 +47,6 @@ struct Inner {
     device: Arc<DeviceState>,
     workers: Vec<Mutex<QueueWorker>>,
     acked_features: AtomicU64,
-}
-
-fn bit(n: u32) -> u64 {
-    1u64 << n
 }
 
 impl BlkBackend {
@@ -171,9 +168,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
+        protocol_features()
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -191,15 +186,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.config_space();
-        let start = offset as usize;
-        match start.checked_add(size as usize) {
-            Some(end) if end <= config.len() => config[start..end].to_vec(),
-            _ => {
-                guest_error!("GET_CONFIG out of range: offset {offset} size {size}");
-                Vec::new()
-            }
-        }
+        config_slice(&self.config_space(), offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {

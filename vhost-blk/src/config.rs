@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use vhostkit_common::cli::{ListenAddr, ListenArgs, LogArgs};
+use vhostkit_common::cli::{
+    check_queue_size, check_range, poll_duration, ListenAddr, ListenArgs, LogArgs,
+};
 
 use crate::engine::EngineKind;
 use crate::request::ID_BYTES;
@@ -76,21 +78,9 @@ impl TryFrom<Args> for BlkConfig {
 
     fn try_from(args: Args) -> Result<Self, String> {
         let listen = ListenAddr::try_from(args.listen)?;
-        if !(1..=64).contains(&args.num_queues) {
-            return Err(format!("--num-queues {}: must be 1 to 64", args.num_queues));
-        }
-        if args.queue_size < 2 || args.queue_size > 32768 || !args.queue_size.is_power_of_two() {
-            return Err(format!(
-                "--queue-size {}: must be a power of two from 2 to 32768",
-                args.queue_size
-            ));
-        }
-        if args.poll_us > 1_000_000 {
-            return Err(format!(
-                "--poll-us {}: at most 1000000 (one second)",
-                args.poll_us
-            ));
-        }
+        let num_queues = check_range("--num-queues", args.num_queues, 1..=64)?;
+        let queue_size = check_queue_size(args.queue_size)?;
+        let poll = poll_duration(args.poll_us)?;
         let serial = match &args.serial {
             Some(s) if s.len() > ID_BYTES => {
                 return Err(format!("--serial {s:?}: at most {ID_BYTES} bytes"));
@@ -106,12 +96,12 @@ impl TryFrom<Args> for BlkConfig {
             listen,
             path: args.path,
             readonly: args.readonly,
-            num_queues: args.num_queues,
-            queue_size: args.queue_size,
+            num_queues,
+            queue_size,
             direct: args.direct,
             serial: crate::backend::serial_bytes(&serial),
             engine: args.engine,
-            poll: Duration::from_micros(args.poll_us),
+            poll,
             log_level: args.log.log_level,
         })
     }

@@ -18,7 +18,8 @@ pub mod worker;
 use std::sync::Arc;
 
 use log::{info, warn};
-use vhostkit_common::cli::ListenAddr;
+use vhostkit_common::cli::{ListenAddr, LogArgs};
+use vhostkit_common::daemon::{error_chain, Daemon};
 use vhostkit_common::lifecycle::{self, StopHandle};
 
 pub use backend::BlkBackend;
@@ -54,13 +55,26 @@ pub fn run(mut config: BlkConfig, stop: &StopHandle) -> Result<(), String> {
     lifecycle::serve("vhost-user-blk", &listen, stop, || {
         BlkBackend::new(config.clone(), disk.clone())
     })
-    .map_err(|e| {
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        msg
-    })
+    .map_err(error_chain)
+}
+
+/// What the shared daemon `main` ([`vhostkit_common::daemon::daemon_main`]) needs.
+impl Daemon for BlkConfig {
+    type Args = Args;
+
+    fn log_args(args: &Args) -> &LogArgs {
+        &args.log
+    }
+
+    fn from_args(args: Args) -> Result<Self, String> {
+        BlkConfig::try_from(args)
+    }
+
+    fn listen(&self) -> &ListenAddr {
+        &self.listen
+    }
+
+    fn run(self, stop: &StopHandle) -> Result<(), String> {
+        run(self, stop)
+    }
 }

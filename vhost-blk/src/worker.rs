@@ -11,6 +11,7 @@ use log::{debug, warn};
 use vhost_user_backend::{VringState, VringT};
 use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
+use vhostkit_common::vring::{queue_err, serve_until_idle, signal_if_needed};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryMmap};
 
@@ -103,36 +104,15 @@ impl QueueWorker {
             return Ok(());
         };
         let mut state = vring.get_mut();
-        loop {
-            let readable = self.drain_avail(&mut state, &mem)?;
-            // Tell the guest what finished before waiting for more.
-            signal_if_needed(&mut state, &mem);
-            if !readable {
-                // The avail index is impossible (more than a queue's worth ahead):
-                // nothing can be served until the driver puts it right and kicks
-                // again, with notifications back on for that. Do not spin on it.
-                state
-                    .get_queue_mut()
-                    .enable_notification(&*mem)
-                    .map_err(queue_err)?;
-                break;
-            }
-            // With --poll-us, watch the ring a while longer with notifications
-            // still off, so a driver that sends again soon needs no kick and the
-            // worker no wake-up.
-            if !self.poll.is_zero() && self.poll_avail(&mut state, &mem)? {
-                continue;
-            }
-            if state
-                .get_queue_mut()
-                .enable_notification(&*mem)
-                .map_err(queue_err)?
-            {
-                continue; // More arrived while notifications were off.
-            }
-            break;
-        }
-        Ok(())
+        let poll = self.poll;
+        serve_until_idle(
+            self,
+            &mut state,
+            &mem,
+            poll,
+            Self::drain_avail,
+            Self::poll_avail,
+        )
     }
 
     /// Spins for up to the poll time waiting for new requests, completing and
@@ -435,20 +415,4 @@ impl QueueWorker {
         }
         self.free.push(slot_index);
     }
-}
-
-fn signal_if_needed(state: &mut VringState<GuestMemory>, mem: &Arc<GuestMemoryMmap<()>>) {
-    match state.get_queue_mut().needs_notification(&**mem) {
-        Ok(true) => {
-            if let Err(e) = state.signal_used_queue() {
-                guest_error!("cannot signal the guest: {e}");
-            }
-        }
-        Ok(false) => {}
-        Err(e) => guest_error!("cannot read the queue's event index: {e}"),
-    }
-}
-
-fn queue_err(e: virtio_queue::Error) -> io::Error {
-    io::Error::other(e.to_string())
 }

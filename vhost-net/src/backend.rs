@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
+use vhostkit_common::backend::{config_slice, protocol_features};
 use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -162,9 +163,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
+        protocol_features()
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -180,15 +179,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.config_space();
-        let start = offset as usize;
-        match start.checked_add(size as usize) {
-            Some(end) if end <= config.len() => config[start..end].to_vec(),
-            _ => {
-                guest_error!("GET_CONFIG out of range: offset {offset} size {size}");
-                Vec::new()
-            }
-        }
+        config_slice(&self.config_space(), offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {

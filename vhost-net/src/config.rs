@@ -4,7 +4,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use clap::Parser;
-use vhostkit_common::cli::{ListenAddr, ListenArgs, LogArgs};
+use vhostkit_common::cli::{
+    check_queue_size, check_range, poll_duration, ListenAddr, ListenArgs, LogArgs,
+};
 
 use crate::net::{random_mac, MIN_MTU};
 use crate::tap::MAX_NAME_LEN;
@@ -115,27 +117,14 @@ impl TryFrom<Args> for NetConfig {
                 args.tap
             ));
         }
-        if !(u32::from(MIN_MTU)..=65535).contains(&args.mtu) {
-            return Err(format!("--mtu {}: must be {MIN_MTU} to 65535", args.mtu));
-        }
-        if !(1..=MAX_QUEUE_PAIRS).contains(&args.num_queue_pairs) {
-            return Err(format!(
-                "--num-queue-pairs {}: must be 1 to {MAX_QUEUE_PAIRS}",
-                args.num_queue_pairs
-            ));
-        }
-        if args.queue_size < 2 || args.queue_size > 32768 || !args.queue_size.is_power_of_two() {
-            return Err(format!(
-                "--queue-size {}: must be a power of two from 2 to 32768",
-                args.queue_size
-            ));
-        }
-        if args.poll_us > 1_000_000 {
-            return Err(format!(
-                "--poll-us {}: at most 1000000 (one second)",
-                args.poll_us
-            ));
-        }
+        let mtu = check_range("--mtu", args.mtu, u32::from(MIN_MTU)..=65535)?;
+        let num_queue_pairs = check_range(
+            "--num-queue-pairs",
+            args.num_queue_pairs,
+            1..=MAX_QUEUE_PAIRS,
+        )?;
+        let queue_size = check_queue_size(args.queue_size)?;
+        let poll = poll_duration(args.poll_us)?;
         let mac = match &args.mac {
             Some(s) => parse_mac(s)?,
             None => random_mac(),
@@ -146,10 +135,10 @@ impl TryFrom<Args> for NetConfig {
             tap: args.tap,
             host_ip,
             mac,
-            mtu: args.mtu as u16,
-            num_queue_pairs: args.num_queue_pairs,
-            queue_size: args.queue_size,
-            poll: Duration::from_micros(args.poll_us),
+            mtu: mtu as u16,
+            num_queue_pairs,
+            queue_size,
+            poll,
             log_level: args.log.log_level,
         })
     }

@@ -19,7 +19,8 @@ pub mod worker;
 use std::sync::Arc;
 
 use log::info;
-use vhostkit_common::cli::ListenAddr;
+use vhostkit_common::cli::{ListenAddr, LogArgs};
+use vhostkit_common::daemon::{error_chain, Daemon};
 use vhostkit_common::lifecycle::{self, StopHandle};
 
 pub use backend::NetBackend;
@@ -27,9 +28,9 @@ pub use config::{Args, NetConfig};
 
 /// Opens the tap and serves frontends until `stop` is requested.
 pub fn run(config: NetConfig, stop: &StopHandle) -> Result<(), String> {
-    let tap = tap::Tap::open(&config.tap, config.num_queue_pairs).map_err(chain)?;
+    let tap = tap::Tap::open(&config.tap, config.num_queue_pairs).map_err(error_chain)?;
     tap.configure_host(config.host_ip, Some(config.mtu))
-        .map_err(chain)?;
+        .map_err(error_chain)?;
     let m = config.mac;
     info!(
         "serving tap {} ({} queue pair(s) of up to {} entries, MTU {}{}) to a guest with MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
@@ -49,16 +50,26 @@ pub fn run(config: NetConfig, stop: &StopHandle) -> Result<(), String> {
     lifecycle::serve("vhost-user-net", &listen, stop, || {
         NetBackend::new(config.clone(), tap.clone())
     })
-    .map_err(chain)
+    .map_err(error_chain)
 }
 
-/// An error and its sources on one line.
-fn chain(e: impl std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
+/// What the shared daemon `main` ([`vhostkit_common::daemon::daemon_main`]) needs.
+impl Daemon for NetConfig {
+    type Args = Args;
+
+    fn log_args(args: &Args) -> &LogArgs {
+        &args.log
     }
-    msg
+
+    fn from_args(args: Args) -> Result<Self, String> {
+        NetConfig::try_from(args)
+    }
+
+    fn listen(&self) -> &ListenAddr {
+        &self.listen
+    }
+
+    fn run(self, stop: &StopHandle) -> Result<(), String> {
+        run(self, stop)
+    }
 }

@@ -36,9 +36,7 @@ pub const MIN_MTU: u16 = 68;
 /// this device has (mac, status, max_virtqueue_pairs, mtu).
 pub const CONFIG_LEN: usize = offset_of!(virtio_net_config, mtu) + size_of::<u16>();
 
-pub fn bit(n: u32) -> u64 {
-    1u64 << n
-}
+pub use vhostkit_common::backend::bit;
 
 /// The virtio feature bits this device offers (before the vhost-user bit).
 pub fn device_features(multi_queue: bool) -> u64 {

@@ -6,12 +6,13 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, info};
-use vhost_user_backend::{VringState, VringT};
+use vhost_user_backend::VringT;
 use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
+use vhostkit_common::vring::{poll_avail, serve_until_idle, signal_if_needed};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{
@@ -133,30 +134,15 @@ impl PairWorker {
             return Ok(());
         };
         let mut state = vring.get_mut();
-        loop {
-            let readable = self.drain_tx(state.get_queue_mut(), &mem);
-            signal_if_needed(&mut state, &mem);
-            if !readable {
-                // An impossible avail index: wait for the guest to fix it and kick.
-                state
-                    .get_queue_mut()
-                    .enable_notification(&*mem)
-                    .map_err(queue_err)?;
-                break;
-            }
-            if !self.poll.is_zero() && poll_avail(state.get_queue_mut(), &mem, self.poll)? {
-                continue;
-            }
-            if state
-                .get_queue_mut()
-                .enable_notification(&*mem)
-                .map_err(queue_err)?
-            {
-                continue;
-            }
-            break;
-        }
-        Ok(())
+        let poll = self.poll;
+        serve_until_idle(
+            self,
+            &mut state,
+            &mem,
+            poll,
+            |w, state, mem| Ok(w.drain_tx(state.get_queue_mut(), mem)),
+            |_, state, mem| poll_avail(state.get_queue_mut(), mem, poll),
+        )
     }
 
     /// Sends every available chain; false if the avail ring cannot be read.
@@ -635,37 +621,6 @@ fn write_in_span<M: GuestMemoryBackend + ?Sized>(
     mem.write_slice(bytes, addr)
 }
 
-/// Spins for up to `poll` waiting for new available entries; true if some came.
-fn poll_avail(queue: &mut Queue, mem: &Mem, poll: Duration) -> io::Result<bool> {
-    let deadline = Instant::now() + poll;
-    while Instant::now() < deadline {
-        let avail = queue
-            .avail_idx(&**mem, Ordering::Acquire)
-            .map_err(queue_err)?;
-        if avail.0 != queue.next_avail() {
-            return Ok(true);
-        }
-        std::hint::spin_loop();
-    }
-    Ok(false)
-}
-
-fn signal_if_needed(state: &mut VringState<GuestMemory>, mem: &Mem) {
-    match state.get_queue_mut().needs_notification(&**mem) {
-        Ok(true) => {
-            if let Err(e) = state.signal_used_queue() {
-                guest_error!("cannot signal the guest: {e}");
-            }
-        }
-        Ok(false) => {}
-        Err(e) => guest_error!("cannot read the queue's event index: {e}"),
-    }
-}
-
-fn queue_err(e: virtio_queue::Error) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
 // ---- control queue ------------------------------------------------------------------
 
 /// Serves the control queue: decodes commands (see [`ctrl`]) and applies them.
@@ -692,38 +647,37 @@ impl ControlWorker {
             return Ok(());
         };
         let mut state = vring.get_mut();
+        // The control queue is quiet: no busy-polling.
+        serve_until_idle(
+            self,
+            &mut state,
+            &mem,
+            Duration::ZERO,
+            |w, state, mem| Ok(w.drain_ctrl(state.get_queue_mut(), mem)),
+            |_, _, _| Ok(false),
+        )
+    }
+
+    /// Runs every available command chain; false if the avail ring cannot be read.
+    fn drain_ctrl(&mut self, queue: &mut Queue, mem: &Mem) -> bool {
+        let _ = queue.disable_notification(&**mem);
         loop {
-            let queue = state.get_queue_mut();
-            let _ = queue.disable_notification(&*mem);
-            let mut readable = true;
-            loop {
-                let chain = match queue.iter(&*mem) {
-                    Ok(mut avail) => avail.next(),
-                    Err(e) => {
-                        guest_error!("cannot read the control available ring: {e}");
-                        readable = false;
-                        None
-                    }
-                };
-                let Some(chain) = chain else {
-                    break;
-                };
-                let head = chain.head_index();
-                let used_len = self.run_command(chain, &mem);
-                if let Err(e) = queue.add_used(&*mem, head, used_len) {
-                    guest_error!("cannot return control chain {head}: {e}");
+            let chain = match queue.iter(&**mem) {
+                Ok(mut avail) => avail.next(),
+                Err(e) => {
+                    guest_error!("cannot read the control available ring: {e}");
+                    return false;
                 }
-            }
-            signal_if_needed(&mut state, &mem);
-            let more = state
-                .get_queue_mut()
-                .enable_notification(&*mem)
-                .map_err(queue_err)?;
-            if !more || !readable {
-                break;
+            };
+            let Some(chain) = chain else {
+                return true;
+            };
+            let head = chain.head_index();
+            let used_len = self.run_command(chain, mem);
+            if let Err(e) = queue.add_used(&**mem, head, used_len) {
+                guest_error!("cannot return control chain {head}: {e}");
             }
         }
-        Ok(())
     }
 
     /// Runs one command chain; returns the used length (1 with the ack written).

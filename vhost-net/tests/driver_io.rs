@@ -29,6 +29,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-net");
 const TIMEOUT: Duration = Duration::from_secs(10);
 const BROADCAST: [u8; 6] = [0xff; 6];
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// A locally administered MAC the test frames come from on the host side.
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
 fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -81,6 +83,14 @@ impl Setup {
         }
     }
 
+    /// Connects a frontend and sets up queue pairs `0..count` of 256 entries; the
+    /// device must live as long as the pairs are used.
+    fn connect_pairs(&self, features: u64, count: u16) -> (NetDevice, Vec<NetQueuePair>) {
+        let mut dev = self.connect(features);
+        let pairs = dev.setup_pairs(count, 256).unwrap();
+        (dev, pairs)
+    }
+
     fn connect(&self, features: u64) -> NetDevice {
         let cfg = DriverConfig {
             features,
@@ -115,6 +125,31 @@ fn recv_marked(pair: &mut NetQueuePair, marker: &[u8]) -> Option<net::RxFrame> {
         }
     }
     None
+}
+
+/// The virtio_net_hdr of a TCP/IPv4 TSO frame from [`tcp4_frame`] with an MSS of
+/// 1448 (Linux with timestamps), checksum left to the receiver.
+fn tso4_hdr() -> NetHdr {
+    NetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    }
+}
+
+/// Sends a TCP/IPv4 frame with `payload` bytes to the guest from the host side as
+/// one GSO packet ([`tso4_hdr`] through PACKET_VNET_HDR: `sock` must have it on); returns
+/// the frame.
+fn send_host_gso(sock: &PacketSocket, payload: usize, marker: &[u8]) -> Vec<u8> {
+    let f = tcp4_frame(GUEST_MAC, HOST_MAC, payload, marker);
+    let mut bytes = tso4_hdr().to_bytes()[..10].to_vec();
+    bytes.extend_from_slice(&f);
+    sock.send_raw(&bytes, &GUEST_MAC);
+    f
 }
 
 fn all_features() -> u64 {
@@ -189,8 +224,7 @@ fn tx_frames_come_out_of_the_tap_intact() {
     }
     let s = Setup::new(2, &[]);
     let sock = PacketSocket::open(&s.tap, false);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
     check_tx_passes(pair, &sock, 64, "tx64");
     check_tx_passes(pair, &sock, 1514, "tx1514");
@@ -255,20 +289,10 @@ fn gso_frame_crosses_with_its_segmentation_metadata() {
     let s = Setup::new(3, &[]);
     // A socket that reports the vnet header of what the tap received.
     let sock = PacketSocket::open(&s.tap, true);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let m = marker("gso");
     let f = tcp4_frame(BROADCAST, GUEST_MAC, 64000, &m);
-    let hdr = NetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
-    pairs[0].send(&hdr, &f).unwrap();
+    pairs[0].send(&tso4_hdr(), &f).unwrap();
     pairs[0].reap_tx(TIMEOUT).unwrap();
     let got = sock
         .recv_with(&m, TIMEOUT)
@@ -287,8 +311,7 @@ fn rx_frames_reach_the_guest_buffers() {
     }
     let s = Setup::new(4, &["--mtu", "9000"]);
     let sock = PacketSocket::open(&s.tap, false);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
     pair.post_rx(64, 1536).unwrap();
     for (len, tag) in [
@@ -298,7 +321,7 @@ fn rx_frames_reach_the_guest_buffers() {
         (4000, "rx4000"),
     ] {
         let m = marker(tag);
-        let f = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], len, &m);
+        let f = frame(GUEST_MAC, HOST_MAC, len, &m);
         sock.send(&f);
         let got = recv_marked(pair, &m)
             .unwrap_or_else(|| panic!("frame {tag} never reached the rx queue"));
@@ -317,12 +340,11 @@ fn rx_waits_for_buffers_then_delivers() {
     }
     let s = Setup::new(5, &[]);
     let sock = PacketSocket::open(&s.tap, false);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
     // No buffers yet: the frame waits in the tap until the guest posts some.
     let m = marker("late");
-    let f = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 200, &m);
+    let f = frame(GUEST_MAC, HOST_MAC, 200, &m);
     sock.send(&f);
     std::thread::sleep(Duration::from_millis(200));
     pair.post_rx(8, 2048).unwrap();
@@ -340,24 +362,11 @@ fn host_gso_frames_reach_the_guest_whole_with_guest_tso4() {
     // With GUEST_TSO4 acked the daemon set TUN_F_TSO4 on the tap, so the kernel
     // hands it over unsegmented and the guest gets it whole with gso_type TCPV4.
     let sock = PacketSocket::open(&s.tap, true);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
     pair.post_rx(128, 1536).unwrap();
     let m = marker("guest-tso");
-    let f = tcp4_frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 60000, &m);
-    let hdr = NetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
-    let mut bytes = hdr.to_bytes()[..10].to_vec();
-    bytes.extend_from_slice(&f);
-    sock.send_raw(&bytes, &GUEST_MAC);
+    let f = send_host_gso(&sock, 60000, &m);
     let got = recv_marked(pair, &m).expect("the GSO frame never reached the guest");
     assert_eq!(
         got.hdr.gso_type, VIRTIO_NET_HDR_GSO_TCPV4 as u8,
@@ -383,24 +392,11 @@ fn a_large_frame_waits_for_enough_rx_buffers() {
     }
     let s = Setup::new(14, &[]);
     let sock = PacketSocket::open(&s.tap, true);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
     pair.post_rx(8, 1536).unwrap();
     let m = marker("short-ring");
-    let f = tcp4_frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 60000, &m);
-    let hdr = NetHdr {
-        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
-        gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
-    let mut bytes = hdr.to_bytes()[..10].to_vec();
-    bytes.extend_from_slice(&f);
-    sock.send_raw(&bytes, &GUEST_MAC);
+    let f = send_host_gso(&sock, 60000, &m);
     // It cannot arrive in 12 KB of buffers; the daemon must keep it. (Small frames
     // of the host's own, e.g. IPv6 neighbour discovery, may come meanwhile.)
     let until = Instant::now() + Duration::from_millis(300);
@@ -427,7 +423,7 @@ fn a_large_frame_waits_for_enough_rx_buffers() {
 fn udp4_frame(sport: u16, m: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&GUEST_MAC);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&HOST_MAC);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
     let total = (20 + 8 + m.len()) as u16;
     let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
@@ -480,8 +476,7 @@ fn frames_go_only_to_the_pairs_the_guest_uses() {
     }
     let s = Setup::new(12, &["--num-queue-pairs", "2"]);
     let sock = PacketSocket::open(&s.tap, false);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(2, 256).unwrap();
+    let (mut dev, mut pairs) = s.connect_pairs(all_features(), 2);
     let mut ctrl = dev.setup_ctrl(64).unwrap();
     for pair in pairs.iter_mut() {
         pair.post_rx(128, 2048).unwrap();
@@ -514,24 +509,11 @@ fn offloads_are_reset_for_the_next_frontend() {
         .into_iter()
         .enumerate()
     {
-        let mut dev = s.connect(features);
-        let mut pairs = dev.setup_pairs(1, 256).unwrap();
+        let (dev, mut pairs) = s.connect_pairs(features, 1);
         let pair = &mut pairs[0];
         pair.post_rx(128, 2048).unwrap();
         let m = marker(&format!("reset-{round}"));
-        let f = tcp4_frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 20000, &m);
-        let hdr = NetHdr {
-            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
-            gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
-            hdr_len: 54,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-            num_buffers: 0,
-        };
-        let mut bytes = hdr.to_bytes()[..10].to_vec();
-        bytes.extend_from_slice(&f);
-        sock.send_raw(&bytes, &GUEST_MAC);
+        let f = send_host_gso(&sock, 20000, &m);
         // The marker sits at the start of the payload: in the first segment.
         let got = recv_marked(pair, &m).expect("frame lost");
         if round == 0 {
@@ -570,8 +552,7 @@ fn control_queue_sets_pairs_and_refuses_bad_commands() {
     }
     let s = Setup::new(6, &["--num-queue-pairs", "2"]);
     let sock = PacketSocket::open(&s.tap, false);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(2, 256).unwrap();
+    let (mut dev, mut pairs) = s.connect_pairs(all_features(), 2);
     let mut ctrl = dev.setup_ctrl(64).unwrap();
     assert_eq!(mq_set(&mut ctrl, 2), VIRTIO_NET_OK);
     s.wait_for_log("guest uses 2 queue pair(s)");
@@ -655,8 +636,7 @@ fn hostile_tx_chains_are_dropped_and_returned() {
     }
     let s = Setup::new(7, &[]);
     let sock = PacketSocket::open(&s.tap, false);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
     let mem = pair.memory().clone();
     let buf = mem.alloc(128 * 1024, 64).unwrap();
@@ -726,16 +706,15 @@ fn rx_buffers_too_small_without_mrg_rxbuf_drop_the_frame() {
     }
     let s = Setup::new(8, &[]);
     let sock = PacketSocket::open(&s.tap, false);
-    let mut dev = s.connect(all_features() & !(1 << VIRTIO_NET_F_MRG_RXBUF));
-    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let (_dev, mut pairs) = s.connect_pairs(all_features() & !(1 << VIRTIO_NET_F_MRG_RXBUF), 1);
     let pair = &mut pairs[0];
     pair.post_rx(4, 512).unwrap();
     let big = marker("toolarge");
-    sock.send(&frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 1400, &big));
+    sock.send(&frame(GUEST_MAC, HOST_MAC, 1400, &big));
     s.wait_for_log("dropping a received frame of over 512 bytes");
     // The buffers stay with the device and take the next frame that fits.
     let m = marker("fits");
-    let f = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 400, &m);
+    let f = frame(GUEST_MAC, HOST_MAC, 400, &m);
     sock.send(&f);
     let got = recv_marked(pair, &m).expect("small frame lost");
     assert_eq!(got.data, f);
@@ -750,8 +729,7 @@ fn hostile_rx_buffers_are_returned_empty() {
     }
     let s = Setup::new(9, &[]);
     let sock = PacketSocket::open(&s.tap, false);
-    let mut dev = s.connect(all_features());
-    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
     // An rx buffer outside guest memory, then a readable one: both come back empty.
     pair.rx
@@ -763,7 +741,7 @@ fn hostile_rx_buffers_are_returned_empty() {
     pair.rx.submit().unwrap();
     pair.post_rx(4, 2048).unwrap();
     let m = marker("after-bad-rx");
-    let f = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 300, &m);
+    let f = frame(GUEST_MAC, HOST_MAC, 300, &m);
     sock.send(&f);
     let mut empties = 0;
     let deadline = Instant::now() + TIMEOUT;
@@ -790,12 +768,11 @@ fn a_second_frontend_is_served_after_the_first_hangs_up() {
     let s = Setup::new(10, &[]);
     let sock = PacketSocket::open(&s.tap, false);
     for round in 0..2 {
-        let mut dev = s.connect(all_features());
-        let mut pairs = dev.setup_pairs(1, 256).unwrap();
+        let (dev, mut pairs) = s.connect_pairs(all_features(), 1);
         check_tx_passes(&mut pairs[0], &sock, 500, &format!("round{round}"));
         pairs[0].post_rx(8, 2048).unwrap();
         let m = marker(&format!("rx-round{round}"));
-        let f = frame(GUEST_MAC, [0x02, 0, 0, 0, 0, 1], 300, &m);
+        let f = frame(GUEST_MAC, HOST_MAC, 300, &m);
         sock.send(&f);
         let got = recv_marked(&mut pairs[0], &m).expect("rx after reconnect");
         assert_eq!(got.data, f);

@@ -23,12 +23,13 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vhostkit_benches::report::{process_cpu_seconds, Measurement, Report, Row};
+use vhostkit_benches::report::{
+    process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
+};
+use vhostkit_benches::setup::{ours_bin, RunDir};
 use vhostkit_common::driver::blk::{BlkDevice, BlkQueue, BlkRequest, SECTOR_SIZE, VIRTIO_BLK_S_OK};
 use vhostkit_common::driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
-use vhostkit_tests::daemon::{
-    qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
-};
+use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, qemu_storage_daemon_version, DaemonProcess};
 use vhostkit_tests::Rng;
 
 /// Compare vhost-user-blk with qemu-storage-daemon through a user-space driver.
@@ -52,13 +53,8 @@ struct Args {
     #[arg(long)]
     rows: Option<String>,
 
-    /// Write the report as JSON here.
-    #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
-
-    /// Write an SVG chart of ours/peer here.
-    #[arg(long, value_name = "PATH")]
-    svg: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 
     /// Short run for a CI smoke test (0.3 s rows, one repeat, 64 MiB image).
     #[arg(long)]
@@ -455,25 +451,6 @@ fn measure(backend: &Backend, w: &Workload, s: &Settings) -> Result<(Measurement
     ))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Field-wise median of the repeats.
-fn median_of(ms: &[Measurement]) -> Measurement {
-    let cpu: Vec<f64> = ms.iter().filter_map(|m| m.cpu_s_per_mop).collect();
-    Measurement {
-        ops_per_sec: median(ms.iter().map(|m| m.ops_per_sec).collect()),
-        mb_per_sec: median(ms.iter().map(|m| m.mb_per_sec).collect()),
-        cpu_s_per_mop: (!cpu.is_empty()).then(|| median(cpu)),
-    }
-}
-
 fn progress(tag: &str, w: &Workload, backend: &Backend, rep: usize, m: &Measurement, x: &Extra) {
     eprintln!(
         "  {tag} {:<22} {:<16} rep {rep}: {:>9.0} ops/s {:>8.1} MB/s {:>6.2} CPU s/Mop  (driver {:.2} CPU s/Mop, {:.2} kicks, {:.2} sleeps per op)",
@@ -503,23 +480,8 @@ fn make_image(path: &Path, size: u64) -> std::io::Result<()> {
     f.sync_all()
 }
 
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn selected(filter: &Option<String>, name: &str) -> bool {
-    match filter {
-        None => true,
-        Some(f) => f
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .any(|p| name.contains(p)),
-    }
+    row_selected(filter.as_deref(), name, &[])
 }
 
 fn run(mut args: Args) -> Result<(), String> {
@@ -557,21 +519,9 @@ fn run(mut args: Args) -> Result<(), String> {
         return Err("--rows selects no row (see --list)".into());
     }
 
-    let bin = args
-        .ours_bin
-        .clone()
-        .unwrap_or_else(|| workspace_bin("vhost-user-blk"));
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release -p vhost-blk`",
-            bin.display()
-        ));
-    }
-    let dir = args
-        .dir
-        .join(format!("vhostkit-blk-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let _guard = DirGuard(dir.clone());
+    let bin = ours_bin(args.ours_bin.as_deref(), "vhost-user-blk", "vhost-blk")?;
+    let run_dir = RunDir::create(&args.dir, "blk-bench", false)?;
+    let dir = run_dir.path().to_path_buf();
     let image = dir.join("disk.img");
     eprintln!(
         "blk-bench: creating {} MiB image {}",
@@ -649,8 +599,8 @@ fn run(mut args: Args) -> Result<(), String> {
         }
         report.rows.push(Row {
             workload: w.name.clone(),
-            ours: median_of(&ours_ms),
-            peer: Some(median_of(&peer_ms)),
+            ours: Measurement::median_of(&ours_ms),
+            peer: Some(Measurement::median_of(&peer_ms)),
         });
     }
     for w in &null_work {
@@ -665,7 +615,7 @@ fn run(mut args: Args) -> Result<(), String> {
         }
         report.rows.push(Row {
             workload: null_name(w),
-            ours: median_of(&ms),
+            ours: Measurement::median_of(&ms),
             peer: None,
         });
     }
@@ -695,7 +645,7 @@ fn run(mut args: Args) -> Result<(), String> {
         "QD1 and 1-queue rows largely measure eventfd wake-up latency across CPUs (kick and call), which is high in a VM; --spin-us trades driver CPU for it".into(),
     ];
 
-    report.emit(args.json.as_deref(), args.svg.as_deref())?;
+    report.emit_to(&args.output)?;
     Ok(())
 }
 
@@ -727,8 +677,6 @@ mod tests {
         assert!(selected(&f, "4k randwrite QD32 2q"));
         assert!(selected(&f, "128k seqread QD8 1q"));
         assert!(!selected(&f, "4k randread QD1 1q"));
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(workloads().len(), 9);
     }
 

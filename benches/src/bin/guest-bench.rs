@@ -33,7 +33,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vhostkit_benches::report::{process_cpu_seconds, Measurement, Report, Row};
+use vhostkit_benches::report::{process_cpu_seconds, Measurement, OutputArgs, Report, Row};
 use vhostkit_tests::daemon::{
     qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
 };
@@ -170,12 +170,8 @@ struct Args {
     /// A/A run: the peer in both columns, to see the run-to-run noise.
     #[arg(long)]
     aa: bool,
-    /// Write the report as JSON.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Write an SVG bar chart of ours/peer.
-    #[arg(long)]
-    svg: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Also boot the guest through our VMM vhostkit with our daemon (rows
     /// `vhostkit+ours`): `auto` does where the host has hardware virtualization
     /// (vmx/svm; Linux is far too slow through vhostkit without it).
@@ -618,7 +614,7 @@ fn run(args: &Args) -> Result<(), String> {
         });
     }
 
-    report.emit(args.json.as_deref(), args.svg.as_deref())?;
+    report.emit_to(&args.output)?;
     Ok(())
 }
 

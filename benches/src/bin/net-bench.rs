@@ -32,13 +32,15 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vhostkit_benches::report::{process_cpu_seconds, Measurement, Report, Row};
+use vhostkit_benches::report::{
+    process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
+};
+use vhostkit_benches::setup::{ours_bin, RunDir};
 use vhostkit_common::driver::net::{
     NetDevice, NetHdr, NetQueuePair, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
 };
 use vhostkit_common::driver::{Buf, DriverConfig};
-use vhostkit_tests::daemon::workspace_bin;
 
 /// Compare vhost-user-net with DPDK's vhost-user PMD through a user-space driver.
 #[derive(Parser, Debug)]
@@ -57,13 +59,8 @@ struct Args {
     #[arg(long)]
     rows: Option<String>,
 
-    /// Write the report as JSON here.
-    #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
-
-    /// Write an SVG chart of ours/peer here.
-    #[arg(long, value_name = "PATH")]
-    svg: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 
     /// Short run for a CI smoke test (0.25 s rows, one round; DPDK only if installed).
     #[arg(long)]
@@ -877,42 +874,11 @@ fn measure(
     ))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn median_of(ms: &[Measurement]) -> Measurement {
-    let cpu: Vec<f64> = ms.iter().filter_map(|m| m.cpu_s_per_mop).collect();
-    Measurement {
-        ops_per_sec: median(ms.iter().map(|m| m.ops_per_sec).collect()),
-        mb_per_sec: median(ms.iter().map(|m| m.mb_per_sec).collect()),
-        cpu_s_per_mop: (!cpu.is_empty()).then(|| median(cpu)),
-    }
-}
-
 /// Whether `--rows` selects row `name`: a full row name selects that row only
 /// ("tx-64" is not "tx-64k-tso"), anything else every row containing it ("rx").
 fn selected(filter: &Option<String>, name: &str) -> bool {
-    let rows = workloads();
-    match filter {
-        None => true,
-        Some(f) => f
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .any(|p| {
-                if rows.iter().any(|w| w.name == p) {
-                    name == p
-                } else {
-                    name.contains(p)
-                }
-            }),
-    }
+    let names: Vec<&str> = workloads().iter().map(|w| w.name).collect();
+    row_selected(filter.as_deref(), name, &names)
 }
 
 /// Whether `bin` runs (a path, or a name on $PATH).
@@ -932,14 +898,6 @@ fn testpmd_version(bin: &str) -> Option<String> {
         .ok()?;
     let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !v.is_empty()).then(|| format!("{bin} (DPDK {v})"))
-}
-
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn run(mut args: Args) -> Result<(), String> {
@@ -970,21 +928,9 @@ fn run(mut args: Args) -> Result<(), String> {
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/net/tun").exists() {
         return Err("needs root and /dev/net/tun (taps, AF_PACKET)".into());
     }
-    let bin = args
-        .ours_bin
-        .clone()
-        .unwrap_or_else(|| workspace_bin("vhost-user-net"));
-    if !bin.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release -p vhost-net`",
-            bin.display()
-        ));
-    }
-    let dir = args
-        .dir
-        .join(format!("vhostkit-net-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let _guard = (!args.keep).then(|| DirGuard(dir.clone()));
+    let bin = ours_bin(args.ours_bin.as_deref(), "vhost-user-net", "vhost-net")?;
+    let run_dir = RunDir::create(&args.dir, "net-bench", args.keep)?;
+    let dir = run_dir.path().to_path_buf();
     if args.keep {
         eprintln!("net-bench: keeping {}", dir.display());
     }
@@ -1099,8 +1045,8 @@ fn run(mut args: Args) -> Result<(), String> {
         }
         report.rows.push(Row {
             workload: w.name.to_string(),
-            ours: median_of(&ours_ms),
-            peer: (!peer_ms.is_empty()).then(|| median_of(&peer_ms)),
+            ours: Measurement::median_of(&ours_ms),
+            peer: (!peer_ms.is_empty()).then(|| Measurement::median_of(&peer_ms)),
         });
     }
 
@@ -1137,7 +1083,7 @@ fn run(mut args: Args) -> Result<(), String> {
     notes.extend(tso_notes);
     notes.extend(std::mem::take(&mut report.notes));
     report.notes = notes;
-    report.emit(args.json.as_deref(), args.svg.as_deref())
+    report.emit_to(&args.output)
 }
 
 fn main() {
@@ -1185,7 +1131,6 @@ mod tests {
         assert!(!selected(&Some("tx-64".into()), "tx-64k-tso"));
         assert!(selected(&Some("rx, tso".into()), "tx-64k-tso"));
         assert!(selected(&Some("rx".into()), "rx-64"));
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
     }
 
     #[test]

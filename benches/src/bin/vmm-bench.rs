@@ -36,7 +36,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vhostkit_benches::report::{Measurement, Report, Row};
+use vhostkit_benches::report::{Measurement, OutputArgs, Report, Row};
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
 use vhostkit_tests::guest::{hardware_kvm, GuestImage};
 use vhostkit_tests::TempDir;
@@ -96,13 +96,8 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     memory_mib: u64,
 
-    /// Write the report as JSON here.
-    #[arg(long, value_name = "PATH")]
-    json: Option<PathBuf>,
-
-    /// Write an SVG chart of ours/peer here.
-    #[arg(long, value_name = "PATH")]
-    svg: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
 
     /// Short run for a CI smoke test (3 rounds).
     #[arg(long)]
@@ -288,7 +283,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
 
-    report.emit(args.json.as_deref(), args.svg.as_deref())?;
+    report.emit_to(&args.output)?;
     Ok(())
 }
 

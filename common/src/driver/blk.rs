@@ -23,7 +23,7 @@ use virtio_bindings::virtio_blk;
 use super::device::{Driver, DriverConfig};
 use super::memory::GuestMem;
 use super::virtq::{Buf, Queue};
-use super::{Error, Result};
+use super::{ConfigBytes, Error, Result};
 
 pub use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
@@ -78,35 +78,27 @@ impl BlkConfig {
 
     /// Parses the little-endian config space.
     pub fn parse(b: &[u8]) -> Result<Self> {
-        if b.len() < Self::SIZE as usize {
-            return Err(Error::ConfigSize {
-                got: b.len(),
-                wanted: Self::SIZE as usize,
-            });
-        }
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let u64_at = |o: usize| u64::from(u32_at(o)) | u64::from(u32_at(o + 4)) << 32;
+        let b = ConfigBytes::new(b, Self::SIZE)?;
         Ok(BlkConfig {
-            capacity: u64_at(0),
-            size_max: u32_at(8),
-            seg_max: u32_at(12),
-            cylinders: u16_at(16),
-            heads: b[18],
-            sectors: b[19],
-            blk_size: u32_at(20),
-            physical_block_exp: b[24],
-            alignment_offset: b[25],
-            min_io_size: u16_at(26),
-            opt_io_size: u32_at(28),
-            writeback: b[32],
-            num_queues: u16_at(34),
-            max_discard_sectors: u32_at(36),
-            max_discard_seg: u32_at(40),
-            discard_sector_alignment: u32_at(44),
-            max_write_zeroes_sectors: u32_at(48),
-            max_write_zeroes_seg: u32_at(52),
-            write_zeroes_may_unmap: b[56],
+            capacity: b.u64_at(0),
+            size_max: b.u32_at(8),
+            seg_max: b.u32_at(12),
+            cylinders: b.u16_at(16),
+            heads: b.u8_at(18),
+            sectors: b.u8_at(19),
+            blk_size: b.u32_at(20),
+            physical_block_exp: b.u8_at(24),
+            alignment_offset: b.u8_at(25),
+            min_io_size: b.u16_at(26),
+            opt_io_size: b.u32_at(28),
+            writeback: b.u8_at(32),
+            num_queues: b.u16_at(34),
+            max_discard_sectors: b.u32_at(36),
+            max_discard_seg: b.u32_at(40),
+            discard_sector_alignment: b.u32_at(44),
+            max_write_zeroes_sectors: b.u32_at(48),
+            max_write_zeroes_seg: b.u32_at(52),
+            write_zeroes_may_unmap: b.u8_at(56),
         })
     }
 
@@ -428,17 +420,9 @@ pub struct BlkDevice {
 }
 
 impl BlkDevice {
-    /// [`Driver::connect`], then GET_CONFIG if the CONFIG protocol feature was acked.
+    /// [`Driver::connect_with_config`] with this device's config space.
     pub fn connect(socket: impl AsRef<std::path::Path>, cfg: &DriverConfig) -> Result<Self> {
-        let mut driver = Driver::connect(socket, cfg)?;
-        let config = if driver
-            .protocol_features()
-            .contains(vhost::vhost_user::VhostUserProtocolFeatures::CONFIG)
-        {
-            BlkConfig::read(&mut driver)?
-        } else {
-            BlkConfig::default()
-        };
+        let (driver, config) = Driver::connect_with_config(socket, cfg, BlkConfig::read)?;
         Ok(BlkDevice { driver, config })
     }
 

@@ -127,6 +127,26 @@ impl Driver {
         Self::connect_with_memory(socket, cfg, mem)
     }
 
+    /// [`Driver::connect`], then the device's config space through `read` (a
+    /// GET_CONFIG) if the backend acked the CONFIG protocol feature, else
+    /// `C::default()`: a backend without it has no config space to ask for.
+    pub fn connect_with_config<C: Default>(
+        socket: impl AsRef<Path>,
+        cfg: &DriverConfig,
+        read: impl FnOnce(&mut Driver) -> Result<C>,
+    ) -> Result<(Self, C)> {
+        let mut driver = Self::connect(socket, cfg)?;
+        let config = if driver
+            .protocol_features()
+            .contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            read(&mut driver)?
+        } else {
+            C::default()
+        };
+        Ok((driver, config))
+    }
+
     /// Like [`Driver::connect`], with existing guest memory (e.g. to reconnect and find
     /// the data of an earlier session). `cfg.mem_size` and `cfg.mem_base` are ignored.
     pub fn connect_with_memory(

@@ -133,6 +133,48 @@ pub enum Error {
 /// Result of the driver.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A device config space as GET_CONFIG returned it, with little-endian field access
+/// by offset: what each device's config parser (net, blk, fs...) reads its fields
+/// through, once the length is checked.
+#[derive(Clone, Copy, Debug)]
+pub struct ConfigBytes<'a>(&'a [u8]);
+
+impl<'a> ConfigBytes<'a> {
+    /// `b`, which must hold at least `size` bytes (the fields the parser reads).
+    pub fn new(b: &'a [u8], size: u32) -> Result<Self> {
+        if b.len() < size as usize {
+            return Err(Error::ConfigSize {
+                got: b.len(),
+                wanted: size as usize,
+            });
+        }
+        Ok(ConfigBytes(b))
+    }
+
+    pub fn u8_at(&self, o: usize) -> u8 {
+        self.0[o]
+    }
+
+    pub fn u16_at(&self, o: usize) -> u16 {
+        u16::from_le_bytes(self.array_at(o))
+    }
+
+    pub fn u32_at(&self, o: usize) -> u32 {
+        u32::from_le_bytes(self.array_at(o))
+    }
+
+    pub fn u64_at(&self, o: usize) -> u64 {
+        u64::from_le_bytes(self.array_at(o))
+    }
+
+    /// `N` bytes at `o` (a MAC address, a tag).
+    pub fn array_at<const N: usize>(&self, o: usize) -> [u8; N] {
+        let mut a = [0u8; N];
+        a.copy_from_slice(&self.0[o..o + N]);
+        a
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         match e {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::device::{Driver, DriverConfig};
 use super::memory::GuestMem;
 use super::virtq::{Buf, Queue, Used};
-use super::{Error, Result};
+use super::{ConfigBytes, Error, Result};
 
 pub use virtio_bindings::virtio_net::{
     VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET,
@@ -102,20 +102,12 @@ impl NetConfig {
     pub const SIZE: u32 = 12;
 
     pub fn parse(b: &[u8]) -> Result<Self> {
-        if b.len() < Self::SIZE as usize {
-            return Err(Error::ConfigSize {
-                got: b.len(),
-                wanted: Self::SIZE as usize,
-            });
-        }
-        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(&b[..6]);
+        let b = ConfigBytes::new(b, Self::SIZE)?;
         Ok(NetConfig {
-            mac,
-            status: u16_at(6),
-            max_virtqueue_pairs: u16_at(8),
-            mtu: u16_at(10),
+            mac: b.array_at(0),
+            status: b.u16_at(6),
+            max_virtqueue_pairs: b.u16_at(8),
+            mtu: b.u16_at(10),
         })
     }
 
@@ -345,17 +337,9 @@ pub struct NetDevice {
 }
 
 impl NetDevice {
-    /// [`Driver::connect`], then GET_CONFIG if the CONFIG protocol feature was acked.
+    /// [`Driver::connect_with_config`] with this device's config space.
     pub fn connect(socket: impl AsRef<std::path::Path>, cfg: &DriverConfig) -> Result<Self> {
-        let mut driver = Driver::connect(socket, cfg)?;
-        let config = if driver
-            .protocol_features()
-            .contains(vhost::vhost_user::VhostUserProtocolFeatures::CONFIG)
-        {
-            NetConfig::read(&mut driver)?
-        } else {
-            NetConfig::default()
-        };
+        let (driver, config) = Driver::connect_with_config(socket, cfg, NetConfig::read)?;
         Ok(NetDevice { driver, config })
     }
 
