@@ -3,7 +3,7 @@
 # $VHOSTKIT_TOOLS_DIR), once per machine:
 #   bin/virtiofsd          the peer our vhost-user-fs is compared with (crates.io)
 #   bin/pjdfstest          the POSIX file system suite, Rust rewrite (crates.io)
-#   guest-pjdfstest.cpio   pjdfstest and the shared libraries it needs, laid out
+#   guest-pjdfstest.cpio   pjdfstest, coreutils' sleep and their shared libraries, laid out
 #                          for the guest's root; the harness appends it to the
 #                          guest image, with /etc/passwd and /etc/group that add
 #                          the users it switches to (tests/src/fs.rs)
@@ -79,19 +79,30 @@ install_crate virtiofsd "$VIRTIOFSD_VERSION"
 install_crate pjdfstest "$PJDFSTEST_VERSION"
 
 # ---------------------------------------------------------------- guest archive
-log "guest-pjdfstest.cpio: pjdfstest and its shared libraries"
+log "guest-pjdfstest.cpio: pjdfstest, sleep and their shared libraries"
 STAGE="$OUT/stage"
 rm -rf "$STAGE"
 mkdir -p "$STAGE/usr/bin" "$STAGE/lib64"
-cp "$OUT/bin/pjdfstest" "$STAGE/usr/bin/pjdfstest"
-libs="$(ldd "$OUT/bin/pjdfstest" 2>&1)" || true
-if grep -q 'not found' <<<"$libs"; then
-    die "pjdfstest: libraries not found: $(grep 'not found' <<<"$libs" | tr -s ' \t' ' ')"
-fi
-for lib in $(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$libs"); do
-    mkdir -p "$STAGE/$(dirname "$lib")"
-    cp -L "$lib" "$STAGE/$lib"
-done
+copy_with_libs() { # copy_with_libs <binary on the host> <path in the guest>
+    cp -L "$1" "$STAGE/$2"
+    local libs lib
+    libs="$(ldd "$1" 2>&1)" || true
+    if grep -q 'not found' <<<"$libs"; then
+        die "$1: libraries not found: $(grep 'not found' <<<"$libs" | tr -s ' \t' ' ')"
+    fi
+    for lib in $(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$libs"); do
+        mkdir -p "$STAGE/$(dirname "$lib")"
+        cp -L "$lib" "$STAGE/$lib"
+    done
+}
+copy_with_libs "$OUT/bin/pjdfstest" usr/bin/pjdfstest
+# The *::etxtbsy tests copy `which sleep` to a new name and run it while they open
+# it for writing. busybox's sleep, run under another name, is no applet and exits at
+# once, which makes them flaky; coreutils' sleep is a program of its own, found
+# first on the guest's PATH (/usr/bin before /bin).
+SLEEP="$(PATH=/usr/bin:/bin command -v sleep)"
+[ -n "$SLEEP" ] && ! [ "$(readlink -f "$SLEEP")" -ef /bin/busybox ] || die "no coreutils sleep on the host"
+copy_with_libs "$SLEEP" usr/bin/sleep
 [ -e "$STAGE/lib64/ld-linux-x86-64.so.2" ] || cp -L /lib64/ld-linux-x86-64.so.2 "$STAGE/lib64/"
 # pjdfstest switches to two unprivileged users it looks up by name (the base
 # image only knows root); these files replace the base image's.
