@@ -446,6 +446,12 @@ pub const HOST_WRITTEN: &str = "from-host.bin";
 
 /// The guest script for [`run_fio_and_data_checks`].
 pub fn fio_script(tag: &str, fio_size_mib: u32) -> String {
+    fio_script_with(tag, fio_size_mib, "")
+}
+
+/// [`fio_script`] with `between` (shell) run between fio's write and verify
+/// passes, e.g. to prove that a changed block fails the check.
+pub fn fio_script_with(tag: &str, fio_size_mib: u32, between: &str) -> String {
     format!(
         r#"
 mkdir -p /mnt
@@ -457,6 +463,7 @@ fio $job --do_verify=0 --end_fsync=1 --output=/tmp/write.txt
 rc=$?
 echo "VHOSTKIT-RESULT fio_write_rc $rc"
 [ "$rc" = 0 ] || {{ cat /tmp/write.txt; exit 3; }}
+{between}
 echo 3 > /proc/sys/vm/drop_caches
 fio $job --verify_only --output=/tmp/verify.txt
 rc=$?
@@ -482,12 +489,25 @@ pub fn run_fio_and_data_checks(
     fio_size_mib: u32,
     timeout: Duration,
 ) -> Result<FsDataCheck, String> {
+    run_fio_and_data_checks_with(image, dev, shared_dir, fio_size_mib, timeout, "")
+}
+
+/// [`run_fio_and_data_checks`] with `between` run in the guest between fio's
+/// write and verify passes ([`fio_script_with`]).
+pub fn run_fio_and_data_checks_with(
+    image: &GuestImage,
+    dev: &FsDevice,
+    shared_dir: &Path,
+    fio_size_mib: u32,
+    timeout: Duration,
+    between: &str,
+) -> Result<FsDataCheck, String> {
     let mut rng = crate::Rng::new(0x5f5f_0001);
     let guest_data = rng.bytes(1 << 20);
     let host_data = rng.bytes((1 << 20) + 4097);
     let host_file = shared_dir.join(HOST_WRITTEN);
     fs::write(&host_file, &host_data).map_err(|e| format!("{}: {e}", host_file.display()))?;
-    let out = Guest::new(image, &fio_script(&dev.tag, fio_size_mib))
+    let out = Guest::new(image, &fio_script_with(&dev.tag, fio_size_mib, between))
         .file("data.bin", 0o644, guest_data.clone())
         .fs(dev.clone())
         .memory_mib(1024)

@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 use vhostkit_tests::fs::{
-    run_fio_and_data_checks, run_pjdfstest, spawn_fs_daemon, virtiofsd_cmd, FsTools, PjdfsResults,
-    Selection, VIRTIOFSD_TAG,
+    run_fio_and_data_checks, run_fio_and_data_checks_with, run_pjdfstest, spawn_fs_daemon,
+    virtiofsd_cmd, FsTools, PjdfsResults, Selection, VIRTIOFSD_TAG,
 };
 use vhostkit_tests::guest::{FsDevice, GuestImage};
 use vhostkit_tests::TempDir;
@@ -135,4 +135,38 @@ fn fio_verify_and_host_data_on_virtiofsd() {
         check.guest_file_on_host.len(),
         check.host_file_md5_in_guest
     );
+}
+
+/// The check must be able to fail: a block of fio's file overwritten between the
+/// write and verify passes is a verify mismatch that the check reports.
+#[test]
+fn changed_block_fails_the_fio_check() {
+    let Some((image, tools)) = prerequisites() else {
+        return;
+    };
+    let dir = TempDir::new("virtiofsd-fio-corrupt").unwrap();
+    let shared = dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let socket = dir.join("fs.sock");
+    let _daemon = spawn_fs_daemon(
+        "virtiofsd",
+        virtiofsd_cmd(&tools, &socket, &shared),
+        &socket,
+    )
+    .expect("start virtiofsd");
+    let dev = FsDevice::new(&socket, VIRTIOFSD_TAG);
+    let corrupt = "dd if=/dev/urandom of=/mnt/fio.dat bs=4096 seek=100 count=1 conv=notrunc 2>/dev/null && sync";
+    match run_fio_and_data_checks_with(&image, &dev, &shared, 4, FIO_TIMEOUT, corrupt) {
+        Ok(check) => panic!("a changed block passed the check\n{}", check.console),
+        Err(e) => {
+            assert!(
+                e.starts_with("fio_verify_rc "),
+                "failed, but not on fio's verify: {e}"
+            );
+            eprintln!(
+                "virtiofsd: changed block detected as expected: {}",
+                e.lines().next().unwrap_or("")
+            );
+        }
+    }
 }
