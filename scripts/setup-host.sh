@@ -3,8 +3,9 @@
 # bookworm, as root: QEMU 7.2 (qemu-system-x86; its qemu-system-common package
 # carries qemu-storage-daemon, the block peer), fio, iperf3, busybox-static, cpio and
 # kmod (guest image), iproute2 (network tests), acpica-tools (iasl checks the
-# VMM's ACPI tables), dpdk-dev (dpdk-testpmd: net-bench's vhost-user-net peer).
-# Does nothing when all are present.
+# VMM's ACPI tables), dpdk-dev (dpdk-testpmd: net-bench's vhost-user-net peer),
+# libcap-ng-dev and libseccomp-dev (to build virtiofsd, the vhost-user-fs peer:
+# scripts/build-fs-tools.sh). Does nothing when all are present.
 set -euo pipefail
 
 log() { printf '[setup-host] %s\n' "$*" >&2; }
@@ -20,11 +21,16 @@ want=(
     ip:iproute2
     iasl:acpica-tools
     dpdk-testpmd:dpdk-dev
+    /usr/include/cap-ng.h:libcap-ng-dev
+    /usr/include/seccomp.h:libseccomp-dev
 )
 missing=()
 for entry in "${want[@]}"; do
     cmd=${entry%%:*} pkg=${entry#*:}
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    case "$cmd" in
+    /*) [ -e "$cmd" ] || missing+=("$pkg") ;; # a library: its header
+    *) command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg") ;;
+    esac
 done
 [ -x /bin/busybox ] || missing+=(busybox-static)
 

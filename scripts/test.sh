@@ -2,12 +2,14 @@
 # Runs every test of the workspace: unit tests, daemon process tests, driver tests
 # against our daemons and the peers, and the guest tests that boot Debian's kernel
 # under QEMU (KVM where the host has hardware virtualization, TCG otherwise).
-# Installs what it needs first (host packages, the guest image into build/guest).
+# Installs what it needs first (host packages, the guest image into build/guest,
+# virtiofsd and pjdfstest into build/tools: a few minutes once per machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup-host.sh
 bash scripts/build-guest-image.sh
+bash scripts/build-fs-tools.sh
 
 echo "== building the daemons" >&2
 cargo build --workspace --bins --quiet

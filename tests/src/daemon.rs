@@ -46,6 +46,47 @@ impl DaemonProcess {
         Ok(daemon)
     }
 
+    /// Like [`DaemonProcess::spawn`] for a daemon that serves a single frontend and
+    /// exits when it hangs up (virtiofsd): readiness is seen in /proc/net/unix (the
+    /// socket path in the listening state), without connecting.
+    pub fn spawn_single_client(
+        name: &str,
+        mut cmd: Command,
+        socket: &Path,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let _ = std::fs::remove_file(socket);
+        cmd.stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start {name}: {e}")))?;
+        let mut daemon = DaemonProcess {
+            name: name.to_string(),
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = daemon.child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "{name} exited with {status} before listening on {}",
+                    socket.display()
+                )));
+            }
+            let table = std::fs::read_to_string("/proc/net/unix")?;
+            if unix_socket_listening(&table, socket) {
+                return Ok(daemon);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{name} did not listen on {}", socket.display()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn wait_for_socket(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -108,6 +149,18 @@ impl Drop for DaemonProcess {
     }
 }
 
+/// Whether /proc/net/unix (`table`) lists `socket` as a listening socket: fields
+/// `Num RefCount Protocol Flags Type St Inode Path`, with `__SO_ACCEPTCON`
+/// (0x10000) in Flags.
+pub fn unix_socket_listening(table: &str, socket: &Path) -> bool {
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 8
+            && Path::new(fields[7]) == socket
+            && u32::from_str_radix(fields[3], 16).is_ok_and(|flags| flags & 0x10000 != 0)
+    })
+}
+
 /// Finds a binary of this workspace (e.g. `vhost-user-blk`) next to the running test
 /// or bench executable (`target/<profile>/` or its `deps/` folder), or in
 /// `$VHOSTKIT_BIN_DIR`. Build the binaries first: `cargo build --workspace --bins`.
@@ -149,4 +202,24 @@ pub fn qemu_storage_daemon_version() -> Option<String> {
     let first = text.lines().next()?;
     let version = first.split_whitespace().nth(2)?;
     Some(format!("qemu-storage-daemon {version}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_socket_seen_in_proc_net_unix() {
+        let dir = crate::TempDir::new("listen").unwrap();
+        let path = dir.join("s.sock");
+        let table = || std::fs::read_to_string("/proc/net/unix").unwrap();
+        assert!(!unix_socket_listening(&table(), &path));
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(unix_socket_listening(&table(), &path));
+        let sample = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+                      0000: 00000002 00000000 00010000 0001 01 1234 /a.sock\n\
+                      0000: 00000002 00000000 00000000 0001 03 1235 /b.sock\n";
+        assert!(unix_socket_listening(sample, Path::new("/a.sock")));
+        assert!(!unix_socket_listening(sample, Path::new("/b.sock")));
+    }
 }

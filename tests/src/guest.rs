@@ -452,6 +452,50 @@ impl NetDevice {
     }
 }
 
+/// A virtio-fs device given to the guest, served by a vhost-user-fs backend
+/// listening on `socket` (ours, or virtiofsd): `vhost-user-fs-pci` under QEMU
+/// (memfd shared memory, as for every vhost-user device here), `--fs
+/// socket=PATH,tag=TAG,num-queues=N` under vhostkit. The guest mounts it with
+/// `mount -t virtiofs TAG /mnt`.
+#[derive(Clone, Debug)]
+pub struct FsDevice {
+    pub socket: PathBuf,
+    /// The name the guest mounts (1 to 36 bytes).
+    pub tag: String,
+    /// Request queues (the hiprio queue comes on top); `None`: the VMM's default (1).
+    pub num_request_queues: Option<u16>,
+}
+
+impl FsDevice {
+    pub fn new(socket: impl Into<PathBuf>, tag: impl Into<String>) -> Self {
+        FsDevice {
+            socket: socket.into(),
+            tag: tag.into(),
+            num_request_queues: None,
+        }
+    }
+
+    /// Sets the number of request queues.
+    pub fn queues(mut self, n: u16) -> Self {
+        self.num_request_queues = Some(n);
+        self
+    }
+
+    /// The QEMU arguments for this device, the `i`th virtio-fs device.
+    fn qemu_args(&self, i: usize) -> Vec<String> {
+        let mut device = format!("vhost-user-fs-pci,chardev=fs{i},tag={}", self.tag);
+        if let Some(n) = self.num_request_queues {
+            device.push_str(&format!(",num-request-queues={n}"));
+        }
+        vec![
+            "-chardev".into(),
+            format!("socket,id=fs{i},path={}", self.socket.display()),
+            "-device".into(),
+            device,
+        ]
+    }
+}
+
 /// Writes a cpio archive in the "newc" format the kernel unpacks: the given files
 /// (path relative to `/`, mode, contents) with their parent folders, then the trailer.
 pub fn write_newc_cpio<W: Write>(out: &mut W, files: &[(&str, u32, &[u8])]) -> io::Result<()> {
@@ -510,9 +554,11 @@ pub struct Guest<'a> {
     image: &'a GuestImage,
     script: String,
     files: Vec<(String, u32, Vec<u8>)>,
+    archives: Vec<PathBuf>,
     initrd: Initrd,
     blk: Vec<BlkDevice>,
     net: Vec<NetDevice>,
+    fs: Vec<FsDevice>,
     extra_args: Vec<String>,
     cmdline_extra: String,
     memory_mib: u32,
@@ -540,9 +586,11 @@ impl<'a> Guest<'a> {
             image,
             script: script.to_string(),
             files: Vec::new(),
+            archives: Vec::new(),
             initrd: Initrd::Full,
             blk: Vec::new(),
             net: Vec::new(),
+            fs: Vec::new(),
             extra_args: Vec::new(),
             cmdline_extra: String::new(),
             memory_mib: 512,
@@ -568,6 +616,12 @@ impl<'a> Guest<'a> {
         self
     }
 
+    /// Adds a virtio-fs device (mounted in the guest by its tag).
+    pub fn fs(mut self, dev: FsDevice) -> Self {
+        self.fs.push(dev);
+        self
+    }
+
     /// Starts QEMU inside this network namespace (`ip netns exec NS qemu-system-x86_64
     /// ...`), e.g. so that `-netdev tap,ifname=...` finds a tap made there
     /// ([`crate::netns::NetNs::add_tap`]). QEMU only.
@@ -579,6 +633,14 @@ impl<'a> Guest<'a> {
     /// Adds a file to the guest's root (path relative to `/`).
     pub fn file(mut self, path: &str, mode: u32, contents: impl Into<Vec<u8>>) -> Self {
         self.files.push((path.to_string(), mode, contents.into()));
+        self
+    }
+
+    /// Appends a prebuilt newc cpio archive (e.g. tools with their libraries, made
+    /// by a script under `build/`) after the base image and before the archive
+    /// holding `/run.sh`; the guest's root gets its files.
+    pub fn archive(mut self, cpio: impl Into<PathBuf>) -> Self {
+        self.archives.push(cpio.into());
         self
     }
 
@@ -674,7 +736,7 @@ impl<'a> Guest<'a> {
         };
         let accel = self.effective_accel();
         eprintln!(
-            "guest: booting Linux {} through {} on {}, {} vCPU, {} MiB, {} vhost-user-blk device(s), {} virtio-net device(s), timeout {:?}",
+            "guest: booting Linux {} through {} on {}, {} vCPU, {} MiB, {} vhost-user-blk device(s), {} virtio-net device(s), {} virtio-fs device(s), timeout {:?}",
             self.image.kernel_release,
             self.vmm,
             accel,
@@ -682,6 +744,7 @@ impl<'a> Guest<'a> {
             self.memory_mib,
             self.blk.len(),
             self.net.len(),
+            self.fs.len(),
             self.timeout
         );
         if self.vmm == Vmm::Vhostkit && !hardware_kvm() {
@@ -707,9 +770,12 @@ impl<'a> Guest<'a> {
         };
         let write = || -> io::Result<()> {
             let mut out = io::BufWriter::new(File::create(path)?);
-            let mut input = File::open(base)?;
-            let len = io::copy(&mut input, &mut out)?;
-            // The appended archive must start on a 4-byte boundary.
+            let mut len = 0;
+            for archive in std::iter::once(base).chain(&self.archives) {
+                // Each appended archive must start on a 4-byte boundary.
+                out.write_all(&[0u8; 3][..((4 - len % 4) % 4) as usize])?;
+                len = io::copy(&mut File::open(archive)?, &mut out)?;
+            }
             out.write_all(&[0u8; 3][..((4 - len % 4) % 4) as usize])?;
             let mut files: Vec<(&str, u32, &[u8])> =
                 vec![("run.sh", 0o755, self.script.as_bytes())];
@@ -768,6 +834,9 @@ impl<'a> Guest<'a> {
             cmd.arg("-device").arg(device);
         }
         for (i, dev) in self.net.iter().enumerate() {
+            cmd.args(dev.qemu_args(i));
+        }
+        for (i, dev) in self.fs.iter().enumerate() {
             cmd.args(dev.qemu_args(i));
         }
         cmd.args(&self.extra_args);
@@ -845,6 +914,22 @@ impl<'a> Guest<'a> {
             }
             net.push_str(&format!(",num-queue-pairs={}", dev.queue_pairs.max(1)));
             cmd.arg("--net").arg(net);
+        }
+        for dev in &self.fs {
+            let socket = dev.socket.to_str().ok_or_else(|| {
+                refuse(format!("socket path {} is not UTF-8", dev.socket.display()))
+            })?;
+            if socket.contains(',') || dev.tag.contains(',') {
+                return Err(refuse(format!(
+                    "socket path {socket} or tag {} contains a comma (vhostkit's --fs separator)",
+                    dev.tag
+                )));
+            }
+            let mut fs = format!("socket={socket},tag={}", dev.tag);
+            if let Some(n) = dev.num_request_queues {
+                fs.push_str(&format!(",num-queues={n}"));
+            }
+            cmd.arg("--fs").arg(fs);
         }
         Ok(cmd)
     }
@@ -1222,7 +1307,9 @@ VHOSTKIT-RUN-END rc=0\nVHOSTKIT-POWEROFF\n";
             .blk(BlkDevice::new("/tmp/a.sock", 2))
             .blk(BlkDevice::new("/tmp/b.sock", 1))
             .net(NetDevice::vhost_user("/tmp/n.sock", 2))
-            .net(NetDevice::vhost_user("/tmp/m.sock", 1).mac("52:54:00:00:00:02"));
+            .net(NetDevice::vhost_user("/tmp/m.sock", 1).mac("52:54:00:00:00:02"))
+            .fs(FsDevice::new("/tmp/f.sock", "share").queues(2))
+            .fs(FsDevice::new("/tmp/g.sock", "other"));
         let line = guest.command_line(Path::new("/tmp/initrd.cpio")).unwrap();
         assert_eq!(
             line,
@@ -1230,7 +1317,8 @@ VHOSTKIT-RUN-END rc=0\nVHOSTKIT-POWEROFF\n";
              --cmdline 'console=ttyS0 quiet panic=-1 foo=1' --cpus 2 --memory 1024M \
              --disk socket=/tmp/a.sock,num-queues=2 --disk socket=/tmp/b.sock,num-queues=1 \
              --net socket=/tmp/n.sock,num-queue-pairs=2 \
-             --net socket=/tmp/m.sock,mac=52:54:00:00:00:02,num-queue-pairs=1"
+             --net socket=/tmp/m.sock,mac=52:54:00:00:00:02,num-queue-pairs=1 \
+             --fs socket=/tmp/f.sock,tag=share,num-queues=2 --fs socket=/tmp/g.sock,tag=other"
         );
         // QEMU's tap backend has no vhostkit form.
         let tap = Guest::new(&image, "true")
@@ -1300,6 +1388,31 @@ VHOSTKIT-RUN-END rc=0\nVHOSTKIT-POWEROFF\n";
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn qemu_fs_command_line() {
+        let image = fake_image();
+        let line = Guest::new(&image, "true")
+            .accel(Accel::Tcg)
+            .fs(FsDevice::new("/tmp/f.sock", "share"))
+            .fs(FsDevice::new("/tmp/g.sock", "two").queues(2))
+            .command_line(Path::new("/tmp/initrd.cpio"))
+            .unwrap();
+        assert!(
+            line.contains(
+                "-chardev socket,id=fs0,path=/tmp/f.sock \
+                 -device vhost-user-fs-pci,chardev=fs0,tag=share \
+                 -chardev socket,id=fs1,path=/tmp/g.sock \
+                 -device vhost-user-fs-pci,chardev=fs1,tag=two,num-request-queues=2"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
+        let comma = Guest::new(&image, "true")
+            .vmm(Vmm::Vhostkit)
+            .fs(FsDevice::new("/tmp/f.sock", "a,b"));
+        assert!(comma.command_line(Path::new("/i")).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! starting daemons and peers as child processes, and booting Linux guests.
 
 pub mod daemon;
+pub mod fs;
 pub mod guest;
 pub mod netns;
 pub mod packet;
