@@ -9,6 +9,7 @@
 //! - [`worker`]: the per-queue request loop.
 
 pub mod config;
+pub mod fuse;
 
 pub use config::{Args, FsConfig};
 
