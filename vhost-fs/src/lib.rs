@@ -8,17 +8,51 @@
 //! - [`backend`]: the vhost-user device (features, config space, dispatch);
 //! - [`worker`]: the per-queue request loop.
 
+pub mod backend;
 pub mod config;
 pub mod fuse;
+pub mod passthrough;
+pub mod worker;
 
+pub use backend::FsBackend;
 pub use config::{Args, FsConfig};
 
-use vhostkit_common::lifecycle::StopHandle;
+use std::sync::Arc;
 
-/// Serves frontends until `stop` is requested.
-pub fn run(config: FsConfig, _stop: &StopHandle) -> Result<(), String> {
-    Err(format!(
-        "serving {} is not implemented yet",
-        config.shared_dir.display()
-    ))
+use log::info;
+use vhostkit_common::cli::ListenAddr;
+use vhostkit_common::lifecycle::{self, StopHandle};
+
+/// Serves frontends until `stop` is requested; each connection gets a fresh FUSE
+/// session on the shared folder.
+pub fn run(config: FsConfig, stop: &StopHandle) -> Result<(), String> {
+    info!(
+        "sharing {}{} with {} request queue(s), cache {:?}{}",
+        config.shared_dir.display(),
+        if config.readonly { " read-only" } else { "" },
+        config.num_request_queues,
+        config.cache,
+        if config.xattr { ", xattr" } else { "" },
+    );
+    let config = Arc::new(config);
+    let listen: ListenAddr = config.listen.clone();
+    let socket_group = config.socket_group;
+    let on_listening = move || -> std::io::Result<()> {
+        if let (Some(gid), ListenAddr::Path(path)) = (socket_group, &listen) {
+            std::os::unix::fs::chown(path, None, Some(gid))?;
+        }
+        Ok(())
+    };
+    lifecycle::serve_with_hook("vhost-user-fs", &config.listen, stop, on_listening, || {
+        FsBackend::new(config.clone())
+    })
+    .map_err(|e| {
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        msg
+    })
 }
