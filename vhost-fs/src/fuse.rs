@@ -231,11 +231,15 @@ pub enum ParseError {
     Read(#[source] io::Error),
 }
 
-/// A request: its header and the bytes after it.
+/// A request: its header and the bytes after it. For WRITE only the
+/// `fuse_write_in` is copied; its data stays in guest memory (`data_len` bytes)
+/// and goes to the file from there.
 #[derive(Debug)]
 pub struct Request {
     pub header: InHeader,
     pub body: Vec<u8>,
+    /// Bytes after `body` left in guest memory (WRITE data).
+    pub data_len: usize,
 }
 
 /// Reads one request of exactly `available` bytes (the readable part of the
@@ -267,11 +271,21 @@ pub fn read_request<R: io::Read>(
     if available > MAX_REQUEST_LEN {
         return Err((Some(header), ParseError::TooLong(available)));
     }
-    let mut body = vec![0u8; available - IN_HEADER_LEN];
+    let body_len = available - IN_HEADER_LEN;
+    let copy_len = if header.opcode == Opcode::Write as u32 {
+        body_len.min(std::mem::size_of::<WriteIn>())
+    } else {
+        body_len
+    };
+    let mut body = vec![0u8; copy_len];
     reader
         .read_exact(&mut body)
         .map_err(|e| (Some(header), ParseError::Read(e)))?;
-    Ok(Request { header, body })
+    Ok(Request {
+        header,
+        body,
+        data_len: body_len - copy_len,
+    })
 }
 
 /// A cursor over a request body: fixed structs, NUL-terminated names, the rest.
@@ -348,6 +362,9 @@ pub enum Reply {
     Ok(Vec<u8>),
     /// An error: only the out header, carrying `-errno`.
     Err(Errno),
+    /// Success whose body, this many bytes, is already in place in the reply's
+    /// buffers right after the out header (READ data moved there by the kernel).
+    InPlace(usize),
     /// No reply at all (FORGET, BATCH_FORGET).
     None,
 }
@@ -379,6 +396,17 @@ pub fn write_reply<W: io::Write>(
 ) -> io::Result<usize> {
     let (error, body): (i32, &[u8]) = match reply {
         Reply::None => return Ok(0),
+        Reply::InPlace(n) if OUT_HEADER_LEN + n <= capacity => {
+            let len = OUT_HEADER_LEN + n;
+            let header = OutHeader {
+                len: len as u32,
+                error: 0,
+                unique,
+            };
+            writer.write_all(header.as_bytes())?;
+            return Ok(len);
+        }
+        Reply::InPlace(_) => (-Errno::ERANGE.0, &[]),
         Reply::Ok(body) if OUT_HEADER_LEN + body.len() <= capacity => (0, body),
         Reply::Ok(_) => (-Errno::ERANGE.0, &[]),
         Reply::Err(e) => (-e.0.abs(), &[]),
@@ -545,7 +573,8 @@ mod tests {
             let bytes = request_bytes(opcode, nodeid, &body);
             let req = read_request(&mut &bytes[..], bytes.len()).unwrap();
             prop_assert_eq!(req.header.nodeid, nodeid);
-            prop_assert_eq!(req.body, body);
+            prop_assert_eq!(req.body.len() + req.data_len, body.len());
+            prop_assert_eq!(&req.body[..], &body[..req.body.len()]);
         }
     }
 }

@@ -32,6 +32,16 @@ use zerocopy::IntoBytes;
 use crate::config::CachePolicy;
 use crate::fuse::{self, *};
 
+/// Moves file data straight between a file and the request's guest buffers.
+pub trait FileData {
+    /// Reads up to `len` bytes of `file` at `offset` into the reply's buffers,
+    /// right after the out header; returns the bytes read (short at end of file).
+    fn read_from(&mut self, file: &File, offset: i64, len: usize) -> std::io::Result<usize>;
+    /// Writes the request's data (`len` bytes after the WRITE headers) to `file`
+    /// at `offset`; returns the bytes written.
+    fn write_to(&mut self, file: &File, offset: i64, len: usize) -> std::io::Result<usize>;
+}
+
 /// Node id of the shared folder.
 pub const ROOT_ID: u64 = 1;
 
@@ -446,7 +456,14 @@ impl PassthroughFs {
 
     /// Answers one request. `reply_room` is the writable space the reply may use
     /// (out header included).
-    pub fn handle_request(&self, header: &InHeader, body: &[u8], reply_room: usize) -> Reply {
+    pub fn handle_request(
+        &self,
+        request: &Request,
+        reply_room: usize,
+        data: &mut dyn FileData,
+    ) -> Reply {
+        let header = &request.header;
+        let body = &request.body[..];
         let Some(opcode) = Opcode::from_u32(header.opcode) else {
             guest_error!("unknown FUSE opcode {}", header.opcode);
             return Reply::Err(Errno::ENOSYS);
@@ -492,8 +509,12 @@ impl PassthroughFs {
             Opcode::Link => self.link(nodeid, &mut body),
             Opcode::Open => self.open(nodeid, &mut body, false),
             Opcode::Opendir => self.open(nodeid, &mut body, true),
-            Opcode::Read => self.read(&mut body, room),
-            Opcode::Write => self.write(&mut body),
+            Opcode::Read => {
+                return self
+                    .read(&mut body, room, data)
+                    .map_or_else(Reply::Err, Reply::InPlace)
+            }
+            Opcode::Write => self.write(&mut body, request.data_len, data),
             Opcode::Statfs => self.statfs(nodeid),
             Opcode::Release | Opcode::Releasedir => self.release(&mut body),
             Opcode::Fsync | Opcode::Fsyncdir => self.fsync(&mut body),
@@ -850,59 +871,29 @@ impl PassthroughFs {
         Ok(out.as_bytes().to_vec())
     }
 
-    fn read(&self, body: &mut Body<'_>, room: usize) -> FsResult<Vec<u8>> {
+    fn read(&self, body: &mut Body<'_>, room: usize, data: &mut dyn FileData) -> FsResult<usize> {
         let read = body.take::<ReadIn>()?;
         let handle = self.handle(read.fh)?;
         let offset = i64::try_from(read.offset).map_err(|_| Errno::EINVAL)?;
-        // TODO: preadv straight into the guest's buffers instead of this bounce.
         let len = (read.size as usize).min(MAX_WRITE as usize).min(room);
-        let mut buf = vec![0u8; len];
-        let mut done = 0;
-        while done < len {
-            // SAFETY: the buffer is valid for `len - done` bytes from `done`.
-            let n = cvt_size(unsafe {
-                libc::pread64(
-                    handle.file.as_raw_fd(),
-                    buf[done..].as_mut_ptr().cast(),
-                    len - done,
-                    offset + done as i64,
-                )
-            })?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
-        Ok(buf)
+        Ok(data.read_from(&handle.file, offset, len)?)
     }
 
-    fn write(&self, body: &mut Body<'_>) -> FsResult<Vec<u8>> {
+    fn write(
+        &self,
+        body: &mut Body<'_>,
+        data_len: usize,
+        data: &mut dyn FileData,
+    ) -> FsResult<Vec<u8>> {
         let write = body.take::<WriteIn>()?;
-        let data = body.rest();
-        if data.len() != write.size as usize {
-            guest_error!("WRITE: size {} but {} data bytes", write.size, data.len());
+        if data_len != write.size as usize {
+            guest_error!("WRITE: size {} but {data_len} data bytes", write.size);
             return Err(Errno::EINVAL);
         }
         self.writable()?;
         let handle = self.handle(write.fh)?;
         let offset = i64::try_from(write.offset).map_err(|_| Errno::EINVAL)?;
-        let mut done = 0;
-        while done < data.len() {
-            // SAFETY: the slice is valid for reads of its length.
-            let n = cvt_size(unsafe {
-                libc::pwrite64(
-                    handle.file.as_raw_fd(),
-                    data[done..].as_ptr().cast(),
-                    data.len() - done,
-                    offset + done as i64,
-                )
-            })?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
+        let done = data.write_to(&handle.file, offset, data_len)?;
         Ok(WriteOut {
             size: done as u32,
             padding: 0,

@@ -948,3 +948,77 @@ fn a_second_frontend_gets_a_fresh_session() {
     assert_eq!(s.read(fh, 0, 100).unwrap(), b"from the first frontend");
     assert!(fx.daemon.socket().exists());
 }
+
+#[test]
+fn data_spread_over_many_buffers_moves_intact() {
+    let fx = Fixture::new("fs-split", &[]);
+    let mut s = fx.session();
+    let (_, open) = s.create(1, "data", libc::O_RDWR).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    for indirect in [false, true] {
+        // WRITE: headers cut mid-struct, data in odd-sized pieces.
+        let body = cat(&[
+            WriteIn {
+                fh: open.fh,
+                offset: 10,
+                size: data.len() as u32,
+                ..Default::default()
+            }
+            .as_bytes(),
+            &data,
+        ]);
+        let (request, _) = s.q.build(Opcode::Write as u32, 0, &body);
+        let (used, reply) =
+            s.q.send_split(
+                &request,
+                &[7, 50, 4096, 333, 40_000, 1],
+                &[10, 14],
+                indirect,
+            )
+            .unwrap();
+        assert_eq!(used, 24);
+        let reply = vhostkit_common::driver::fs::parse_reply(&reply, used).unwrap();
+        assert_eq!(reply.error, 0);
+        assert_eq!(
+            WriteOut::read_from_bytes(&reply.body).unwrap().size,
+            data.len() as u32
+        );
+        let on_disk = std::fs::read(fx.share.join("data")).unwrap();
+        assert!(on_disk[10..] == data[..], "indirect {indirect}");
+
+        // READ into reply buffers that cut the out header and the data.
+        let read = ReadIn {
+            fh: open.fh,
+            offset: 10,
+            size: data.len() as u32,
+            ..Default::default()
+        };
+        let (request, _) = s.q.build(Opcode::Read as u32, 0, read.as_bytes());
+        let (used, reply) =
+            s.q.send_split(
+                &request,
+                &[13, 100],
+                &[5, 11, 999, 3, 60_000, 50_000],
+                indirect,
+            )
+            .unwrap();
+        assert_eq!(used as usize, 16 + data.len());
+        let reply = vhostkit_common::driver::fs::parse_reply(&reply, used).unwrap();
+        assert_eq!(reply.error, 0);
+        assert!(reply.body == data, "indirect {indirect}");
+    }
+    // A READ past the end of the file: 0 bytes; a READ with a small reply room
+    // is cut to the room.
+    assert_eq!(s.read(open.fh, 1 << 30, 100).unwrap(), b"");
+    let read = ReadIn {
+        fh: open.fh,
+        offset: 10,
+        size: 4096,
+        ..Default::default()
+    };
+    let reply =
+        s.q.call(Opcode::Read as u32, 0, read.as_bytes(), 16 + 100)
+            .unwrap();
+    assert_eq!((reply.error, reply.body.len()), (0, 100));
+    assert!(reply.body[..] == data[..100]);
+}

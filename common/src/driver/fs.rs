@@ -139,8 +139,64 @@ impl FsQueue {
         result
     }
 
+    /// Like [`Self::send_raw`] with the request cut into buffers of
+    /// `request_parts` bytes (the last takes the rest) and the reply room into
+    /// buffers of `reply_parts` bytes, optionally as one indirect table; returns
+    /// the used length and the reply bytes (all reply buffers, concatenated).
+    pub fn send_split(
+        &mut self,
+        request: &[u8],
+        request_parts: &[u32],
+        reply_parts: &[u32],
+        indirect: bool,
+    ) -> Result<(u32, Vec<u8>)> {
+        let mut bufs = Vec::new();
+        let mut allocated = Vec::new();
+        let mut rest = request;
+        for (i, &part) in request_parts.iter().enumerate() {
+            let take = if i + 1 == request_parts.len() {
+                rest.len()
+            } else {
+                (part as usize).min(rest.len())
+            };
+            let (chunk, r) = rest.split_at(take);
+            rest = r;
+            if chunk.is_empty() {
+                continue;
+            }
+            let addr = self.mem.alloc(chunk.len() as u64, 8)?;
+            allocated.push(addr);
+            self.mem.write(addr, chunk)?;
+            bufs.push(Buf::readable(addr, chunk.len() as u32));
+        }
+        let mut reply_bufs = Vec::new();
+        for &part in reply_parts {
+            let addr = self.mem.alloc_zeroed(u64::from(part.max(1)), 8)?;
+            allocated.push(addr);
+            bufs.push(Buf::writable(addr, part));
+            reply_bufs.push((addr, part));
+        }
+        let result = self.q.add(&bufs, indirect, 1).and_then(|_| self.wait());
+        let result = result.and_then(|used| {
+            let mut reply = Vec::new();
+            for (addr, len) in reply_bufs {
+                reply.extend(self.mem.read_vec(addr, len as usize)?);
+            }
+            reply.truncate(used as usize);
+            Ok((used, reply))
+        });
+        for addr in allocated {
+            self.mem.free(addr);
+        }
+        result
+    }
+
     fn run(&mut self, bufs: &[Buf]) -> Result<u32> {
         self.q.add(bufs, false, 1)?;
+        self.wait()
+    }
+
+    fn wait(&mut self) -> Result<u32> {
         self.q.submit()?;
         let deadline = Instant::now() + TIMEOUT;
         loop {
