@@ -109,3 +109,31 @@ fn configuration_errors_give_one_line_and_exit_2() {
     assert_eq!(code, 2);
     assert!(text.contains("--cache"), "{text}");
 }
+
+#[test]
+fn socket_group_sets_the_socket_owner_group() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: changing a socket's group to an arbitrary one needs root");
+        return;
+    }
+    let dir = TempDir::new("fs-cli-group").unwrap();
+    let sock = dir.join("fs.sock");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(dir.path())
+        .args(["--socket-group", "4242"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::null());
+    let _daemon = vhostkit_tests::daemon::DaemonProcess::spawn(
+        "vhost-user-fs",
+        cmd,
+        &sock,
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(std::fs::metadata(&sock).unwrap().gid(), 4242);
+}

@@ -69,8 +69,8 @@ impl Fixture {
         let init = init(&mut q);
         assert_eq!(init.error, 0, "INIT failed");
         Session {
-            _dev: dev,
-            hiprio,
+            _dev: Some(dev),
+            hiprio: Some(hiprio),
             q,
         }
     }
@@ -93,8 +93,8 @@ impl Fixture {
 }
 
 struct Session {
-    _dev: FsDevice,
-    hiprio: FsQueue,
+    _dev: Option<FsDevice>,
+    hiprio: Option<FsQueue>,
     q: FsQueue,
 }
 
@@ -121,6 +121,12 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 impl Session {
+    fn hiprio(&mut self) -> &mut FsQueue {
+        self.hiprio
+            .as_mut()
+            .expect("a session with its hiprio queue")
+    }
+
     fn call(&mut self, op: Opcode, nodeid: u64, body: &[u8]) -> FsReply {
         self.q.call(op as u32, nodeid, body, ROOM).unwrap()
     }
@@ -553,7 +559,7 @@ fn file_operations_round_trip() {
 
     // FORGET on the hiprio queue drops the node: its id is stale afterwards.
     let used = s
-        .hiprio
+        .hiprio()
         .send_no_reply(
             Opcode::Forget as u32,
             sub.nodeid,
@@ -571,7 +577,7 @@ fn file_operations_round_trip() {
         }
         .as_bytes(),
     ]);
-    s.hiprio
+    s.hiprio()
         .send_no_reply(Opcode::BatchForget as u32, 0, &body)
         .unwrap();
     assert!(s.getattr(entry.nodeid).is_ok(), "one lookup left");
@@ -583,7 +589,7 @@ fn file_operations_round_trip() {
         }
         .as_bytes(),
     ]);
-    s.hiprio
+    s.hiprio()
         .send_no_reply(Opcode::BatchForget as u32, 0, &body)
         .unwrap();
     assert_eq!(s.getattr(entry.nodeid).unwrap_err(), libc::ENOENT);
@@ -781,8 +787,8 @@ fn hostile_requests_get_errno_replies_and_the_daemon_keeps_serving() {
     assert_eq!(reply.error, -libc::EIO);
     assert_eq!(init(q).error, 0);
     let mut s = Session {
-        _dev,
-        hiprio: _hiprio,
+        _dev: Some(_dev),
+        hiprio: Some(_hiprio),
         q: requests.remove(0),
     };
 
@@ -862,17 +868,17 @@ fn hostile_requests_get_errno_replies_and_the_daemon_keeps_serving() {
     }
     .as_bytes()
     .to_vec();
-    s.hiprio
+    s.hiprio()
         .send_no_reply(Opcode::BatchForget as u32, 0, &body)
         .unwrap();
-    s.hiprio
+    s.hiprio()
         .send_no_reply(
             Opcode::Forget as u32,
             555,
             ForgetIn { nlookup: 9 }.as_bytes(),
         )
         .unwrap();
-    s.hiprio
+    s.hiprio()
         .send_no_reply(
             Opcode::Forget as u32,
             1,
@@ -1021,4 +1027,43 @@ fn data_spread_over_many_buffers_moves_intact() {
             .unwrap();
     assert_eq!((reply.error, reply.body.len()), (0, 100));
     assert!(reply.body[..] == data[..100]);
+}
+
+#[test]
+fn request_queues_are_served_concurrently() {
+    let fx = Fixture::new("fs-mq", &["--num-request-queues", "3"]);
+    let (dev, _hiprio, mut requests) = fx.connect(3);
+    assert_eq!(init(&mut requests[0]).error, 0);
+    // One thread per queue, each with its own files; every queue answers while the
+    // others are busy.
+    let threads: Vec<_> = requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, q)| {
+            std::thread::spawn(move || {
+                let mut s = Session {
+                    _dev: None,
+                    hiprio: None,
+                    q,
+                };
+                for round in 0..30 {
+                    let name = format!("q{i}-{round}");
+                    let (_, open) = s.create(1, &name, libc::O_RDWR).unwrap();
+                    let data = name.repeat(100);
+                    assert_eq!(s.write(open.fh, 0, data.as_bytes()), data.len() as u32);
+                    assert_eq!(s.read(open.fh, 0, 1 << 16).unwrap(), data.as_bytes());
+                    s.release(open.fh, false);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(dev);
+    assert_eq!(host_names(&fx.share).len(), 90);
+    assert_eq!(
+        std::fs::read(fx.share.join("q2-29")).unwrap(),
+        "q2-29".repeat(100).as_bytes()
+    );
 }
