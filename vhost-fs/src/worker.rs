@@ -280,4 +280,37 @@ mod tests {
         iovecs_at(&all, 0, 0, &mut out);
         assert!(out.is_empty());
     }
+
+    #[test]
+    fn transfer_continues_after_short_transfers() {
+        let mut buf = [0u8; 100];
+        let all = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        // An op that moves at most 7 bytes per call, as a pipe or a signal might.
+        let mut calls = Vec::new();
+        let done = transfer(&all, 10, 50, 1000, |iov, offset| {
+            calls.push((iov[0].iov_len, offset));
+            iov[0].iov_len.min(7) as isize
+        })
+        .unwrap();
+        assert_eq!(done, 50);
+        assert_eq!(calls.len(), 8);
+        assert_eq!(calls[1], (43, 1007));
+        // End of file (0 bytes) stops early; an error after progress keeps the progress.
+        assert_eq!(transfer(&all, 0, 50, 0, |_, _| 0).unwrap(), 0);
+        let mut first = true;
+        let n = transfer(&all, 0, 50, 0, |_, _| {
+            if std::mem::take(&mut first) {
+                5
+            } else {
+                // SAFETY: errno is this thread's; setting it is what a failing call does.
+                unsafe { *libc::__errno_location() = libc::EIO };
+                -1
+            }
+        })
+        .unwrap();
+        assert_eq!(n, 5);
+    }
 }
