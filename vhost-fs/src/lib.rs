@@ -34,6 +34,7 @@ pub fn run(config: FsConfig, stop: &StopHandle) -> Result<(), String> {
         config.cache,
         if config.xattr { ", xattr" } else { "" },
     );
+    raise_open_file_limit();
     let config = Arc::new(config);
     let listen: ListenAddr = config.listen.clone();
     let socket_group = config.socket_group;
@@ -55,4 +56,26 @@ pub fn run(config: FsConfig, stop: &StopHandle) -> Result<(), String> {
         }
         msg
     })
+}
+
+/// Every inode the guest looks up holds a descriptor: raise the soft limit on
+/// open files to the hard one, as virtiofsd does.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the rlimit we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                log::warn!(
+                    "cannot raise the open file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }

@@ -1067,3 +1067,76 @@ fn request_queues_are_served_concurrently() {
         "q2-29".repeat(100).as_bytes()
     );
 }
+
+#[test]
+fn destroy_ends_the_session_and_init_starts_a_new_one() {
+    let fx = Fixture::new("fs-destroy", &[]);
+    let mut s = fx.session();
+    let (entry, open) = s.create(1, "f", libc::O_RDWR).unwrap();
+    s.ok(Opcode::Destroy, 0, &[]);
+    assert_eq!(
+        s.getattr(1).unwrap_err(),
+        libc::EIO,
+        "nothing but INIT after DESTROY"
+    );
+    assert_eq!(init(&mut s.q).error, 0);
+    assert_eq!(s.getattr(entry.nodeid).unwrap_err(), libc::ENOENT);
+    assert_eq!(s.read(open.fh, 0, 1).unwrap_err(), libc::EBADF);
+    assert!(s.lookup(1, "f").is_ok());
+}
+
+#[test]
+fn cache_policy_sets_timeouts_and_open_flags() {
+    for (policy, valid, open_flags) in [
+        ("never", 0, FOPEN_DIRECT_IO),
+        ("auto", 1, 0),
+        ("always", 86400, FOPEN_KEEP_CACHE),
+    ] {
+        let fx = Fixture::new("fs-cache", &["--cache", policy]);
+        let mut s = fx.session();
+        let (entry, open) = s.create(1, "f", libc::O_RDWR).unwrap();
+        assert_eq!(
+            (entry.entry_valid, entry.attr_valid),
+            (valid, valid),
+            "{policy}"
+        );
+        assert_eq!(open.open_flags, open_flags, "{policy}");
+    }
+}
+
+#[test]
+fn announce_submounts_marks_mount_points() {
+    let fx = Fixture::new("fs-submounts", &["--announce-submounts"]);
+    let mnt = fx.share.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    std::fs::create_dir(fx.share.join("plain")).unwrap();
+    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated strings; a tmpfs mount on our own temporary folder.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        println!(
+            "SKIPPED: cannot mount a tmpfs here: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            // SAFETY: unmounting the tmpfs this test mounted.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _unmount = Unmount(target);
+    let mut s = fx.session();
+    assert_ne!(s.lookup(1, "mnt").unwrap().attr.flags & ATTR_SUBMOUNT, 0);
+    assert_eq!(s.lookup(1, "plain").unwrap().attr.flags & ATTR_SUBMOUNT, 0);
+}
