@@ -127,6 +127,8 @@ pub struct FsConfig {
     pub num_request_queues: u16,
     pub announce_submounts: bool,
     pub socket_group: Option<libc::gid_t>,
+    /// `--thread-pool-size`, accepted and not used (requests run on the queue threads).
+    pub thread_pool_size: Option<usize>,
     pub log_level: String,
 }
 
@@ -289,6 +291,7 @@ impl TryFrom<Args> for FsConfig {
             num_request_queues: args.num_request_queues,
             announce_submounts: args.announce_submounts,
             socket_group,
+            thread_pool_size: args.thread_pool_size,
             log_level: args.log.log_level,
         })
     }

@@ -34,6 +34,9 @@ pub fn run(config: FsConfig, stop: &StopHandle) -> Result<(), String> {
         config.cache,
         if config.xattr { ", xattr" } else { "" },
     );
+    if let Some(n) = config.thread_pool_size {
+        info!("--thread-pool-size {n} ignored: each request queue is served by its own thread");
+    }
     raise_open_file_limit();
     let config = Arc::new(config);
     let listen: ListenAddr = config.listen.clone();
