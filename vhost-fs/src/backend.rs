@@ -24,7 +24,7 @@ use crate::worker::process_queue;
 
 /// Largest queue size a frontend may configure.
 pub const MAX_QUEUE_SIZE: usize = 1024;
-/// `struct virtio_fs_config`: tag[36], num_request_queues (le32).
+/// `struct virtio_fs_config`: `tag[36]`, `num_request_queues` (le32).
 pub const CONFIG_LEN: usize = TAG_BYTES + 4;
 
 /// A file system device for one frontend connection. Clones share everything.
