@@ -39,6 +39,8 @@ pub enum Error {
         #[source]
         source: vhost::vhost_user::Error,
     },
+    #[error("cannot prepare the listening socket")]
+    Listening(#[source] io::Error),
     #[error("cannot create the per-connection backend")]
     NewBackend(#[source] io::Error),
     // vhost_user_backend::Error implements Display but not std::error::Error.
@@ -249,17 +251,31 @@ fn is_plain_disconnect(e: &vhost_user_backend::Error) -> bool {
 /// `new_backend` makes the backend for each connection (sharing whatever it
 /// captured, like an open image file). Errors of a single connection are logged and
 /// the next frontend is accepted; only set-up errors end the loop.
-pub fn serve<B, F>(
+pub fn serve<B, F>(name: &str, addr: &ListenAddr, stop: &StopHandle, new_backend: F) -> Result<()>
+where
+    B: ServedBackend,
+    F: FnMut() -> io::Result<B>,
+{
+    serve_with_hook(name, addr, stop, || Ok(()), new_backend)
+}
+
+/// [`serve`], calling `on_listening` once the socket exists and before the first
+/// frontend is accepted (to set the socket's owner or mode, say); its error ends
+/// the loop.
+pub fn serve_with_hook<B, F, L>(
     name: &str,
     addr: &ListenAddr,
     stop: &StopHandle,
+    on_listening: L,
     mut new_backend: F,
 ) -> Result<()>
 where
     B: ServedBackend,
     F: FnMut() -> io::Result<B>,
+    L: FnOnce() -> io::Result<()>,
 {
     let mut listener = open_listener(addr)?;
+    on_listening().map_err(Error::Listening)?;
     match addr {
         ListenAddr::Path(path) => info!("{name}: listening on {}", path.display()),
         ListenAddr::Fd(fd) => info!("{name}: listening on inherited fd {fd}"),

@@ -37,6 +37,8 @@
 //!   indirect tables pointing anywhere, any head index.
 //! - [`net`]: virtio-net frames, receive buffers and control commands on top of
 //!   `Queue`s ([`net::NetQueuePair`], [`net::CtrlQueue`]) and the config space.
+//! - [`fs`]: virtio-fs (FUSE) requests on the hiprio and request queues
+//!   ([`fs::FsDevice`], [`fs::FsQueue`]) and the config space.
 //! - [`blk`]: virtio-blk requests on top of a `Queue` ([`blk::BlkQueue`]) and the
 //!   config space ([`blk::BlkConfig`]).
 //!
@@ -61,6 +63,7 @@ use std::io;
 
 pub mod blk;
 pub mod device;
+pub mod fs;
 pub mod memory;
 pub mod net;
 pub mod virtq;

@@ -1,0 +1,180 @@
+//! The vhost-user side of the file system device: features, config space (tag and
+//! number of request queues), and the dispatch of kicks to the queue workers.
+//! Queue 0 is the high-priority queue (FORGET, BATCH_FORGET), queues 1..=N the
+//! request queues; each queue has its own thread.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use log::debug;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::VhostUserBackend;
+use vhostkit_common::guest_error;
+use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::config::{FsConfig, TAG_BYTES};
+use crate::passthrough::{FsOptions, PassthroughFs};
+use crate::worker::process_queue;
+
+/// Largest queue size a frontend may configure.
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// `struct virtio_fs_config`: `tag[36]`, `num_request_queues` (le32).
+pub const CONFIG_LEN: usize = TAG_BYTES + 4;
+
+/// A file system device for one frontend connection. Clones share everything.
+#[derive(Clone)]
+pub struct FsBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<FsConfig>,
+    fs: PassthroughFs,
+    memory: Mutex<Option<GuestMemory>>,
+}
+
+fn bit(n: u32) -> u64 {
+    1u64 << n
+}
+
+impl FsBackend {
+    /// A fresh session (no inodes but the root, no open files) for a new connection.
+    pub fn new(config: Arc<FsConfig>) -> io::Result<Self> {
+        let fs = PassthroughFs::new(
+            &config.shared_dir,
+            FsOptions {
+                readonly: config.readonly,
+                xattr: config.xattr,
+                cache: config.cache,
+                announce_submounts: config.announce_submounts,
+            },
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", config.shared_dir.display())))?;
+        Ok(FsBackend {
+            inner: Arc::new(Inner {
+                config,
+                fs,
+                memory: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The virtio_fs_config bytes.
+    pub fn config_space(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        if let Some(tag) = &self.inner.config.tag {
+            c[..TAG_BYTES].copy_from_slice(tag);
+        }
+        c[TAG_BYTES..]
+            .copy_from_slice(&u32::from(self.inner.config.num_request_queues).to_le_bytes());
+        c
+    }
+
+    fn memory(&self) -> Option<GuestMemory> {
+        self.inner
+            .memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl VhostUserBackend for FsBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        1 + usize::from(self.inner.config.num_request_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        bit(VIRTIO_F_VERSION_1)
+            | bit(VIRTIO_RING_F_EVENT_IDX)
+            | bit(VIRTIO_RING_F_INDIRECT_DESC)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        debug!("frontend acked features {features:#x}");
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The library configures each vring for EVENT_IDX; the worker's
+        // enable/disable/needs_notification calls follow it.
+    }
+
+    fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
+        *self.inner.memory.lock().unwrap_or_else(|p| p.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let config = self.config_space();
+        let start = offset as usize;
+        match start.checked_add(size as usize) {
+            Some(end) if end <= config.len() => config[start..end].to_vec(),
+            _ => {
+                guest_error!("GET_CONFIG out of range: offset {offset} size {size}");
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // The virtio-fs config space is read-only; an error would end the connection.
+        guest_error!(
+            "SET_CONFIG ignored: offset {offset} length {} (read-only config)",
+            buf.len()
+        );
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues()).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        // Thread `thread_id` serves queue `thread_id` alone, so its vrings[0] is
+        // that queue and event 0 its kick.
+        if device_event != 0 {
+            guest_error!("unexpected event {device_event} on queue thread {thread_id}");
+            return Ok(());
+        }
+        let Some(vring) = vrings.first() else {
+            return Ok(());
+        };
+        let Some(memory) = self.memory() else {
+            guest_error!("queue {thread_id}: kicked before a memory table was set");
+            return Ok(());
+        };
+        process_queue(&self.inner.fs, vring, &memory, thread_id)
+    }
+}
+
+impl ServedBackend for FsBackend {}

@@ -1,0 +1,417 @@
+//! Command line to validated configuration. Flag names follow virtiofsd's, so a
+//! VMM set up for virtiofsd can start vhost-user-fs with the same command line
+//! (for the flags implemented here; the others are refused by name).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use vhostkit_common::cli::{ListenAddr, ListenArgs, LogArgs};
+
+/// Bytes of the tag in the virtio-fs config space (`struct virtio_fs_config`).
+pub const TAG_BYTES: usize = 36;
+/// The most request queues (one worker thread each).
+pub const MAX_REQUEST_QUEUES: u16 = 64;
+
+/// How long the guest may cache entries, attributes and file data.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Short timeouts (1 s), the page cache kept until the file changes.
+    Auto,
+    /// Long timeouts, file data kept across opens.
+    Always,
+    /// No caching: every access goes to the host (direct I/O).
+    Never,
+}
+
+/// How the daemon confines itself. Only `none` is implemented for now.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sandbox {
+    Namespace,
+    Chroot,
+    None,
+}
+
+/// Seccomp action for unexpected system calls. Only `none` is implemented for now.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeccompAction {
+    Kill,
+    Log,
+    Trap,
+    None,
+}
+
+/// Whether inodes are tracked by file handles. Only `never` is implemented.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InodeFileHandles {
+    Never,
+    Prefer,
+    Mandatory,
+}
+
+/// vhost-user-fs: shares a host folder with a guest over virtio-fs (a FUSE
+/// passthrough server behind the vhost-user protocol).
+#[derive(Parser, Clone, Debug)]
+#[command(name = "vhost-user-fs", version, about, long_about = None)]
+pub struct Args {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+
+    /// The host folder to share.
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
+
+    /// The tag the guest mounts by (answered in the config space when the frontend
+    /// asks; QEMU and cloud-hypervisor hold the tag themselves), 1 to 36 bytes.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// Cache policy: auto, always or never.
+    #[arg(long, value_enum, default_value_t = CachePolicy::Auto)]
+    pub cache: CachePolicy,
+
+    /// Serve extended attributes (else the xattr requests answer ENOSYS).
+    #[arg(long)]
+    pub xattr: bool,
+
+    /// Share the folder read-only: every modification answers EROFS.
+    #[arg(long)]
+    pub readonly: bool,
+
+    /// Accepted for virtiofsd compatibility; requests are served on the queue
+    /// threads (one per request queue), not on a pool.
+    #[arg(long, value_name = "N")]
+    pub thread_pool_size: Option<usize>,
+
+    /// Number of request queues, each served by its own thread (1 to 64).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub num_request_queues: u16,
+
+    /// Sandbox: namespace, chroot or none (only none is implemented yet).
+    #[arg(long, value_enum, default_value_t = Sandbox::None)]
+    pub sandbox: Sandbox,
+
+    /// Seccomp action: kill, log, trap or none (only none is implemented yet).
+    #[arg(long, value_enum, default_value_t = SeccompAction::None)]
+    pub seccomp: SeccompAction,
+
+    /// Tell the guest about mount points inside the shared folder (submounts).
+    #[arg(long)]
+    pub announce_submounts: bool,
+
+    /// Track inodes by file handles: never, prefer or mandatory (only never yet).
+    #[arg(long, value_enum, default_value_t = InodeFileHandles::Never, num_args = 0..=1, default_missing_value = "prefer")]
+    pub inode_file_handles: InodeFileHandles,
+
+    /// Group that owns the vhost-user socket (name or number).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Print the vhost-user backend capabilities (JSON) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub listen: ListenAddr,
+    pub shared_dir: PathBuf,
+    pub tag: Option<[u8; TAG_BYTES]>,
+    pub cache: CachePolicy,
+    pub xattr: bool,
+    pub readonly: bool,
+    pub num_request_queues: u16,
+    pub announce_submounts: bool,
+    pub socket_group: Option<libc::gid_t>,
+    /// `--thread-pool-size`, accepted and not used (requests run on the queue threads).
+    pub thread_pool_size: Option<usize>,
+    pub log_level: String,
+}
+
+/// virtiofsd flags that vhost-user-fs does not implement; refused by name rather
+/// than with clap's "unexpected argument".
+const UNSUPPORTED_VIRTIOFSD_FLAGS: &[&str] = &[
+    "--posix-acl",
+    "--no-posix-acl",
+    "--security-label",
+    "--no-security-label",
+    "--xattrmap",
+    "--writeback",
+    "--no-writeback",
+    "--allow-direct-io",
+    "--killpriv-v2",
+    "--no-killpriv-v2",
+    "--rlimit-nofile",
+    "--modcaps",
+    "--translate-uid",
+    "--translate-gid",
+    "--preserve-noatime",
+    "--allow-mmap",
+    "--migration-mode",
+    "--migration-on-error",
+    "--migration-verify-handles",
+    "--migration-confirm-paths",
+    "--no-announce-submounts",
+    "--no-readdirplus",
+    "--uid-map",
+    "--gid-map",
+    "--shared-dir-uid",
+    "--syslog",
+    "--daemonize",
+    "--cache-size",
+];
+
+/// Refuses, by name, a virtiofsd flag this daemon does not implement (also the
+/// legacy `-o` options).
+pub fn refuse_unsupported_flags(argv: &[OsString]) -> Result<(), String> {
+    for arg in argv.iter().skip(1) {
+        let arg = arg.to_string_lossy();
+        let name = arg.split('=').next().unwrap_or_default();
+        if UNSUPPORTED_VIRTIOFSD_FLAGS.contains(&name) {
+            return Err(format!(
+                "{name}: this virtiofsd option is not supported by vhost-user-fs"
+            ));
+        }
+        if name == "-o" || (arg.starts_with("-o") && !arg.starts_with("--")) {
+            return Err(
+                "-o: virtiofsd's legacy -o options are not supported; use the --long flags".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The `--print-capabilities` answer (vhost-user.json, "Backend capabilities").
+pub fn capabilities_json() -> &'static str {
+    r#"{"type":"fs","features":[]}"#
+}
+
+fn resolve_group(group: &str) -> Result<libc::gid_t, String> {
+    if let Ok(gid) = group.parse::<libc::gid_t>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| format!("--socket-group {group:?}: contains NUL"))?;
+    // SAFETY: `name` is a valid NUL-terminated string; getgrnam returns NULL or a
+    // pointer to static storage that we read at once, before any other getgr* call
+    // (start-up runs on one thread).
+    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(format!("--socket-group {group}: no such group"));
+    }
+    // SAFETY: non-null pointer to a struct group returned just above.
+    Ok(unsafe { (*entry).gr_gid })
+}
+
+impl TryFrom<Args> for FsConfig {
+    type Error = String;
+
+    fn try_from(args: Args) -> Result<Self, String> {
+        let listen = ListenAddr::try_from(args.listen)?;
+        let shared_dir = args
+            .shared_dir
+            .ok_or_else(|| "--shared-dir is required".to_string())?;
+        match std::fs::metadata(&shared_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "--shared-dir {}: not a folder",
+                    shared_dir.display()
+                ))
+            }
+            Err(e) => return Err(format!("--shared-dir {}: {e}", shared_dir.display())),
+        }
+        let tag = match &args.tag {
+            None => None,
+            Some(t) if t.is_empty() || t.len() > TAG_BYTES || t.contains('\0') => {
+                return Err(format!(
+                    "--tag {t:?}: must be 1 to {TAG_BYTES} bytes, without NUL"
+                ));
+            }
+            Some(t) => {
+                let mut bytes = [0u8; TAG_BYTES];
+                bytes[..t.len()].copy_from_slice(t.as_bytes());
+                Some(bytes)
+            }
+        };
+        if !(1..=MAX_REQUEST_QUEUES).contains(&args.num_request_queues) {
+            return Err(format!(
+                "--num-request-queues {}: must be 1 to {MAX_REQUEST_QUEUES}",
+                args.num_request_queues
+            ));
+        }
+        match args.sandbox {
+            Sandbox::None => {}
+            other => {
+                return Err(format!(
+                    "--sandbox {}: not implemented yet; only --sandbox none is available",
+                    other
+                        .to_possible_value()
+                        .map(|v| v.get_name().to_string())
+                        .unwrap_or_default()
+                ))
+            }
+        }
+        match args.seccomp {
+            SeccompAction::None => {}
+            other => {
+                return Err(format!(
+                    "--seccomp {}: not implemented yet; only --seccomp none is available",
+                    other
+                        .to_possible_value()
+                        .map(|v| v.get_name().to_string())
+                        .unwrap_or_default()
+                ))
+            }
+        }
+        if args.inode_file_handles != InodeFileHandles::Never {
+            return Err(
+                "--inode-file-handles: not implemented yet; only --inode-file-handles=never".into(),
+            );
+        }
+        let socket_group = args
+            .socket_group
+            .as_deref()
+            .map(resolve_group)
+            .transpose()?;
+        if socket_group.is_some() && !matches!(listen, ListenAddr::Path(_)) {
+            return Err("--socket-group needs --socket-path (not --fd)".into());
+        }
+        Ok(FsConfig {
+            listen,
+            shared_dir,
+            tag,
+            cache: args.cache,
+            xattr: args.xattr,
+            readonly: args.readonly,
+            num_request_queues: args.num_request_queues,
+            announce_submounts: args.announce_submounts,
+            socket_group,
+            thread_pool_size: args.thread_pool_size,
+            log_level: args.log.log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<FsConfig, String> {
+        let mut full = vec!["vhost-user-fs"];
+        full.extend_from_slice(args);
+        refuse_unsupported_flags(&full.iter().map(OsString::from).collect::<Vec<_>>())?;
+        let args = Args::try_parse_from(full).map_err(|e| e.to_string())?;
+        FsConfig::try_from(args)
+    }
+
+    #[test]
+    fn defaults_and_the_vmm_command_line() {
+        let c = parse(&[
+            "--socket-path",
+            "/tmp/f.sock",
+            "--shared-dir",
+            "/tmp",
+            "--tag",
+            "myfs",
+            "--num-request-queues",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(c.num_request_queues, 2);
+        assert_eq!(c.cache, CachePolicy::Auto);
+        assert_eq!(&c.tag.unwrap()[..5], b"myfs\0");
+        assert!(!c.xattr && !c.readonly && !c.announce_submounts);
+        let c = parse(&["--socket-path=/tmp/f.sock", "--shared-dir=/tmp"]).unwrap();
+        assert_eq!(c.num_request_queues, 1);
+        assert!(c.tag.is_none());
+    }
+
+    #[test]
+    fn virtiofsd_style_flags() {
+        let c = parse(&[
+            "--socket-path",
+            "/tmp/f.sock",
+            "--shared-dir",
+            "/tmp",
+            "--cache",
+            "never",
+            "--xattr",
+            "--readonly",
+            "--thread-pool-size",
+            "64",
+            "--sandbox",
+            "none",
+            "--seccomp",
+            "none",
+            "--announce-submounts",
+            "--inode-file-handles=never",
+            "--socket-group",
+            "0",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(c.cache, CachePolicy::Never);
+        assert!(c.xattr && c.readonly && c.announce_submounts);
+        assert_eq!(c.socket_group, Some(0));
+        assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let base = ["--socket-path", "/tmp/f.sock", "--shared-dir", "/tmp"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        assert!(with(&["--num-request-queues", "0"])
+            .unwrap_err()
+            .contains("--num-request-queues"));
+        assert!(with(&["--num-request-queues", "65"]).is_err());
+        assert!(with(&["--tag", ""]).unwrap_err().contains("--tag"));
+        assert!(with(&["--tag", &"x".repeat(37)]).is_err());
+        assert!(with(&["--cache", "sometimes"]).is_err());
+        assert!(with(&["--sandbox", "chroot"])
+            .unwrap_err()
+            .contains("not implemented"));
+        assert!(with(&["--sandbox", "namespace"])
+            .unwrap_err()
+            .contains("not implemented"));
+        assert!(with(&["--seccomp", "kill"])
+            .unwrap_err()
+            .contains("not implemented"));
+        assert!(with(&["--inode-file-handles=mandatory"]).is_err());
+        assert!(with(&["--socket-group", "no-such-group-here"])
+            .unwrap_err()
+            .contains("no such group"));
+        assert!(with(&["--posix-acl"])
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(with(&["--xattrmap=:map::user.virtiofs.:"]).is_err());
+        assert!(with(&["-o", "cache=none"]).unwrap_err().contains("-o"));
+        assert!(parse(&["--socket-path", "/tmp/f.sock"])
+            .unwrap_err()
+            .contains("--shared-dir"));
+        assert!(parse(&[
+            "--socket-path",
+            "/tmp/f.sock",
+            "--shared-dir",
+            "/nonexistent"
+        ])
+        .is_err());
+        assert!(parse(&[
+            "--socket-path",
+            "/tmp/f.sock",
+            "--shared-dir",
+            "/etc/hostname"
+        ])
+        .unwrap_err()
+        .contains("not a folder"));
+    }
+}

@@ -1,0 +1,54 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use log::error;
+use vhost_fs::config::{capabilities_json, refuse_unsupported_flags};
+use vhost_fs::{Args, FsConfig};
+use vhostkit_common::cli::ListenAddr;
+use vhostkit_common::lifecycle::{install_signal_handler, StopHandle};
+use vhostkit_common::logging;
+
+fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.iter().skip(1).any(|a| a == "--print-capabilities") {
+        println!("{}", capabilities_json());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = refuse_unsupported_flags(&argv) {
+        logging::init("info");
+        error!("{e}");
+        return ExitCode::from(2);
+    }
+    let args = Args::parse_from(argv);
+    logging::init(&args.log.log_level);
+    let config = match FsConfig::try_from(args) {
+        Ok(config) => config,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = match StopHandle::new() {
+        Ok(stop) => stop,
+        Err(e) => {
+            error!("cannot create the stop event: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let socket = match &config.listen {
+        ListenAddr::Path(p) => Some(p.clone()),
+        ListenAddr::Fd(_) => None,
+    };
+    if let Err(e) = install_signal_handler(stop.clone(), socket, Duration::from_secs(5)) {
+        error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    match vhost_fs::run(config, &stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

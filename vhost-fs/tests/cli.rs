@@ -1,0 +1,139 @@
+//! The daemon as a process: configuration errors (one line, exit 2), refused
+//! virtiofsd flags, --print-capabilities.
+
+use std::process::Command;
+
+use vhostkit_tests::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-fs");
+
+fn run_expecting_failure(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} should have failed");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!text.contains("panicked"), "{text}");
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn print_capabilities_prints_json_and_exits() {
+    let out = Command::new(BIN)
+        .arg("--print-capabilities")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.trim(), r#"{"type":"fs","features":[]}"#);
+}
+
+#[test]
+fn configuration_errors_give_one_line_and_exit_2() {
+    let dir = TempDir::new("fs-cli").unwrap();
+    let sock = dir.join("fs.sock");
+    let sock = sock.to_str().unwrap();
+    let shared = dir.path().to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--socket-path", sock], "--shared-dir"),
+        (
+            &["--socket-path", sock, "--shared-dir", "/nonexistent-fs-dir"],
+            "/nonexistent-fs-dir",
+        ),
+        (
+            &[
+                "--socket-path",
+                sock,
+                "--shared-dir",
+                shared,
+                "--sandbox",
+                "chroot",
+            ],
+            "not implemented",
+        ),
+        (
+            &[
+                "--socket-path",
+                sock,
+                "--shared-dir",
+                shared,
+                "--seccomp",
+                "kill",
+            ],
+            "not implemented",
+        ),
+        (
+            &[
+                "--socket-path",
+                sock,
+                "--shared-dir",
+                shared,
+                "--tag",
+                &"t".repeat(40),
+            ],
+            "--tag",
+        ),
+        (
+            &[
+                "--socket-path",
+                sock,
+                "--shared-dir",
+                shared,
+                "--num-request-queues",
+                "0",
+            ],
+            "--num-request-queues",
+        ),
+        (
+            &["--socket-path", sock, "--shared-dir", shared, "--posix-acl"],
+            "--posix-acl: this virtiofsd option is not supported",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, text) = run_expecting_failure(args);
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains(needle), "{args:?}: {text}");
+        assert_eq!(text.trim().lines().count(), 1, "{args:?}: {text}");
+    }
+    // clap's own errors (a bad enum value) also exit 2.
+    let (code, text) = run_expecting_failure(&[
+        "--socket-path",
+        sock,
+        "--shared-dir",
+        shared,
+        "--cache",
+        "sometimes",
+    ]);
+    assert_eq!(code, 2);
+    assert!(text.contains("--cache"), "{text}");
+}
+
+#[test]
+fn socket_group_sets_the_socket_owner_group() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: changing a socket's group to an arbitrary one needs root");
+        return;
+    }
+    let dir = TempDir::new("fs-cli-group").unwrap();
+    let sock = dir.join("fs.sock");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(dir.path())
+        .args(["--socket-group", "4242"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::null());
+    let _daemon = vhostkit_tests::daemon::DaemonProcess::spawn(
+        "vhost-user-fs",
+        cmd,
+        &sock,
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(std::fs::metadata(&sock).unwrap().gid(), 4242);
+}
