@@ -38,6 +38,11 @@ pub fn run(config: FsConfig, stop: &StopHandle) -> Result<(), String> {
         info!("--thread-pool-size {n} ignored: each request queue is served by its own thread");
     }
     raise_open_file_limit();
+    // The guest kernel has already applied the guest process's umask to the modes of
+    // MKDIR, MKNOD, CREATE and SYMLINK (FUSE_DONT_MASK is not negotiated): the files
+    // must get exactly those modes, not ours masked again, as with virtiofsd.
+    // SAFETY: umask only sets this process's file mode creation mask.
+    unsafe { libc::umask(0) };
     let config = Arc::new(config);
     let listen: ListenAddr = config.listen.clone();
     let socket_group = config.socket_group;

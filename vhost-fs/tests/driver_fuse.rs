@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -46,6 +47,14 @@ impl Fixture {
             .args(args)
             .env_remove("RUST_LOG")
             .stderr(Stdio::from(File::create(dir.join("daemon.log")).unwrap()));
+        // The umask a shell gives: the daemon must not apply it on top of the guest's.
+        // SAFETY: umask is async-signal-safe and touches only the child's mask.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
         let daemon = DaemonProcess::spawn("vhost-user-fs", cmd, &sock, TIMEOUT).unwrap();
         Fixture {
             dir,
@@ -594,6 +603,38 @@ fn file_operations_round_trip() {
         .unwrap();
     assert_eq!(s.getattr(entry.nodeid).unwrap_err(), libc::ENOENT);
     fx.outside_untouched();
+}
+
+/// The guest kernel applies the guest's umask before sending MKDIR, MKNOD and CREATE
+/// (FUSE_DONT_MASK is not negotiated): the host file gets exactly the mode sent, not
+/// masked again by the daemon's own umask (pjdfstest's rename/21.t found this).
+#[test]
+fn new_files_get_exactly_the_mode_the_guest_sent() {
+    let fx = Fixture::new("fs-mode", &[]);
+    let mut s = fx.session();
+    let mode_of = |name: &str| std::fs::metadata(fx.share.join(name)).unwrap().mode() & 0o7777;
+    let mkdir = MkdirIn {
+        mode: 0o777,
+        umask: 0o022,
+    };
+    s.ok(Opcode::Mkdir, 1, &cat(&[mkdir.as_bytes(), &cstr("dir")]));
+    assert_eq!(mode_of("dir"), 0o777);
+    let create = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: 0o666,
+        umask: 0o022,
+        open_flags: 0,
+    };
+    s.ok(Opcode::Create, 1, &cat(&[create.as_bytes(), &cstr("file")]));
+    assert_eq!(mode_of("file"), 0o666);
+    let mknod = MknodIn {
+        mode: libc::S_IFIFO | 0o646,
+        rdev: 0,
+        umask: 0o022,
+        padding: 0,
+    };
+    s.ok(Opcode::Mknod, 1, &cat(&[mknod.as_bytes(), &cstr("fifo")]));
+    assert_eq!(mode_of("fifo"), 0o646);
 }
 
 #[test]
