@@ -502,10 +502,10 @@ impl PassthroughFs {
             Opcode::Rmdir => self.unlink(nodeid, &mut body, libc::AT_REMOVEDIR),
             Opcode::Rename => body
                 .take::<RenameIn>()
-                .and_then(|r| self.rename(header, nodeid, r.newdir, 0, &mut body)),
+                .and_then(|r| self.rename(nodeid, r.newdir, 0, &mut body)),
             Opcode::Rename2 => body
                 .take::<Rename2In>()
-                .and_then(|r| self.rename(header, nodeid, r.newdir, r.flags, &mut body)),
+                .and_then(|r| self.rename(nodeid, r.newdir, r.flags, &mut body)),
             Opcode::Link => self.link(nodeid, &mut body),
             Opcode::Open => self.open(nodeid, &mut body, false),
             Opcode::Opendir => self.open(nodeid, &mut body, true),
@@ -803,7 +803,6 @@ impl PassthroughFs {
 
     fn rename(
         &self,
-        header: &InHeader,
         olddir: u64,
         newdir: u64,
         flags: u32,
@@ -814,9 +813,9 @@ impl PassthroughFs {
         self.writable()?;
         let (olddir, newdir) = (self.inode(olddir)?, self.inode(newdir)?);
         let (oldname, newname) = (cstring(oldname)?, cstring(newname)?);
-        // As the requester: the host kernel then checks what the guest's would (moving
-        // a folder to another parent needs write access to it, for its "..").
-        let _creds = Credentials::switch(header);
+        // With the daemon's credentials, as virtiofsd: the guest kernel has checked the
+        // requester's permissions (virtiofs mounts with default_permissions), and
+        // switching to the requester's fsuid here would lose its supplementary groups.
         // SAFETY: NUL-terminated names relative to the two folders' descriptors.
         cvt(unsafe {
             libc::renameat2(
