@@ -98,6 +98,8 @@ pub struct Report {
     pub ours_name: String,
     /// Name and version of the peer (e.g. "qemu-storage-daemon 7.2.22").
     pub peer_name: String,
+    /// What the table headers call the peer ("peer" unless set, e.g. "virtiofsd").
+    pub peer_label: String,
     /// Free-form facts about the set-up: image location, queue size, run length.
     pub notes: Vec<String>,
     /// What one operation is called in the table headers ("ops", "frames").
@@ -128,6 +130,7 @@ impl Report {
             title: title.to_string(),
             ours_name: ours_name.to_string(),
             peer_name: peer_name.to_string(),
+            peer_label: "peer".to_string(),
             notes: Vec::new(),
             op_name: "ops".to_string(),
             gbit: false,
@@ -151,15 +154,16 @@ impl Report {
             name => (name, name.trim_end_matches('s').to_string()),
         };
         let rate = if self.gbit { "Gbit/s" } else { "MB/s" };
+        let peer = &self.peer_label;
         let header = [
             "workload".to_string(),
             format!("ours {op}/s"),
-            format!("peer {op}/s"),
+            format!("{peer} {op}/s"),
             format!("ours {rate}"),
-            format!("peer {rate}"),
+            format!("{peer} {rate}"),
             format!("ours CPU s/M{short}"),
-            format!("peer CPU s/M{short}"),
-            "ours/peer".to_string(),
+            format!("{peer} CPU s/M{short}"),
+            format!("ours/{peer}"),
         ];
         let mut cells: Vec<Vec<String>> = vec![header.to_vec()];
         for row in &self.rows {
@@ -378,6 +382,14 @@ mod tests {
         assert!(t.contains("150000"), "{t}");
         assert!(r.to_svg().contains("1.50x"));
         assert!(t.contains("ours ops/s"), "{t}");
+        assert!(t.contains("peer CPU s/Mop"), "{t}");
+        let mut named = sample();
+        named.peer_label = "virtiofsd".into();
+        let t = named.to_table();
+        assert!(
+            t.contains("virtiofsd ops/s") && t.contains("ours/virtiofsd"),
+            "{t}"
+        );
     }
 
     #[test]
