@@ -420,6 +420,8 @@ struct Job {
     file_size: u64,
     readdir_bytes: u32,
     entries_per_pass: u64,
+    /// Files in the folder (the readdirplus row checks every pass lists them all).
+    files: usize,
 }
 
 impl Job {
@@ -545,6 +547,9 @@ impl Job {
                 let mut entries = 0u64;
                 loop {
                     let n = self.readdir_pass(lane)?;
+                    if n < self.files as u64 {
+                        return Err(format!("READDIRPLUS: {n} entries of {} files", self.files));
+                    }
                     if self.entries_per_pass == 0 {
                         self.entries_per_pass = n;
                     } else if n != self.entries_per_pass {
@@ -731,6 +736,7 @@ fn measure(
             file_size: share.file_size,
             readdir_bytes: s.readdir_bytes,
             entries_per_pass: 0,
+            files: n,
         };
         let barrier = barrier.clone();
         handles.push(std::thread::spawn(move || {
