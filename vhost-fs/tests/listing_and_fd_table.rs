@@ -106,10 +106,8 @@ fn readdirplus_of_long_names_lists_each_once_and_fd_table_is_reserved() {
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the rlimit we pass.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0
-    );
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(rc, 0);
     // The daemon raises its soft limit to the hard one; ours is at most that.
     let expected = limit.rlim_max.min(65536);
     assert!(
