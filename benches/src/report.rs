@@ -281,16 +281,21 @@ impl Report {
     /// SVG files if asked for (each announced on stderr).
     pub fn emit(&self, json: Option<&Path>, svg: Option<&Path>) -> Result<(), String> {
         print!("{}", self.to_table());
-        let written = |path: &Path, result: io::Result<()>| {
+        let written = |path: &Path, write: &dyn Fn(&Path) -> io::Result<()>| {
+            // A missing folder (e.g. build/results) is created.
+            let result = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                Some(dir) => std::fs::create_dir_all(dir).and_then(|()| write(path)),
+                None => write(path),
+            };
             result.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             eprintln!("wrote {}", path.display());
             Ok::<(), String>(())
         };
         if let Some(path) = json {
-            written(path, self.write_json(path))?;
+            written(path, &|p| self.write_json(p))?;
         }
         if let Some(path) = svg {
-            written(path, self.write_svg(path))?;
+            written(path, &|p| self.write_svg(p))?;
         }
         Ok(())
     }
@@ -403,6 +408,16 @@ mod tests {
         assert!(t.contains("CPU s/Mframe"), "{t}");
         // 614.4 MB/s = 4.9152 Gbit/s.
         assert!(t.contains("4.92"), "{t}");
+    }
+
+    #[test]
+    fn emit_creates_missing_folders() {
+        let dir = std::env::temp_dir().join(format!("report-emit-{}", std::process::id()));
+        let json = dir.join("results/r.json");
+        sample().emit(Some(&json), None).unwrap();
+        let text = std::fs::read_to_string(&json).unwrap();
+        assert!(text.contains("\"peer_label\": \"peer\""), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
