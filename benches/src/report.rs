@@ -98,6 +98,8 @@ pub struct Report {
     pub ours_name: String,
     /// Name and version of the peer (e.g. "qemu-storage-daemon 7.2.22").
     pub peer_name: String,
+    /// What the table headers call the peer ("peer" unless set, e.g. "virtiofsd").
+    pub peer_label: String,
     /// Free-form facts about the set-up: image location, queue size, run length.
     pub notes: Vec<String>,
     /// What one operation is called in the table headers ("ops", "frames").
@@ -128,6 +130,7 @@ impl Report {
             title: title.to_string(),
             ours_name: ours_name.to_string(),
             peer_name: peer_name.to_string(),
+            peer_label: "peer".to_string(),
             notes: Vec::new(),
             op_name: "ops".to_string(),
             gbit: false,
@@ -151,15 +154,16 @@ impl Report {
             name => (name, name.trim_end_matches('s').to_string()),
         };
         let rate = if self.gbit { "Gbit/s" } else { "MB/s" };
+        let peer = &self.peer_label;
         let header = [
             "workload".to_string(),
             format!("ours {op}/s"),
-            format!("peer {op}/s"),
+            format!("{peer} {op}/s"),
             format!("ours {rate}"),
-            format!("peer {rate}"),
+            format!("{peer} {rate}"),
             format!("ours CPU s/M{short}"),
-            format!("peer CPU s/M{short}"),
-            "ours/peer".to_string(),
+            format!("{peer} CPU s/M{short}"),
+            format!("ours/{peer}"),
         ];
         let mut cells: Vec<Vec<String>> = vec![header.to_vec()];
         for row in &self.rows {
@@ -277,16 +281,21 @@ impl Report {
     /// SVG files if asked for (each announced on stderr).
     pub fn emit(&self, json: Option<&Path>, svg: Option<&Path>) -> Result<(), String> {
         print!("{}", self.to_table());
-        let written = |path: &Path, result: io::Result<()>| {
+        let written = |path: &Path, write: &dyn Fn(&Path) -> io::Result<()>| {
+            // A missing folder (e.g. build/results) is created.
+            let result = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                Some(dir) => std::fs::create_dir_all(dir).and_then(|()| write(path)),
+                None => write(path),
+            };
             result.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             eprintln!("wrote {}", path.display());
             Ok::<(), String>(())
         };
         if let Some(path) = json {
-            written(path, self.write_json(path))?;
+            written(path, &|p| self.write_json(p))?;
         }
         if let Some(path) = svg {
-            written(path, self.write_svg(path))?;
+            written(path, &|p| self.write_svg(p))?;
         }
         Ok(())
     }
@@ -378,6 +387,14 @@ mod tests {
         assert!(t.contains("150000"), "{t}");
         assert!(r.to_svg().contains("1.50x"));
         assert!(t.contains("ours ops/s"), "{t}");
+        assert!(t.contains("peer CPU s/Mop"), "{t}");
+        let mut named = sample();
+        named.peer_label = "virtiofsd".into();
+        let t = named.to_table();
+        assert!(
+            t.contains("virtiofsd ops/s") && t.contains("ours/virtiofsd"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -391,6 +408,16 @@ mod tests {
         assert!(t.contains("CPU s/Mframe"), "{t}");
         // 614.4 MB/s = 4.9152 Gbit/s.
         assert!(t.contains("4.92"), "{t}");
+    }
+
+    #[test]
+    fn emit_creates_missing_folders() {
+        let dir = std::env::temp_dir().join(format!("report-emit-{}", std::process::id()));
+        let json = dir.join("results/r.json");
+        sample().emit(Some(&json), None).unwrap();
+        let text = std::fs::read_to_string(&json).unwrap();
+        assert!(text.contains("\"peer_label\": \"peer\""), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

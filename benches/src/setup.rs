@@ -1,4 +1,4 @@
-//! What the driver-based benchmarks (blk-bench, net-bench, a later fs-bench) do
+//! What the driver-based benchmarks (blk-bench, net-bench, fs-bench) do
 //! before they measure: find our daemon's binary and make a folder for the run.
 
 use std::path::{Path, PathBuf};

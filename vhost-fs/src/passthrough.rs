@@ -200,6 +200,38 @@ fn attr_from_stat(st: &libc::stat64) -> Attr {
     }
 }
 
+/// Descriptors [`reserve_fd_table`] makes room for (the open-file limit if lower).
+const FD_TABLE_RESERVE: u64 = 65536;
+
+/// Grows this process's descriptor table up front to [`FD_TABLE_RESERVE`] slots.
+/// Every inode looked up holds a descriptor, and the kernel grows the table by
+/// doubling, each time (in a multi-threaded process) waiting for an RCU grace
+/// period: milliseconds during which the queue stalls, again and again while the
+/// first thousands of inodes are looked up. The table never shrinks, so this costs
+/// one dup and close per connection after the first.
+fn reserve_fd_table(any_fd: RawFd) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the rlimit we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let Ok(top) = libc::c_int::try_from(limit.rlim_cur.min(FD_TABLE_RESERVE).saturating_sub(1))
+    else {
+        return;
+    };
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own onto the lowest free
+    // number >= top (never an open one); the copy is closed at once.
+    unsafe {
+        let fd = libc::fcntl(any_fd, libc::F_DUPFD_CLOEXEC, top);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
+}
+
 fn is_write_open(flags: u32) -> bool {
     let flags = flags as i32;
     (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0
@@ -215,6 +247,11 @@ impl Credentials {
     fn switch(header: &InHeader) -> Credentials {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
+            return Credentials { switched: false };
+        }
+        // A root requester: our fs credentials are root's already (four system
+        // calls saved per CREATE, MKDIR... from a root guest).
+        if header.uid == 0 && header.gid == 0 {
             return Credentials { switched: false };
         }
         // SAFETY: setfsgid/setfsuid change only this thread's fs credentials.
@@ -254,6 +291,7 @@ impl PassthroughFs {
         )
         .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let st = stat_fd(root.as_raw_fd()).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+        reserve_fd_table(proc_self_fd.as_raw_fd());
         let fs = PassthroughFs {
             options,
             proc_self_fd,
@@ -1037,7 +1075,12 @@ impl PassthroughFs {
         // SAFETY: lseek on a folder descriptor we own.
         cvt_long(unsafe { libc::lseek64(fd, offset, libc::SEEK_SET) })?;
         let mut out = Vec::with_capacity(limit);
-        let mut raw = vec![0u8; 32 * 1024];
+        // Read about as many entries as the reply holds: a FUSE dirent is at least as
+        // long as the kernel's (READDIRPLUS entries about 5x for short names), and
+        // what is read past the reply is read again by the next request. A short
+        // read only costs another getdents below.
+        let raw_len = if plus { limit / 4 } else { limit };
+        let mut raw = vec![0u8; raw_len.clamp(1024, 32 * 1024)];
         'fill: loop {
             // SAFETY: getdents64 writes at most `raw.len()` bytes into `raw`.
             let n = cvt_long(unsafe {

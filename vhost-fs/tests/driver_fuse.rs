@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use vhost_fs::fuse::*;
-use vhostkit_common::driver::fs::{FsDevice, FsQueue, FsReply};
+use vhostkit_common::driver::fs::{body, reply, FsDevice, FsQueue, FsReply};
 use vhostkit_common::driver::DriverConfig;
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::TempDir;
@@ -108,22 +108,12 @@ struct Session {
 }
 
 fn init(q: &mut FsQueue) -> FsReply {
-    let body = InitIn {
-        major: 7,
-        minor: 38,
-        max_readahead: 1 << 17,
-        flags: u32::MAX,
-    };
-    let mut bytes = body.as_bytes().to_vec();
-    bytes.extend_from_slice(&[0u8; 48]); // 7.36+: flags2 and unused
+    // 7.38 with every flag, and the 7.36+ flags2 and unused words.
+    let bytes = body::init(38, 1 << 17, u32::MAX);
     q.call(Opcode::Init as u32, 0, &bytes, ROOM).unwrap()
 }
 
-fn cstr(name: &str) -> Vec<u8> {
-    let mut v = name.as_bytes().to_vec();
-    v.push(0);
-    v
-}
+use body::cstr;
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
@@ -164,15 +154,7 @@ impl Session {
     }
 
     fn create(&mut self, parent: u64, name: &str, flags: i32) -> Result<(EntryOut, OpenOut), i32> {
-        let body = cat(&[
-            CreateIn {
-                flags: flags as u32,
-                mode: 0o644,
-                ..Default::default()
-            }
-            .as_bytes(),
-            &cstr(name),
-        ]);
+        let body = body::create(flags as u32, 0o644, 0, name);
         let reply = self.call(Opcode::Create, parent, &body);
         if reply.error != 0 {
             return Err(-reply.error);
@@ -182,49 +164,22 @@ impl Session {
     }
 
     fn open(&mut self, nodeid: u64, flags: i32) -> Result<u64, i32> {
-        let reply = self.call(
-            Opcode::Open,
-            nodeid,
-            OpenIn {
-                flags: flags as u32,
-                open_flags: 0,
-            }
-            .as_bytes(),
-        );
+        let reply = self.call(Opcode::Open, nodeid, &body::open(flags as u32));
         if reply.error != 0 {
             return Err(-reply.error);
         }
-        Ok(OpenOut::read_from_bytes(&reply.body).unwrap().fh)
+        Ok(reply::open_fh(&reply.body, false).unwrap())
     }
 
     fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> u32 {
-        let body = cat(&[
-            WriteIn {
-                fh,
-                offset,
-                size: data.len() as u32,
-                ..Default::default()
-            }
-            .as_bytes(),
-            data,
-        ]);
+        let body = body::write(fh, offset, data);
         WriteOut::read_from_bytes(&self.ok(Opcode::Write, 0, &body))
             .unwrap()
             .size
     }
 
     fn read(&mut self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
-        let reply = self.call(
-            Opcode::Read,
-            0,
-            ReadIn {
-                fh,
-                offset,
-                size,
-                ..Default::default()
-            }
-            .as_bytes(),
-        );
+        let reply = self.call(Opcode::Read, 0, &body::read(fh, offset, size));
         if reply.error != 0 {
             return Err(-reply.error);
         }
@@ -232,7 +187,7 @@ impl Session {
     }
 
     fn getattr(&mut self, nodeid: u64) -> Result<Attr, i32> {
-        let reply = self.call(Opcode::Getattr, nodeid, GetattrIn::default().as_bytes());
+        let reply = self.call(Opcode::Getattr, nodeid, &body::getattr());
         if reply.error != 0 {
             return Err(-reply.error);
         }
@@ -245,15 +200,7 @@ impl Session {
         } else {
             Opcode::Release
         };
-        self.ok(
-            op,
-            0,
-            ReleaseIn {
-                fh,
-                ..Default::default()
-            }
-            .as_bytes(),
-        );
+        self.ok(op, 0, &body::release(fh));
     }
 
     fn mkdir(&mut self, parent: u64, name: &str) -> Result<EntryOut, i32> {
@@ -274,13 +221,7 @@ impl Session {
 
     /// (name, entry nodeid for READDIRPLUS) of every entry of a folder.
     fn readdir(&mut self, nodeid: u64, plus: bool) -> Vec<(String, u64)> {
-        let fh = OpenOut::read_from_bytes(&self.ok(
-            Opcode::Opendir,
-            nodeid,
-            OpenIn::default().as_bytes(),
-        ))
-        .unwrap()
-        .fh;
+        let fh = reply::open_fh(&self.ok(Opcode::Opendir, nodeid, &body::open(0)), false).unwrap();
         let mut names = Vec::new();
         let mut offset = 0;
         loop {
@@ -290,30 +231,13 @@ impl Session {
                 Opcode::Readdir
             };
             // A small size forces several calls that continue at the last offset.
-            let body = ReadIn {
-                fh,
-                offset,
-                size: 300,
-                ..Default::default()
-            };
-            let out = self.ok(op, nodeid, body.as_bytes());
+            let out = self.ok(op, nodeid, &body::read(fh, offset, 300));
             if out.is_empty() {
                 break;
             }
-            let mut rest = &out[..];
-            while !rest.is_empty() {
-                let mut entry_id = 0;
-                if plus {
-                    let (entry, r) = EntryOut::read_from_prefix(rest).unwrap();
-                    entry_id = entry.nodeid;
-                    rest = r;
-                }
-                let (dirent, r) = Dirent::read_from_prefix(rest).unwrap();
-                let name = String::from_utf8(r[..dirent.namelen as usize].to_vec()).unwrap();
-                let padded = (24 + dirent.namelen as usize + 7) & !7;
-                rest = &rest[padded..];
-                offset = dirent.off;
-                names.push((name, entry_id));
+            for entry in reply::dirents(&out, plus).expect("well-formed entries") {
+                offset = entry.off;
+                names.push((String::from_utf8(entry.name).unwrap(), entry.nodeid));
             }
         }
         self.release(fh, true);

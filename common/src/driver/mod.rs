@@ -38,7 +38,8 @@
 //! - [`net`]: virtio-net frames, receive buffers and control commands on top of
 //!   `Queue`s ([`net::NetQueuePair`], [`net::CtrlQueue`]) and the config space.
 //! - [`fs`]: virtio-fs (FUSE) requests on the hiprio and request queues
-//!   ([`fs::FsDevice`], [`fs::FsQueue`]) and the config space.
+//!   ([`fs::FsDevice`], [`fs::FsQueue`]) and the config space; request bodies
+//!   ([`fs::body`]) and reply fields ([`fs::reply`]) of the common operations.
 //! - [`blk`]: virtio-blk requests on top of a `Queue` ([`blk::BlkQueue`]) and the
 //!   config space ([`blk::BlkConfig`]).
 //!
