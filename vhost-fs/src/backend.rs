@@ -173,7 +173,13 @@ impl VhostUserBackend for FsBackend {
             guest_error!("queue {thread_id}: kicked before a memory table was set");
             return Ok(());
         };
-        process_queue(&self.inner.fs, vring, &memory, thread_id)
+        process_queue(
+            &self.inner.fs,
+            vring,
+            &memory,
+            thread_id,
+            std::time::Duration::ZERO,
+        )
     }
 }
 

@@ -5,10 +5,12 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost_user_backend::{VringState, VringT};
 use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
+use vhostkit_common::vring::{poll_avail, queue_err, serve_until_idle};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
@@ -136,45 +138,45 @@ impl FileData for ChainBuffers {
     }
 }
 
-/// Serves everything available on queue `index`.
+/// Serves everything available on queue `index`, then (with a `poll` time) watches
+/// the ring a while longer before the guest must kick again.
 pub fn process_queue(
     fs: &PassthroughFs,
     vring: &Vring,
     memory: &GuestMemory,
     index: usize,
+    poll: Duration,
 ) -> io::Result<()> {
     let mem: Arc<GuestMemoryMmap<()>> = memory.memory().into_inner();
     let mut state = vring.get_mut();
-    loop {
+    let drain = |fs: &mut &PassthroughFs,
+                 state: &mut VringState<GuestMemory>,
+                 mem: &Arc<GuestMemoryMmap<()>>| {
         let queue = state.get_queue_mut();
-        queue.disable_notification(&*mem).map_err(queue_err)?;
+        queue.disable_notification(&**mem).map_err(queue_err)?;
         loop {
-            let chain = match queue.iter(&*mem) {
+            let chain = match queue.iter(&**mem) {
                 Ok(mut avail) => avail.next(),
                 Err(e) => {
                     guest_error!("queue {index}: cannot read the available ring: {e}");
-                    None
+                    return Ok(false);
                 }
             };
             let Some(chain) = chain else {
-                break;
+                return Ok(true);
             };
             let head = chain.head_index();
-            let used_len = serve_chain(fs, &mem, chain, index);
-            if let Err(e) = queue.add_used(&*mem, head, used_len) {
+            let used_len = serve_chain(fs, mem, chain, index);
+            if let Err(e) = queue.add_used(&**mem, head, used_len) {
                 guest_error!("queue {index}: cannot return request {head}: {e}");
             }
         }
-        signal_if_needed(&mut state, &mem);
-        if !state
-            .get_queue_mut()
-            .enable_notification(&*mem)
-            .map_err(queue_err)?
-        {
-            break;
-        }
-    }
-    Ok(())
+    };
+    let poll_more =
+        |_: &mut &PassthroughFs,
+         state: &mut VringState<GuestMemory>,
+         mem: &Arc<GuestMemoryMmap<()>>| { poll_avail(state.get_queue_mut(), mem, poll) };
+    serve_until_idle(&mut { fs }, &mut state, &mem, poll, drain, poll_more)
 }
 
 /// Answers one request chain; returns the bytes written into it.
@@ -226,22 +228,6 @@ fn serve_chain(
             0
         }
     }
-}
-
-fn signal_if_needed(state: &mut VringState<GuestMemory>, mem: &GuestMemoryMmap<()>) {
-    match state.get_queue_mut().needs_notification(mem) {
-        Ok(true) => {
-            if let Err(e) = state.signal_used_queue() {
-                guest_error!("cannot signal the guest: {e}");
-            }
-        }
-        Ok(false) => {}
-        Err(e) => guest_error!("cannot read the queue's event index: {e}"),
-    }
-}
-
-fn queue_err(e: virtio_queue::Error) -> io::Error {
-    io::Error::other(e.to_string())
 }
 
 #[cfg(test)]
