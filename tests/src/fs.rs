@@ -122,6 +122,26 @@ pub fn virtiofsd_cmd(tools: &FsTools, socket: &Path, shared_dir: &Path) -> Comma
     cmd
 }
 
+/// Where `scripts/build-fs-tools.sh` installs virtiofsd ([`FsTools::default_dir`]),
+/// whether or not it is there: for a caller that needs only virtiofsd.
+pub fn virtiofsd_bin() -> PathBuf {
+    FsTools::default_dir().join("bin/virtiofsd")
+}
+
+/// [`virtiofsd_cmd`] with the binary `bin` and the cache policy `cache` (`auto`,
+/// `always`, `never`, `metadata`): as root without a sandbox, virtiofsd's other
+/// defaults (no xattr, no writeback cache, thread pool off).
+pub fn virtiofsd_cmd_with(bin: &Path, socket: &Path, shared_dir: &Path, cache: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .arg("--shared-dir")
+        .arg(shared_dir)
+        .args(["--cache", cache, "--sandbox", "none"])
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
 /// Our `vhost-user-fs` serving `shared_dir` on `socket` with `tag` (the binary:
 /// e.g. `env!("CARGO_BIN_EXE_vhost-user-fs")`, or
 /// [`crate::daemon::workspace_bin`]`("vhost-user-fs")`).
