@@ -560,6 +560,10 @@ fn run(args: &Args) -> Result<(), String> {
                     "  fs rows: peer SKIPPED (virtiofsd not built: scripts/build-fs-tools.sh)"
                 );
             }
+            if rows.is_empty() && boot_net_rows.is_empty() && boot_fs_rows.is_empty() {
+                eprintln!("  nothing to run in this boot: not booted");
+                continue;
+            }
             let boot_script = guest_script(
                 &rows,
                 args.seconds,
@@ -817,10 +821,13 @@ fn run(args: &Args) -> Result<(), String> {
     }
 
     for (i, w) in fs_rows.iter().enumerate() {
-        let workload = match (w.fio, &tarball) {
+        let mut workload = match (w.fio, &tarball) {
             (None, Some(t)) => format!("virtiofs tar -x {} files [files/s]", t.files),
             _ => w.title.to_string(),
         };
+        if fs.virtiofsd.is_none() {
+            workload.push_str(" [peer SKIPPED]");
+        }
         report.rows.push(Row {
             workload,
             ours: mean(
