@@ -25,11 +25,14 @@
 //! columns the same in 10^6 bytes/s; the guest boot (and its Linux stack under TCG)
 //! is shared by both backends, so the ratio is the comparison.
 //!
-//! File system rows (unless `--no-fs`; only them with `--fs-only`): in the same boots,
-//! a virtio-fs device (`vhost-user-fs-pci`, one request queue) mounted at /mnt/fs;
-//! ours: our vhost-user-fs, peer: virtiofsd (scripts/build-fs-tools.sh), the same
-//! cache policy for both (`--fs-cache`, default auto), each sharing its own folder
-//! on /dev/shm. fio on a file of the mount (made on the host, pre-filled): 4k
+//! File system rows (unless `--no-fs`; only them with `--fs-only`): in the same
+//! boots, two virtio-fs devices (`vhost-user-fs-pci`, one request queue each)
+//! mounted at /mnt/ours and /mnt/peer; ours: our vhost-user-fs, peer: virtiofsd
+//! (scripts/build-fs-tools.sh), the same cache policy for both (`--fs-cache`,
+//! default auto), each sharing its own folder on /dev/shm. Every QEMU boot runs each
+//! fs row on both mounts back to back (the boot's slot first, then alternating by
+//! row): the pairs are seconds apart, which keeps the drift of a shared, loaded
+//! host out of the ratio. fio on a file of the mount (made on the host, pre-filled): 4k
 //! random read and write, 1M sequential read and write, libaio with direct=1 (the
 //! guest's page cache bypassed: every I/O is a FUSE request); then busybox
 //! `tar -x` of a source tree (default: the kernel's uapi headers, /usr/include/linux,
@@ -63,16 +66,34 @@ const GUEST_MAC: &str = "52:54:00:77:00:02";
 const HOST_IP: &str = "10.77.0.1";
 const GUEST_IP: &str = "10.77.0.2";
 const IPERF_PORT: u16 = 5201;
-/// The virtio-fs tag, the same for both daemons.
+/// The virtio-fs tags: `vkfs-ours`, `vkfs-peer`.
 const FS_TAG: &str = "vkfs";
-/// Where the guest mounts it.
-const FS_MOUNT: &str = "/mnt/fs";
 /// The fio file in the shared folder.
 const FS_FILE: &str = "fio.dat";
 /// Where the source tree's tarball is in the guest (its RAM, not the mount).
 const FS_TARBALL: &str = "src.tar";
 /// The folder of the shared folder the tarball is extracted into.
 const FS_TREE: &str = "tree";
+
+/// The virtio-fs tag of the daemon `label` (`ours` or `peer`).
+fn fs_tag(label: &str) -> String {
+    format!("{FS_TAG}-{label}")
+}
+
+/// Where the guest mounts the daemon `label`'s device.
+fn fs_mount(label: &str) -> String {
+    format!("/mnt/{label}")
+}
+
+/// Which daemon goes first for fs row `i` of a boot whose daemons are `labels`
+/// (first of them first on even rows): ABBA within the boot.
+fn fs_row_order<'l>(labels: &[&'l str], i: usize) -> Vec<&'l str> {
+    let mut order = labels.to_vec();
+    if i % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
 
 /// One file system row: fio on the mount's file, or the tar extract.
 struct FsWorkload {
@@ -541,33 +562,29 @@ fn run(args: &Args) -> Result<(), String> {
                 },
                 slot.vmm()
             );
-            // The net and fs rows run in QEMU boots only; the fs rows only where
-            // the slot's daemon is there (virtiofsd may not be built).
+            // The net and fs rows run in QEMU boots only. The fs rows run in every
+            // QEMU boot on both daemons' mounts, the slot's daemon first (virtiofsd
+            // may not be built: then ours alone).
             let boot_net_rows: &[&'static NetWorkload] = if slot == Slot::Vhostkit {
                 &[]
             } else {
                 &net_rows
             };
-            let fs_daemon_there = fs.virtiofsd.is_some() || (slot == Slot::Ours && !args.aa);
-            let boot_fs_rows: &[&'static FsWorkload] = if slot == Slot::Vhostkit || !fs_daemon_there
-            {
+            let boot_fs_rows: &[&'static FsWorkload] = if slot == Slot::Vhostkit {
                 &[]
             } else {
                 &fs_rows
             };
-            if slot == Slot::Peer && !fs_rows.is_empty() && boot_fs_rows.is_empty() {
-                eprintln!(
-                    "  fs rows: peer SKIPPED (virtiofsd not built: scripts/build-fs-tools.sh)"
-                );
-            }
-            if rows.is_empty() && boot_net_rows.is_empty() && boot_fs_rows.is_empty() {
-                eprintln!("  nothing to run in this boot: not booted");
-                continue;
-            }
+            let fs_labels: &[&'static str] = match (fs.virtiofsd.is_some(), slot) {
+                _ if boot_fs_rows.is_empty() => &[],
+                (false, _) => &["ours"],
+                (true, Slot::Peer) => &["peer", "ours"],
+                (true, _) => &["ours", "peer"],
+            };
             let boot_script = guest_script(
                 &rows,
                 args.seconds,
-                boot_fs_rows,
+                (boot_fs_rows, fs_labels),
                 boot_net_rows,
                 args.net_seconds,
             );
@@ -580,6 +597,7 @@ fn run(args: &Args) -> Result<(), String> {
             let plan = BootPlan {
                 rows: &rows,
                 fs_rows: boot_fs_rows,
+                fs_labels,
                 net_rows: boot_net_rows,
                 tarball: tarball.as_ref(),
                 script: &boot_script,
@@ -592,8 +610,8 @@ fn run(args: &Args) -> Result<(), String> {
             for (i, sample) in net_result.into_iter().enumerate() {
                 net_samples.entry((i, label)).or_default().push(sample);
             }
-            for (i, sample) in fs_result.into_iter().enumerate() {
-                fs_samples.entry((i, label)).or_default().push(sample);
+            for (i, fs_label, sample) in fs_result {
+                fs_samples.entry((i, fs_label)).or_default().push(sample);
             }
         }
     }
@@ -724,10 +742,13 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if !fs_rows.is_empty() {
         report.notes.push(format!(
-            "fs rows: vhost-user-fs-pci (1 request queue, tag {FS_TAG}) mounted at {FS_MOUNT}; \
-             both daemons --cache {}, each sharing its own folder on {}; fio 3.33 on a {} MiB \
-             file of the mount made on the host (pre-filled), libaio, direct=1 (the guest's \
-             page cache bypassed: each I/O a FUSE request), 1 job, {} s time-based per row",
+            "fs rows: both daemons serve every QEMU guest boot: two vhost-user-fs-pci devices \
+             (1 request queue each, tags {FS_TAG}-ours, {FS_TAG}-peer) mounted at /mnt/ours and \
+             /mnt/peer; each row runs on both mounts back to back, the boot's own slot first, \
+             then alternating by row (ABBA), so every boot gives a pair per row; both daemons \
+             --cache {}, each sharing its own folder on {}; fio 3.33 on a {} MiB file of the \
+             mount made on the host (pre-filled), libaio, direct=1 (the guest's page cache \
+             bypassed: each I/O a FUSE request), 1 job, {} s time-based per row",
             args.fs_cache.as_str(),
             dir.path()
                 .parent()
@@ -750,7 +771,7 @@ fn run(args: &Args) -> Result<(), String> {
             ));
         }
         for (i, w) in fs_rows.iter().enumerate() {
-            let per_round = |label: &'static str| -> String {
+            let per_boot = |label: &'static str| -> String {
                 fs_samples
                     .get(&(i, label))
                     .map(|v| {
@@ -765,8 +786,8 @@ fn run(args: &Args) -> Result<(), String> {
                 "per boot, {}, {}: ours {}; peer {}",
                 if w.fio.is_some() { "ops/s" } else { "files/s" },
                 w.title,
-                per_round("ours"),
-                per_round("peer")
+                per_boot("ours"),
+                per_boot("peer")
             );
             if w.fio.is_none() {
                 let secs = |label: &'static str| -> String {
@@ -1018,7 +1039,7 @@ fn qemu_version() -> Option<String> {
 fn guest_script(
     rows: &[&Workload],
     seconds: u32,
-    fs_rows: &[&FsWorkload],
+    (fs_rows, fs_labels): (&[&FsWorkload], &[&str]),
     net_rows: &[&NetWorkload],
     net_seconds: u32,
 ) -> String {
@@ -1026,8 +1047,8 @@ fn guest_script(
     if !rows.is_empty() {
         s.push_str(&fio_script(rows, seconds));
     }
-    if !fs_rows.is_empty() {
-        s.push_str(&fs_script(fs_rows, seconds));
+    if !fs_rows.is_empty() && !fs_labels.is_empty() {
+        s.push_str(&fs_script(fs_rows, seconds, fs_labels));
     }
     if !net_rows.is_empty() {
         s.push_str(&format!(
@@ -1087,53 +1108,66 @@ fn fio_script(rows: &[&Workload], seconds: u32) -> String {
     s
 }
 
-/// The file system part of the guest's run.sh: mount, fio rows on the mount's file,
-/// the tar extract, unmount.
-fn fs_script(rows: &[&FsWorkload], seconds: u32) -> String {
-    let file = format!("{FS_MOUNT}/{FS_FILE}");
-    let mut s = format!(
-        "mkdir -p {FS_MOUNT}\n\
-         if ! mount -t virtiofs {FS_TAG} {FS_MOUNT}; then echo \"VHOSTKIT-RESULT error mount -t virtiofs {FS_TAG} failed\"; exit 1; fi\n\
-         if [ ! -f {file} ]; then echo \"VHOSTKIT-RESULT error no {file} on the mount\"; exit 1; fi\n"
-    );
-    if rows.iter().any(|w| w.fio.is_some()) {
+/// The file system part of the guest's run.sh: mount each daemon's device
+/// (`labels`: `ours`, `peer`), then each row on every mount back to back (which
+/// goes first alternating by row, [`fs_row_order`]): fio on the mount's file, or
+/// the tar extract; unmount. Row ids in the markers are `<row>.<label>`.
+fn fs_script(rows: &[&FsWorkload], seconds: u32, labels: &[&str]) -> String {
+    let mut s = String::new();
+    for label in labels {
+        let (tag, mnt) = (fs_tag(label), fs_mount(label));
+        let file = format!("{mnt}/{FS_FILE}");
         s.push_str(&format!(
-            "# Warm-up, not measured: the FUSE path and the file's host pages.\n\
-             fio --name=fswarmup --filename={file} --ioengine=libaio --direct=1 --rw=randread --bs=4k \
-             --iodepth=4 --time_based --runtime=1 --eta=never --output=/dev/null \
-             || {{ echo \"VHOSTKIT-RESULT error fio warm-up on {file} failed\"; exit 1; }}\n"
+            "mkdir -p {mnt}\n\
+             if ! mount -t virtiofs {tag} {mnt}; then echo \"VHOSTKIT-RESULT error mount -t virtiofs {tag} failed\"; exit 1; fi\n\
+             if [ ! -f {file} ]; then echo \"VHOSTKIT-RESULT error no {file} on the mount\"; exit 1; fi\n"
         ));
-    }
-    for w in rows {
-        let id = w.id;
-        match w.fio {
-            Some((rw, bs, qd)) => s.push_str(&format!(
-                "echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
-                 fio --name={id} --filename={file} --ioengine=libaio --direct=1 --rw={rw} --bs={bs} \
-                 --iodepth={qd} --numjobs=1 --time_based --runtime={seconds} --norandommap \
-                 --randrepeat=0 --eta=never --output-format=json --output=/tmp/{id}.json\n\
-                 rc=$?\n\
-                 echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
-                 [ $rc = 0 ] || failed=1\n\
-                 echo \"VHOSTKIT-BEGIN fio-{id}\"; cat /tmp/{id}.json; echo \"VHOSTKIT-END fio-{id}\"\n"
-            )),
-            None => s.push_str(&format!(
-                "mkdir {FS_MOUNT}/{FS_TREE} || {{ echo \"VHOSTKIT-RESULT error mkdir {FS_MOUNT}/{FS_TREE} failed\"; exit 1; }}\n\
-                 echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
-                 t0=$(cut -d' ' -f1 /proc/uptime)\n\
-                 tar -xf /{FS_TARBALL} -C {FS_MOUNT}/{FS_TREE}\n\
-                 rc=$?\n\
-                 t1=$(cut -d' ' -f1 /proc/uptime)\n\
-                 echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
-                 [ $rc = 0 ] || failed=1\n\
-                 files=$(find {FS_MOUNT}/{FS_TREE} -type f | wc -l)\n\
-                 echo \"VHOSTKIT-BEGIN tar-{id}\"; echo \"rc=$rc seconds=$(awk \"BEGIN {{ print $t1 - $t0 }}\") files=$files\"; echo \"VHOSTKIT-END tar-{id}\"\n"
-            )),
+        if rows.iter().any(|w| w.fio.is_some()) {
+            s.push_str(&format!(
+                "# Warm-up, not measured: the FUSE path and the file's host pages.\n\
+                 fio --name=fswarmup --filename={file} --ioengine=libaio --direct=1 --rw=randread --bs=4k \
+                 --iodepth=4 --time_based --runtime=1 --eta=never --output=/dev/null \
+                 || {{ echo \"VHOSTKIT-RESULT error fio warm-up on {file} failed\"; exit 1; }}\n"
+            ));
         }
     }
-    s.push_str(&format!(
-        "umount {FS_MOUNT} || {{ echo \"VHOSTKIT-RESULT fs_umount failed\"; failed=1; }}\n"
-    ));
+    for (i, w) in rows.iter().enumerate() {
+        for label in fs_row_order(labels, i) {
+            let mnt = fs_mount(label);
+            let file = format!("{mnt}/{FS_FILE}");
+            let id = format!("{}.{label}", w.id);
+            match w.fio {
+                Some((rw, bs, qd)) => s.push_str(&format!(
+                    "echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
+                     fio --name={id} --filename={file} --ioengine=libaio --direct=1 --rw={rw} --bs={bs} \
+                     --iodepth={qd} --numjobs=1 --time_based --runtime={seconds} --norandommap \
+                     --randrepeat=0 --eta=never --output-format=json --output=/tmp/{id}.json\n\
+                     rc=$?\n\
+                     echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
+                     [ $rc = 0 ] || failed=1\n\
+                     echo \"VHOSTKIT-BEGIN fio-{id}\"; cat /tmp/{id}.json; echo \"VHOSTKIT-END fio-{id}\"\n"
+                )),
+                None => s.push_str(&format!(
+                    "mkdir {mnt}/{FS_TREE} || {{ echo \"VHOSTKIT-RESULT error mkdir {mnt}/{FS_TREE} failed\"; exit 1; }}\n\
+                     echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
+                     t0=$(cut -d' ' -f1 /proc/uptime)\n\
+                     tar -xf /{FS_TARBALL} -C {mnt}/{FS_TREE}\n\
+                     rc=$?\n\
+                     t1=$(cut -d' ' -f1 /proc/uptime)\n\
+                     echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
+                     [ $rc = 0 ] || failed=1\n\
+                     files=$(find {mnt}/{FS_TREE} -type f | wc -l)\n\
+                     echo \"VHOSTKIT-BEGIN tar-{id}\"; echo \"rc=$rc seconds=$(awk \"BEGIN {{ print $t1 - $t0 }}\") files=$files\"; echo \"VHOSTKIT-END tar-{id}\"\n"
+                )),
+            }
+        }
+    }
+    for label in labels {
+        let mnt = fs_mount(label);
+        s.push_str(&format!(
+            "umount {mnt} || {{ echo \"VHOSTKIT-RESULT fs_umount {mnt} failed\"; failed=1; }}\n"
+        ));
+    }
     s
 }
 
@@ -1271,14 +1305,21 @@ struct Bins<'a> {
 struct BootPlan<'a> {
     rows: &'a [&'static Workload],
     fs_rows: &'a [&'static FsWorkload],
+    /// The fs daemons in this boot (`ours`, `peer`), the first first.
+    fs_labels: &'a [&'static str],
     net_rows: &'a [&'static NetWorkload],
     /// For the tar row.
     tarball: Option<&'a Tarball>,
     script: &'a str,
 }
 
-/// The samples of one boot: fio rows, net rows, fs rows.
-type BootSamples = (Vec<Sample>, Vec<NetSample>, Vec<Sample>);
+/// The samples of one boot: fio rows, net rows, and fs rows (row, daemon label,
+/// sample).
+type BootSamples = (
+    Vec<Sample>,
+    Vec<NetSample>,
+    Vec<(usize, &'static str, Sample)>,
+);
 
 /// What the harness measured for one net row in one boot.
 #[derive(Clone, Debug, Default)]
@@ -1397,6 +1438,7 @@ fn boot_once(
     let BootPlan {
         rows,
         fs_rows,
+        fs_labels,
         net_rows,
         tarball,
         script,
@@ -1458,13 +1500,22 @@ fn boot_once(
     let net_pid = net
         .as_ref()
         .and_then(|(host, _)| host.daemon.as_ref().map(DaemonProcess::pid));
-    let mut fs_host = if fs_rows.is_empty() {
-        None
-    } else {
-        Some(FsHost::start(args, dir, tag, use_peer, bins)?)
+    // One fs daemon per label; in an A/A run virtiofsd serves both.
+    let mut fs_hosts = Vec::new();
+    if !fs_rows.is_empty() {
+        for &label in fs_labels {
+            let peer = label == "peer" || args.aa;
+            fs_hosts.push((label, FsHost::start(args, dir, label, peer, bins)?));
+        }
+    }
+    let fs_pid = |id: &str| {
+        let label = id.rsplit_once('.')?.1;
+        fs_hosts
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, h)| h.daemon.pid())
     };
-    let fs_pid = fs_host.as_ref().map(|h| h.daemon.pid());
-    let fs_log = || fs_host.as_ref().map(FsHost::log).unwrap_or_default();
+    let fs_log = || fs_hosts.iter().map(|(_, h)| h.log()).collect::<String>();
 
     // Watch the console: sample the daemon's CPU time at each row's start and end,
     // and print each row's result as soon as its JSON has arrived.
@@ -1477,8 +1528,8 @@ fn boot_once(
     let pid_for = |id: &str| {
         if net_rows.iter().any(|w| w.id == id) {
             net_pid
-        } else if fs_rows.iter().any(|w| w.id == id) {
-            fs_pid
+        } else if fs_row_of(fs_rows, id).is_some() {
+            fs_pid(id)
         } else {
             blk_pid
         }
@@ -1491,9 +1542,17 @@ fn boot_once(
                 .iter()
                 .find(|w| w.id == id)
                 .map(|w| w.title)
-                .or_else(|| fs_rows.iter().find(|w| w.id == id).map(|w| w.title))
-                .or_else(|| net_rows.iter().find(|w| w.id == id).map(|w| w.title));
-            eprint!("  {:<26} ", title.unwrap_or(id));
+                .map(str::to_string)
+                .or_else(|| {
+                    fs_row_of(fs_rows, id).map(|(w, label)| format!("{} [{label}]", w.title))
+                })
+                .or_else(|| {
+                    net_rows
+                        .iter()
+                        .find(|w| w.id == id)
+                        .map(|w| w.title.to_string())
+                });
+            eprint!("  {:<26} ", title.as_deref().unwrap_or(id));
         } else if let Some(rest) = marker(line, "VHOSTKIT-ROW-END ") {
             let id = rest.split_whitespace().next().unwrap_or("").to_string();
             if let (Some(begin), Some(pid)) = (cpu_at_begin.take(), pid_for(&id)) {
@@ -1571,14 +1630,16 @@ fn boot_once(
     let fs_timeout = if fs_rows.is_empty() {
         0
     } else {
-        // Mount and warm-up; under TCG a tar extract of ~800 files takes tens of
-        // seconds.
-        30 + fs_fio_rows * (2 * args.seconds as u64 + 20)
+        // Per daemon: mount and warm-up; under TCG a tar extract of ~800 files
+        // takes several seconds, of a big tree minutes.
+        let per_daemon = 30
+            + fs_fio_rows * (2 * args.seconds as u64 + 20)
             + if fs_rows.len() as u64 > fs_fio_rows {
                 600
             } else {
                 0
-            }
+            };
+        per_daemon * fs_labels.len() as u64
     };
     let timeout = Duration::from_secs(
         120 + rows.len() as u64 * (2 * args.seconds as u64 + 20)
@@ -1592,8 +1653,10 @@ fn boot_once(
     if !rows.is_empty() {
         guest = guest.blk(BlkDevice::new(&socket, NUM_QUEUES));
     }
-    if !fs_rows.is_empty() {
-        guest = guest.fs(FsDevice::new(fs_socket(dir, tag), FS_TAG));
+    for (label, _) in &fs_hosts {
+        guest = guest.fs(FsDevice::new(fs_socket(dir, label), fs_tag(label)));
+    }
+    if !fs_hosts.is_empty() {
         if let (Some(t), true) = (tarball, fs_rows.iter().any(|w| w.fio.is_none())) {
             guest = guest.file(FS_TARBALL, 0o644, t.data.clone());
         }
@@ -1626,7 +1689,7 @@ fn boot_once(
         ));
     }
     let fs_log_text = fs_log();
-    if let Some(host) = fs_host.as_mut() {
+    for (_, host) in fs_hosts.iter_mut() {
         // virtiofsd exits when its one frontend hangs up; ours serves the next.
         if !host.peer && !host.daemon.is_running() {
             return Err(format!("vhost-user-fs exited during the run{fs_log_text}"));
@@ -1635,11 +1698,15 @@ fn boot_once(
     drop(blk_daemon);
     drop(net);
     let _ = std::fs::remove_file(&disk);
-    // The tree the tar row extracted, as the host sees it.
-    let host_tree_files = fs_host
-        .as_ref()
-        .map(|h| count_files(&h.shared.join(FS_TREE)).map(|(files, _)| files));
-    drop(fs_host);
+    // The trees the tar row extracted, as the host sees them.
+    let host_tree_files: Vec<(&str, std::io::Result<u64>)> = fs_hosts
+        .iter()
+        .map(|(label, h)| {
+            let files = count_files(&h.shared.join(FS_TREE)).map(|(files, _)| files);
+            (*label, files)
+        })
+        .collect();
+    drop(fs_hosts);
     if let Some(error) = out.result("error") {
         return Err(format!(
             "{tag}: guest: {error}\n{}{net_log_text}{fs_log_text}",
@@ -1678,40 +1745,48 @@ fn boot_once(
         }
     }
     let mut fs_result = Vec::new();
-    for w in fs_rows {
-        let what = if w.fio.is_some() { "fio" } else { "tar" };
-        let sample = if w.fio.is_some() {
-            parsed.remove(w.id)
-        } else {
-            tar_parsed.remove(w.id)
-        };
-        match sample {
-            Some(Ok(sample)) => fs_result.push(sample),
-            Some(Err(e)) => {
-                return Err(format!(
-                    "{tag} fs: {}: {e}\n{}{fs_log_text}",
-                    w.title, out.console
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "{tag} fs: {}: no {what} result on the console\n{}{fs_log_text}",
-                    w.title, out.console
-                ))
+    for (i, w) in fs_rows.iter().enumerate() {
+        for &label in fs_labels {
+            let what = if w.fio.is_some() { "fio" } else { "tar" };
+            let id = format!("{}.{label}", w.id);
+            let sample = if w.fio.is_some() {
+                parsed.remove(&id)
+            } else {
+                tar_parsed.remove(&id)
+            };
+            match sample {
+                Some(Ok(sample)) => fs_result.push((i, label, sample)),
+                Some(Err(e)) => {
+                    return Err(format!(
+                        "{tag} fs ({label}): {}: {e}\n{}{fs_log_text}",
+                        w.title, out.console
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{tag} fs ({label}): {}: no {what} result on the console\n{}{fs_log_text}",
+                        w.title, out.console
+                    ))
+                }
             }
         }
     }
-    if let (Some(t), Some(on_host)) = (tarball, host_tree_files) {
-        if fs_rows.iter().any(|w| w.fio.is_none()) {
+    if let (Some(t), true) = (tarball, fs_rows.iter().any(|w| w.fio.is_none())) {
+        for (label, on_host) in host_tree_files {
             match on_host {
                 Ok(n) if n == t.files => {}
                 Ok(n) => {
                     return Err(format!(
-                        "{tag} fs: after tar -x the shared folder holds {n} files, the tarball {}",
+                        "{tag} fs ({label}): after tar -x the shared folder holds {n} files, \
+                         the tarball {}",
                         t.files
                     ))
                 }
-                Err(e) => return Err(format!("{tag} fs: the extracted tree on the host: {e}")),
+                Err(e) => {
+                    return Err(format!(
+                        "{tag} fs ({label}): the extracted tree on the host: {e}"
+                    ))
+                }
             }
         }
     }
@@ -1724,13 +1799,24 @@ fn boot_once(
     Ok((result, net_result, fs_result))
 }
 
+/// The fs row and daemon label of a marker id `<row>.<label>`.
+fn fs_row_of<'i>(
+    rows: &[&'static FsWorkload],
+    id: &'i str,
+) -> Option<(&'static FsWorkload, &'i str)> {
+    let (row, label) = id.rsplit_once('.')?;
+    let w = rows.iter().find(|w| w.id == row)?;
+    Some((*w, label))
+}
+
 fn fs_socket(dir: &TempDir, tag: &str) -> PathBuf {
     dir.join(&format!("{tag}-fs.sock"))
 }
 
-/// The host end of the guest's virtio-fs for one boot: the shared folder (with
-/// the fio file, pre-filled) and the daemon serving it; the folder is removed
-/// when dropped, after the daemon.
+/// The host end of one of the guest's virtio-fs devices for one boot: the shared
+/// folder (with the fio file, pre-filled) and the daemon serving it; the folder is
+/// removed when dropped, after the daemon. `tag`: `ours` or `peer` (the device's
+/// label; in an A/A run virtiofsd serves `ours` too).
 struct FsHost {
     daemon: DaemonProcess,
     shared: PathBuf,
@@ -1771,7 +1857,7 @@ impl FsHost {
                 virtiofsd_cmd_with(bin, &socket, &shared, cache),
             )
         } else {
-            let mut cmd = vhost_user_fs_cmd(bins.fs, &socket, &shared, FS_TAG);
+            let mut cmd = vhost_user_fs_cmd(bins.fs, &socket, &shared, &fs_tag(tag));
             cmd.args(["--cache", cache]);
             ("vhost-user-fs", cmd)
         };
@@ -1881,7 +1967,7 @@ mod tests {
     #[test]
     fn script_has_one_fio_per_row() {
         let rows = select_rows(&[]).unwrap();
-        let s = guest_script(&rows, 3, &[], &[], 3);
+        let s = guest_script(&rows, 3, (&[], &[]), &[], 3);
         assert_eq!(s.matches("VHOSTKIT-ROW-BEGIN").count(), 4);
         assert_eq!(s.matches("fio --name=").count(), 5, "4 rows and a warm-up");
         assert!(s.contains("--runtime=3"));
@@ -1893,14 +1979,14 @@ mod tests {
     #[test]
     fn script_has_one_iperf3_per_net_row() {
         let net: Vec<&NetWorkload> = NET_WORKLOADS.iter().collect();
-        let s = guest_script(&[], 3, &[], &net, 2);
+        let s = guest_script(&[], 3, (&[], &[]), &net, 2);
         assert!(!s.contains("fio"), "--net-only: no fio, no /dev/vda");
         assert_eq!(s.matches("VHOSTKIT-ROW-BEGIN tcp-").count(), 4);
         assert_eq!(s.matches("iperf3 -c").count(), 5, "4 rows and a warm-up");
         assert_eq!(s.matches(" -R ").count(), 2);
         assert!(s.contains("-t 2 -P 4 -R -i 0 -J >/tmp/tcp-h2g-p4.json"));
         assert!(s.contains(&format!("ip addr add {GUEST_IP}/24 dev eth0")));
-        let both = guest_script(&select_rows(&[]).unwrap(), 3, &[], &net, 2);
+        let both = guest_script(&select_rows(&[]).unwrap(), 3, (&[], &[]), &net, 2);
         assert_eq!(both.matches("VHOSTKIT-ROW-BEGIN").count(), 8);
         assert_eq!(both.matches("exit $failed").count(), 1);
     }
@@ -1939,30 +2025,50 @@ mod tests {
     #[test]
     fn script_has_one_fio_per_fs_row_and_the_tar_extract() {
         let fs: Vec<&FsWorkload> = FS_WORKLOADS.iter().collect();
-        let s = guest_script(&[], 3, &fs, &[], 3);
+        let s = guest_script(&[], 3, (&fs, &["peer", "ours"]), &[], 3);
         assert!(!s.contains("/dev/vda"), "--fs-only: no block device");
         assert!(!s.contains("iperf3"));
-        assert!(s.contains("mount -t virtiofs vkfs /mnt/fs"));
-        assert_eq!(s.matches("VHOSTKIT-ROW-BEGIN fs-").count(), 5);
-        assert_eq!(s.matches("fio --name=").count(), 5, "4 rows and a warm-up");
-        assert!(s.contains("--filename=/mnt/fs/fio.dat --ioengine=libaio --direct=1 --rw=write --bs=1m --iodepth=4"));
+        assert!(s.contains("mount -t virtiofs vkfs-ours /mnt/ours"));
+        assert!(s.contains("mount -t virtiofs vkfs-peer /mnt/peer"));
+        assert_eq!(s.matches("VHOSTKIT-ROW-BEGIN fs-").count(), 10);
+        assert_eq!(
+            s.matches("fio --name=").count(),
+            10,
+            "4 rows and a warm-up, twice"
+        );
+        assert!(s.contains(
+            "--filename=/mnt/ours/fio.dat --ioengine=libaio --direct=1 --rw=write --bs=1m --iodepth=4"
+        ));
         assert!(s.contains("--rw=randwrite --bs=4k --iodepth=16"));
-        assert!(s.contains("tar -xf /src.tar -C /mnt/fs/tree"));
-        assert!(s.contains("VHOSTKIT-BEGIN tar-fs-tar-x"));
-        assert!(s.contains("umount /mnt/fs"));
+        assert!(s.contains("tar -xf /src.tar -C /mnt/peer/tree"));
+        assert!(s.contains("VHOSTKIT-BEGIN tar-fs-tar-x.ours"));
+        assert!(s.contains("umount /mnt/ours"));
         assert!(s.ends_with("exit $failed\n"));
+        // ABBA: the first label first on even rows, second on odd ones.
+        let at = |id: &str| s.find(&format!("VHOSTKIT-ROW-BEGIN {id}\"")).unwrap();
+        assert!(at("fs-randread-4k-qd16.peer") < at("fs-randread-4k-qd16.ours"));
+        assert!(at("fs-randwrite-4k-qd16.ours") < at("fs-randwrite-4k-qd16.peer"));
+        assert!(at("fs-tar-x.peer") < at("fs-tar-x.ours"));
+        let only_ours = guest_script(&[], 3, (&fs, &["ours"]), &[], 3);
+        assert!(!only_ours.contains("/mnt/peer"));
+        assert_eq!(only_ours.matches("VHOSTKIT-ROW-BEGIN fs-").count(), 5);
         let all = guest_script(
             &select_rows(&[]).unwrap(),
             3,
-            &fs,
+            (&fs, &["ours", "peer"]),
             &NET_WORKLOADS.iter().collect::<Vec<_>>(),
             2,
         );
-        assert_eq!(all.matches("VHOSTKIT-ROW-BEGIN").count(), 13);
+        assert_eq!(all.matches("VHOSTKIT-ROW-BEGIN").count(), 18);
         let blk_at = all.find("/dev/vda").unwrap();
-        let fs_at = all.find("/mnt/fs").unwrap();
+        let fs_at = all.find("/mnt/ours").unwrap();
         let net_at = all.find("iperf3 -c").unwrap();
         assert!(blk_at < fs_at && fs_at < net_at);
+        assert_eq!(
+            fs_row_of(&fs, "fs-tar-x.peer").map(|(w, l)| (w.id, l)),
+            Some(("fs-tar-x", "peer"))
+        );
+        assert!(fs_row_of(&fs, "randread-4k-qd32").is_none());
     }
 
     #[test]
