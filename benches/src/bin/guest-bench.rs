@@ -217,7 +217,8 @@ their ops/s columns hold Mbit/s. Net rows need root, /dev/net/tun, ip and iperf3
 File system rows (--no-fs, --fs-only): vhost-user-fs against virtiofsd (build/tools, from\n\
 scripts/build-fs-tools.sh), same --fs-cache: fio 4k randread/randwrite QD16 and 1M\n\
 seqread/seqwrite QD4 (direct=1) on a file of the virtiofs mount, and a tar extract of\n\
---fs-tree onto the mount (its ops/s are files/s).\n\
+--fs-tree onto the mount (its ops/s are files/s); both daemons serve every boot, each\n\
+row runs on both mounts back to back.\n\
 Needs the guest image (scripts/build-guest-image.sh, run automatically) and the\n\
 daemons built (cargo build --release --workspace --bins)."
 )]
