@@ -411,7 +411,7 @@ fn run(args: &Args) -> Result<(), String> {
     let (net_rows, net_line) = net_decision(args);
     let net_rows: Vec<&'static NetWorkload> = net_rows;
     let fs = fs_decision(args);
-    let fs_rows: Vec<&'static FsWorkload> = fs.rows.clone();
+    let mut fs_rows: Vec<&'static FsWorkload> = fs.rows.clone();
     if rows.is_empty() && net_rows.is_empty() && fs_rows.is_empty() {
         return Err(format!("nothing to run: {net_line}; {}", fs.line));
     }
@@ -505,16 +505,28 @@ fn run(args: &Args) -> Result<(), String> {
     .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
 
     // The tar row's tarball, made once: the same bytes for every boot.
+    // Without a tree to tar the tar row is left out (loudly), not the run.
+    let mut tar_line = None;
     let tarball = if fs_rows.iter().any(|w| w.fio.is_none()) {
-        let tarball = Tarball::make(&args.fs_tree, &dir.join(FS_TARBALL))?;
-        eprintln!(
-            "guest-bench: tar row: {} ({} files, {:.1} MB in files, tarball {:.1} MB)",
-            args.fs_tree.display(),
-            tarball.files,
-            tarball.file_bytes as f64 / 1e6,
-            tarball.data.len() as f64 / 1e6
-        );
-        Some(tarball)
+        match Tarball::make(&args.fs_tree, &dir.join(FS_TARBALL)) {
+            Ok(tarball) => {
+                eprintln!(
+                    "guest-bench: tar row: {} ({} files, {:.1} MB in files, tarball {:.1} MB)",
+                    args.fs_tree.display(),
+                    tarball.files,
+                    tarball.file_bytes as f64 / 1e6,
+                    tarball.data.len() as f64 / 1e6
+                );
+                Some(tarball)
+            }
+            Err(e) => {
+                let line = format!("fs row tar -x: SKIPPED ({e})");
+                eprintln!("guest-bench: *** {line} ***");
+                tar_line = Some(line);
+                fs_rows.retain(|w| w.fio.is_some());
+                None
+            }
+        }
     } else {
         None
     };
@@ -533,6 +545,9 @@ fn run(args: &Args) -> Result<(), String> {
     println!("{vhostkit_line}");
     println!("{net_line}");
     println!("{}", fs.line);
+    if let Some(line) = &tar_line {
+        println!("{line}");
+    }
     if fs.virtiofsd.is_none() && !fs_rows.is_empty() {
         eprintln!("guest-bench: *** {} ***", fs.line);
     }
@@ -633,6 +648,9 @@ fn run(args: &Args) -> Result<(), String> {
     report.notes.push(vhostkit_line.clone());
     report.notes.push(net_line.clone());
     report.notes.push(fs.line.clone());
+    if let Some(line) = &tar_line {
+        report.notes.push(line.clone());
+    }
     if with_vhostkit {
         report.notes.push(format!(
             "rows vhostkit+ours: our daemon, the guest booted through vhostkit (KVM, bzImage, \
