@@ -637,6 +637,35 @@ Summary: 2 failed, 1 skipped, 1 passed, 1 expected failures, 5 total\n";
     }
 
     #[test]
+    fn virtiofsd_command_line() {
+        let cmd = virtiofsd_cmd_with(
+            Path::new("/x/virtiofsd"),
+            Path::new("/s.sock"),
+            Path::new("/d"),
+            "never",
+        );
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--socket-path",
+                "/s.sock",
+                "--shared-dir",
+                "/d",
+                "--cache",
+                "never",
+                "--sandbox",
+                "none"
+            ]
+        );
+        assert_eq!(cmd.get_program(), "/x/virtiofsd");
+        assert!(virtiofsd_bin().ends_with("bin/virtiofsd"));
+    }
+
+    #[test]
     fn selection_arguments() {
         assert_eq!(Selection::All.args(), "");
         assert_eq!(
