@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job: builds everything, boots a Debian Linux guest with our vhost-user
 # daemons attached, runs fio inside against our daemon and against the peer
-# (qemu-storage-daemon), and iperf3 between the guest and the host on our
-# vhost-user-net and on QEMU's own tap backend (short runs: 3 s per row), and
-# prints the results table (fio rows and net rows; --no-net leaves the net rows out).
+# (qemu-storage-daemon), fio and a tar extract on a virtiofs mount served by our
+# vhost-user-fs and by virtiofsd (same cache mode), and iperf3 between the guest and
+# the host on our vhost-user-net and on QEMU's own tap backend (short runs: 3 s per
+# row), and prints the results table (fio rows, fs rows and net rows; --no-net and
+# --no-fs leave rows out).
 # Which VMM boots the guest is guest-bench's choice (--vhostkit auto): where the host
 # has hardware virtualization (vmx/svm) the guest also boots through our own VMM,
 # vhostkit, with our daemon (rows vhostkit+ours), beside QEMU with KVM; elsewhere
@@ -14,9 +16,13 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup-host.sh
 bash scripts/build-guest-image.sh
+# virtiofsd, the fs rows' peer (a no-op when built; a few minutes of cargo install the
+# first time). Without it guest-bench still runs our fs rows and says the peer is SKIPPED.
+bash scripts/build-fs-tools.sh >&2 || echo "== WARNING: scripts/build-fs-tools.sh failed: the fs rows' peer (virtiofsd) will be SKIPPED" >&2
 
 echo "== building (release)" >&2
 cargo build --release --workspace --bins --quiet
 mkdir -p build/results
-target/release/guest-bench --print-vmm "$@" | sed 's/^/== /' >&2
-exec target/release/guest-bench --json build/results/guest.json --svg build/results/guest.svg "$@"
+bin="${CARGO_TARGET_DIR:-target}/release"
+"$bin/guest-bench" --print-vmm "$@" | sed 's/^/== /' >&2
+exec "$bin/guest-bench" --json build/results/guest.json --svg build/results/guest.svg "$@"

@@ -157,6 +157,26 @@ pub fn virtiofsd_cmd(tools: &FsTools, socket: &Path, shared_dir: &Path) -> Comma
     cmd
 }
 
+/// Where `scripts/build-fs-tools.sh` installs virtiofsd ([`FsTools::default_dir`]),
+/// whether or not it is there: for a caller that needs only virtiofsd.
+pub fn virtiofsd_bin() -> PathBuf {
+    FsTools::default_dir().join("bin/virtiofsd")
+}
+
+/// [`virtiofsd_cmd`] with the binary `bin` and the cache policy `cache` (`auto`,
+/// `always`, `never`, `metadata`): as root without a sandbox, virtiofsd's other
+/// defaults (no xattr, no writeback cache, thread pool off).
+pub fn virtiofsd_cmd_with(bin: &Path, socket: &Path, shared_dir: &Path, cache: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--socket-path")
+        .arg(socket)
+        .arg("--shared-dir")
+        .arg(shared_dir)
+        .args(["--cache", cache, "--sandbox", "none"])
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
 /// Our `vhost-user-fs` serving `shared_dir` on `socket` with `tag` (the binary:
 /// e.g. `env!("CARGO_BIN_EXE_vhost-user-fs")`, or
 /// [`crate::daemon::workspace_bin`]`("vhost-user-fs")`).
@@ -625,6 +645,35 @@ Summary: 2 failed, 1 skipped, 1 passed, 1 expected failures, 5 total\n";
         let flaky = parse_pjdfstest("open::etxtbsy ok\n");
         assert!(compare(&PjdfsResults::default(), &flaky).is_empty());
         assert!(compare(&peer, &peer).is_empty());
+    }
+
+    #[test]
+    fn virtiofsd_command_line() {
+        let cmd = virtiofsd_cmd_with(
+            Path::new("/x/virtiofsd"),
+            Path::new("/s.sock"),
+            Path::new("/d"),
+            "never",
+        );
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--socket-path",
+                "/s.sock",
+                "--shared-dir",
+                "/d",
+                "--cache",
+                "never",
+                "--sandbox",
+                "none"
+            ]
+        );
+        assert_eq!(cmd.get_program(), "/x/virtiofsd");
+        assert!(virtiofsd_bin().ends_with("bin/virtiofsd"));
     }
 
     #[test]

@@ -24,6 +24,21 @@
 //! ops/s columns of net rows hold Mbit/s (iperf3's receiver-side goodput), the MB/s
 //! columns the same in 10^6 bytes/s; the guest boot (and its Linux stack under TCG)
 //! is shared by both backends, so the ratio is the comparison.
+//!
+//! File system rows (unless `--no-fs`; only them with `--fs-only`): in the same
+//! boots, two virtio-fs devices (`vhost-user-fs-pci`, one request queue each)
+//! mounted at /mnt/ours and /mnt/peer; ours: our vhost-user-fs, peer: virtiofsd
+//! (scripts/build-fs-tools.sh), the same cache policy for both (`--fs-cache`,
+//! default auto), each sharing its own folder on /dev/shm. Every QEMU boot runs each
+//! fs row on both mounts back to back (the boot's slot first, then alternating by
+//! row): the pairs are seconds apart, which keeps the drift of a shared, loaded
+//! host out of the ratio. fio on a file of the mount (made on the host, pre-filled): 4k
+//! random read and write, 1M sequential read and write, libaio with direct=1 (the
+//! guest's page cache bypassed: every I/O is a FUSE request); then busybox
+//! `tar -x` of a source tree (default: the kernel's uapi headers, /usr/include/linux,
+//! tarred on the host and put in the guest's RAM) onto the mount, timed in the
+//! guest: ops/s are files/s, MB/s the files' bytes per second. The host then counts
+//! the extracted files in the shared folder.
 
 use clap::Parser;
 use serde_json::Value;
@@ -37,8 +52,9 @@ use vhostkit_benches::report::{process_cpu_seconds, Measurement, OutputArgs, Rep
 use vhostkit_tests::daemon::{
     qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
 };
+use vhostkit_tests::fs::{spawn_fs_daemon, vhost_user_fs_cmd, virtiofsd_bin, virtiofsd_cmd_with};
 use vhostkit_tests::guest::{
-    hardware_kvm, vhostkit_bin, Accel, BlkDevice, Guest, GuestImage, NetDevice, Vmm,
+    hardware_kvm, vhostkit_bin, Accel, BlkDevice, FsDevice, Guest, GuestImage, NetDevice, Vmm,
 };
 use vhostkit_tests::netns::{self, NetNs};
 use vhostkit_tests::TempDir;
@@ -50,6 +66,70 @@ const GUEST_MAC: &str = "52:54:00:77:00:02";
 const HOST_IP: &str = "10.77.0.1";
 const GUEST_IP: &str = "10.77.0.2";
 const IPERF_PORT: u16 = 5201;
+/// The virtio-fs tags: `vkfs-ours`, `vkfs-peer`.
+const FS_TAG: &str = "vkfs";
+/// The fio file in the shared folder.
+const FS_FILE: &str = "fio.dat";
+/// Where the source tree's tarball is in the guest (its RAM, not the mount).
+const FS_TARBALL: &str = "src.tar";
+/// The folder of the shared folder the tarball is extracted into.
+const FS_TREE: &str = "tree";
+
+/// The virtio-fs tag of the daemon `label` (`ours` or `peer`).
+fn fs_tag(label: &str) -> String {
+    format!("{FS_TAG}-{label}")
+}
+
+/// Where the guest mounts the daemon `label`'s device.
+fn fs_mount(label: &str) -> String {
+    format!("/mnt/{label}")
+}
+
+/// Which daemon goes first for fs row `i` of a boot whose daemons are `labels`
+/// (first of them first on even rows): ABBA within the boot.
+fn fs_row_order<'l>(labels: &[&'l str], i: usize) -> Vec<&'l str> {
+    let mut order = labels.to_vec();
+    if i % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// One file system row: fio on the mount's file, or the tar extract.
+struct FsWorkload {
+    id: &'static str,
+    title: &'static str,
+    /// fio's rw, bs and iodepth; `None`: the tar extract.
+    fio: Option<(&'static str, &'static str, u32)>,
+}
+
+const FS_WORKLOADS: &[FsWorkload] = &[
+    FsWorkload {
+        id: "fs-randread-4k-qd16",
+        title: "virtiofs 4k randread QD16",
+        fio: Some(("randread", "4k", 16)),
+    },
+    FsWorkload {
+        id: "fs-randwrite-4k-qd16",
+        title: "virtiofs 4k randwrite QD16",
+        fio: Some(("randwrite", "4k", 16)),
+    },
+    FsWorkload {
+        id: "fs-seqread-1m-qd4",
+        title: "virtiofs 1M seqread QD4",
+        fio: Some(("read", "1m", 4)),
+    },
+    FsWorkload {
+        id: "fs-seqwrite-1m-qd4",
+        title: "virtiofs 1M seqwrite QD4",
+        fio: Some(("write", "1m", 4)),
+    },
+    FsWorkload {
+        id: "fs-tar-x",
+        title: "virtiofs tar -x [files/s]",
+        fio: None,
+    },
+];
 
 /// One iperf3 row.
 struct NetWorkload {
@@ -130,10 +210,15 @@ const WORKLOADS: &[Workload] = &[
 #[derive(Parser, Debug)]
 #[command(
     name = "guest-bench",
-    about = "fio and iperf3 inside a Linux guest (QEMU): our vhost-user-blk against qemu-storage-daemon, our vhost-user-net against QEMU's tap backend, side by side",
+    about = "fio, tar and iperf3 inside a Linux guest (QEMU): our vhost-user-blk against qemu-storage-daemon, our vhost-user-fs against virtiofsd, our vhost-user-net against QEMU's tap backend, side by side",
     after_help = "fio rows (--rows): randread-4k-qd32, randwrite-4k-qd32, randread-4k-qd1, seqread-128k-qd8.\n\
 Net rows (--no-net, --net-only): iperf3 TCP guest->host and host->guest, 1 and 4 streams;\n\
 their ops/s columns hold Mbit/s. Net rows need root, /dev/net/tun, ip and iperf3.\n\
+File system rows (--no-fs, --fs-only): vhost-user-fs against virtiofsd (build/tools, from\n\
+scripts/build-fs-tools.sh), same --fs-cache: fio 4k randread/randwrite QD16 and 1M\n\
+seqread/seqwrite QD4 (direct=1) on a file of the virtiofs mount, and a tar extract of\n\
+--fs-tree onto the mount (its ops/s are files/s); both daemons serve every boot, each\n\
+row runs on both mounts back to back.\n\
 Needs the guest image (scripts/build-guest-image.sh, run automatically) and the\n\
 daemons built (cargo build --release --workspace --bins)."
 )]
@@ -147,9 +232,24 @@ struct Args {
     /// Leave out the net rows (iperf3 over vhost-user-net vs QEMU's tap backend).
     #[arg(long, conflicts_with = "net_only")]
     no_net: bool,
-    /// Only the net rows: no block device, no fio.
+    /// Only the net rows: no block device, no fio, no virtio-fs.
     #[arg(long)]
     net_only: bool,
+    /// Leave out the file system rows (vhost-user-fs vs virtiofsd).
+    #[arg(long, conflicts_with_all = ["fs_only", "net_only"])]
+    no_fs: bool,
+    /// Only the file system rows: no block device, no network.
+    #[arg(long, conflicts_with = "net_only")]
+    fs_only: bool,
+    /// Cache policy of both virtio-fs daemons (their --cache).
+    #[arg(long, value_enum, default_value_t = FsCache::Auto)]
+    fs_cache: FsCache,
+    /// Size of the fio file on the virtiofs mount, MiB (made on the host, pre-filled).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=8192))]
+    fs_file_mib: u64,
+    /// The source tree the tar row extracts (tarred on the host once per run).
+    #[arg(long, default_value = "/usr/include/linux")]
+    fs_tree: PathBuf,
     /// Seconds of iperf3 per net row and backend.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=600))]
     net_seconds: u32,
@@ -184,6 +284,24 @@ struct Args {
     /// run, and why), then exit.
     #[arg(long)]
     print_vmm: bool,
+}
+
+/// `--fs-cache`: the cache policies both daemons have.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum FsCache {
+    Auto,
+    Always,
+    Never,
+}
+
+impl FsCache {
+    fn as_str(self) -> &'static str {
+        match self {
+            FsCache::Auto => "auto",
+            FsCache::Always => "always",
+            FsCache::Never => "never",
+        }
+    }
 }
 
 /// `--vhostkit`.
@@ -267,7 +385,7 @@ fn main() {
 
 /// The line saying which VMM boots the guest for which rows.
 fn vmm_line(accel: Accel, with_vhostkit: bool) -> String {
-    let qemu = format!("QEMU q35 (vhost-user-blk-pci) under {accel}");
+    let qemu = format!("QEMU q35 (virtio-*-pci) under {accel}");
     if with_vhostkit {
         format!(
             "guest VMM: vhostkit (KVM, virtio-mmio) for rows vhostkit+ours; {qemu} for ours and peer"
@@ -285,24 +403,28 @@ fn run(args: &Args) -> Result<(), String> {
         println!("{line}");
         return Ok(());
     }
-    let rows = if args.net_only {
+    let rows = if args.net_only || args.fs_only {
         Vec::new()
     } else {
         select_rows(&args.rows)?
     };
     let (net_rows, net_line) = net_decision(args);
     let net_rows: Vec<&'static NetWorkload> = net_rows;
-    if rows.is_empty() && net_rows.is_empty() {
-        return Err(format!("nothing to run: {net_line}"));
+    let fs = fs_decision(args);
+    let mut fs_rows: Vec<&'static FsWorkload> = fs.rows.clone();
+    if rows.is_empty() && net_rows.is_empty() && fs_rows.is_empty() {
+        return Err(format!("nothing to run: {net_line}; {}", fs.line));
     }
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let image = GuestImage::ensure().map_err(|e| e.to_string())?;
     let accel = Accel::detect();
     let ours_bin = workspace_bin("vhost-user-blk");
     let ours_net_bin = workspace_bin("vhost-user-net");
+    let ours_fs_bin = workspace_bin("vhost-user-fs");
     for (bin, needed) in [
         (&ours_bin, !rows.is_empty()),
         (&ours_net_bin, !net_rows.is_empty()),
+        (&ours_fs_bin, !fs_rows.is_empty()),
     ] {
         if needed && !args.aa && !bin.is_file() {
             return Err(format!(
@@ -336,13 +458,34 @@ fn run(args: &Args) -> Result<(), String> {
         });
         peer_names.push(peer_net);
     }
+    if !fs_rows.is_empty() {
+        let cache = args.fs_cache.as_str();
+        let peer_fs = match &fs.virtiofsd {
+            Some(bin) => format!(
+                "{} (--cache {cache}, --sandbox none)",
+                virtiofsd_version(bin).unwrap_or_else(|| "virtiofsd".into())
+            ),
+            None => "virtiofsd SKIPPED (not built)".to_string(),
+        };
+        ours_names.push(if args.aa {
+            format!("{peer_fs} (A/A)")
+        } else {
+            format!("vhost-user-fs --cache {cache}")
+        });
+        peer_names.push(peer_fs);
+    }
     let ours_name = ours_names.join(" / ");
     let peer_name = peer_names.join(" / ");
     let (with_vhostkit, vhostkit_line) = vhostkit_decision(args.vhostkit, args.aa, hardware_kvm());
     // The vhostkit slot runs the fio rows only (vhostkit's own --net is not part of
     // this comparison).
     let (with_vhostkit, vhostkit_line) = if with_vhostkit && rows.is_empty() {
-        (false, "vhostkit rows: SKIPPED (--net-only)".to_string())
+        let only = if args.fs_only {
+            "--fs-only"
+        } else {
+            "--net-only"
+        };
+        (false, format!("vhostkit rows: SKIPPED ({only})"))
     } else {
         (with_vhostkit, vhostkit_line)
     };
@@ -361,10 +504,38 @@ fn run(args: &Args) -> Result<(), String> {
     }
     .map_err(|e| format!("cannot create a temporary folder: {e}"))?;
 
+    // The tar row's tarball, made once: the same bytes for every boot.
+    // Without a tree to tar the tar row is left out (loudly), not the run.
+    let mut tar_line = None;
+    let tarball = if fs_rows.iter().any(|w| w.fio.is_none()) {
+        match Tarball::make(&args.fs_tree, &dir.join(FS_TARBALL)) {
+            Ok(tarball) => {
+                eprintln!(
+                    "guest-bench: tar row: {} ({} files, {:.1} MB in files, tarball {:.1} MB)",
+                    args.fs_tree.display(),
+                    tarball.files,
+                    tarball.file_bytes as f64 / 1e6,
+                    tarball.data.len() as f64 / 1e6
+                );
+                Some(tarball)
+            }
+            Err(e) => {
+                let line = format!("fs row tar -x: SKIPPED ({e})");
+                eprintln!("guest-bench: *** {line} ***");
+                tar_line = Some(line);
+                fs_rows.retain(|w| w.fio.is_some());
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     eprintln!(
-        "guest-bench: {} fio row(s) x {} s, {} net row(s) x {} s, {} round(s), guest under {accel}",
+        "guest-bench: {} fio row(s) x {} s, {} fs row(s), {} net row(s) x {} s, {} round(s), guest under {accel}",
         rows.len(),
         args.seconds,
+        fs_rows.len(),
         net_rows.len(),
         args.net_seconds,
         args.rounds
@@ -373,10 +544,17 @@ fn run(args: &Args) -> Result<(), String> {
     eprintln!("  {}", vmm_line(accel, with_vhostkit));
     println!("{vhostkit_line}");
     println!("{net_line}");
+    println!("{}", fs.line);
+    if let Some(line) = &tar_line {
+        println!("{line}");
+    }
+    if fs.virtiofsd.is_none() && !fs_rows.is_empty() {
+        eprintln!("guest-bench: *** {} ***", fs.line);
+    }
 
-    let script = guest_script(&rows, args.seconds, &net_rows, args.net_seconds);
     let mut samples: BTreeMap<(usize, &'static str), Vec<Sample>> = BTreeMap::new();
     let mut net_samples: BTreeMap<(usize, &'static str), Vec<NetSample>> = BTreeMap::new();
+    let mut fs_samples: BTreeMap<(usize, &'static str), Vec<Sample>> = BTreeMap::new();
     for round in 0..args.rounds {
         // Alternate which backend goes first, so drift does not favour one.
         let mut order = if round % 2 == 0 {
@@ -400,51 +578,67 @@ fn run(args: &Args) -> Result<(), String> {
                 },
                 slot.vmm()
             );
-            // The net rows run in QEMU boots only.
+            // The net and fs rows run in QEMU boots only. The fs rows run in every
+            // QEMU boot on both daemons' mounts, the slot's daemon first (virtiofsd
+            // may not be built: then ours alone).
             let boot_net_rows: &[&'static NetWorkload] = if slot == Slot::Vhostkit {
                 &[]
             } else {
                 &net_rows
             };
-            let boot_script = if slot == Slot::Vhostkit {
-                guest_script(&rows, args.seconds, &[], args.net_seconds)
+            let boot_fs_rows: &[&'static FsWorkload] = if slot == Slot::Vhostkit {
+                &[]
             } else {
-                script.clone()
+                &fs_rows
             };
+            let fs_labels: &[&'static str] = match (fs.virtiofsd.is_some(), slot) {
+                _ if boot_fs_rows.is_empty() => &[],
+                (false, _) => &["ours"],
+                (true, Slot::Peer) => &["peer", "ours"],
+                (true, _) => &["ours", "peer"],
+            };
+            let boot_script = guest_script(
+                &rows,
+                args.seconds,
+                (boot_fs_rows, fs_labels),
+                boot_net_rows,
+                args.net_seconds,
+            );
             let bins = Bins {
                 blk: &ours_bin,
                 net: &ours_net_bin,
+                fs: &ours_fs_bin,
+                virtiofsd: fs.virtiofsd.as_deref(),
             };
-            let (result, net_result) = boot_once(
-                args,
-                &image,
-                &dir,
-                slot,
-                &bins,
-                &rows,
-                boot_net_rows,
-                &boot_script,
-            )?;
+            let plan = BootPlan {
+                rows: &rows,
+                fs_rows: boot_fs_rows,
+                fs_labels,
+                net_rows: boot_net_rows,
+                tarball: tarball.as_ref(),
+                script: &boot_script,
+            };
+            let (result, net_result, fs_result) =
+                boot_once(args, &image, &dir, slot, &bins, &plan)?;
             for (i, sample) in result.into_iter().enumerate() {
                 samples.entry((i, label)).or_default().push(sample);
             }
             for (i, sample) in net_result.into_iter().enumerate() {
                 net_samples.entry((i, label)).or_default().push(sample);
             }
+            for (i, fs_label, sample) in fs_result {
+                fs_samples.entry((i, fs_label)).or_default().push(sample);
+            }
         }
     }
 
-    let title = if rows.is_empty() {
-        "In-guest iperf3 on virtio-net (Linux guest, QEMU virtio-net-pci): vhost-user-net vs QEMU's tap backend"
-    } else if !net_rows.is_empty() {
-        "In-guest fio on vhost-user-blk and iperf3 on virtio-net (Linux guest, QEMU virtio-*-pci)"
-    } else if with_vhostkit {
-        "In-guest fio on vhost-user-blk (Linux guest; QEMU vhost-user-blk-pci, and our daemon \
-         also through vhostkit virtio-mmio: rows vhostkit+ours)"
-    } else {
-        "In-guest fio on vhost-user-blk (Linux guest, QEMU vhost-user-blk-pci)"
-    };
-    let mut report = Report::new(title, &ours_name, &peer_name);
+    let title = report_title(
+        !rows.is_empty(),
+        !fs_rows.is_empty(),
+        !net_rows.is_empty(),
+        with_vhostkit,
+    );
+    let mut report = Report::new(&title, &ours_name, &peer_name);
     let accel_note = match accel {
         Accel::Tcg => "guest: QEMU TCG (this host has no vmx/svm). The emulated guest CPU bounds BOTH backends: \
                        compare the ratio, not the absolute figures",
@@ -453,6 +647,10 @@ fn run(args: &Args) -> Result<(), String> {
     report.notes.push(accel_note.to_string());
     report.notes.push(vhostkit_line.clone());
     report.notes.push(net_line.clone());
+    report.notes.push(fs.line.clone());
+    if let Some(line) = &tar_line {
+        report.notes.push(line.clone());
+    }
     if with_vhostkit {
         report.notes.push(format!(
             "rows vhostkit+ours: our daemon, the guest booted through vhostkit (KVM, bzImage, \
@@ -561,6 +759,76 @@ fn run(args: &Args) -> Result<(), String> {
             report.notes.push(note);
         }
     }
+    if !fs_rows.is_empty() {
+        report.notes.push(format!(
+            "fs rows: both daemons serve every QEMU guest boot: two vhost-user-fs-pci devices \
+             (1 request queue each, tags {FS_TAG}-ours, {FS_TAG}-peer) mounted at /mnt/ours and \
+             /mnt/peer; each row runs on both mounts back to back, the boot's own slot first, \
+             then alternating by row (ABBA), so every boot gives a pair per row; both daemons \
+             --cache {}, each sharing its own folder on {}; fio 3.33 on a {} MiB file of the \
+             mount made on the host (pre-filled), libaio, direct=1 (the guest's page cache \
+             bypassed: each I/O a FUSE request), 1 job, {} s time-based per row",
+            args.fs_cache.as_str(),
+            dir.path()
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            args.fs_file_mib,
+            args.seconds
+        ));
+        if let Some(t) = &tarball {
+            report.notes.push(format!(
+                "fs row tar -x: busybox tar -x of a {:.1} MB tarball of {} ({} files, {:.1} MB \
+                 in files) from the guest's RAM into a new folder of the mount, timed in the \
+                 guest (/proc/uptime, 10 ms); ops/s = files/s, MB/s = the files' bytes/s, \
+                 CPU s/Mop = the daemon's CPU s per million files; the host counts the files \
+                 afterwards",
+                t.data.len() as f64 / 1e6,
+                args.fs_tree.display(),
+                t.files,
+                t.file_bytes as f64 / 1e6
+            ));
+        }
+        for (i, w) in fs_rows.iter().enumerate() {
+            let per_boot = |label: &'static str| -> String {
+                fs_samples
+                    .get(&(i, label))
+                    .map(|v| {
+                        v.iter()
+                            .map(|s| format!("{:.0}", s.iops))
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    })
+                    .unwrap_or_else(|| "SKIPPED".into())
+            };
+            let mut note = format!(
+                "per boot, {}, {}: ours {}; peer {}",
+                if w.fio.is_some() { "ops/s" } else { "files/s" },
+                w.title,
+                per_boot("ours"),
+                per_boot("peer")
+            );
+            if w.fio.is_none() {
+                let secs = |label: &'static str| -> String {
+                    fs_samples
+                        .get(&(i, label))
+                        .map(|v| {
+                            v.iter()
+                                .map(|s| format!("{:.2}", s.ios as f64 / s.iops.max(1e-9)))
+                                .collect::<Vec<_>>()
+                                .join(" / ")
+                        })
+                        .unwrap_or_else(|| "SKIPPED".into())
+                };
+                note.push_str(&format!(
+                    " (seconds: ours {}; peer {})",
+                    secs("ours"),
+                    secs("peer")
+                ));
+            }
+            report.notes.push(note);
+        }
+    }
     let mean = |v: &[Sample]| -> Measurement {
         let n = v.len().max(1) as f64;
         let cpus: Vec<f64> = v.iter().filter_map(Sample::cpu_s_per_mop).collect();
@@ -590,6 +858,26 @@ fn run(args: &Args) -> Result<(), String> {
                 peer: samples.get(&(i, "peer")).map(|v| mean(v)),
             });
         }
+    }
+
+    for (i, w) in fs_rows.iter().enumerate() {
+        let mut workload = match (w.fio, &tarball) {
+            (None, Some(t)) => format!("virtiofs tar -x {} files [files/s]", t.files),
+            _ => w.title.to_string(),
+        };
+        if fs.virtiofsd.is_none() {
+            workload.push_str(" [peer SKIPPED]");
+        }
+        report.rows.push(Row {
+            workload,
+            ours: mean(
+                fs_samples
+                    .get(&(i, "ours"))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]),
+            ),
+            peer: fs_samples.get(&(i, "peer")).map(|v| mean(v)),
+        });
     }
 
     let net_mean = |v: &[NetSample]| -> Measurement {
@@ -647,6 +935,9 @@ fn net_decision(args: &Args) -> (Vec<&'static NetWorkload>, String) {
     if args.no_net {
         return (Vec::new(), "net rows: SKIPPED (--no-net)".into());
     }
+    if args.fs_only {
+        return (Vec::new(), "net rows: SKIPPED (--fs-only)".into());
+    }
     let missing = netns::unavailable().or_else(|| {
         let iperf3 = Command::new("iperf3")
             .arg("--version")
@@ -669,6 +960,86 @@ fn net_decision(args: &Args) -> (Vec<&'static NetWorkload>, String) {
     }
 }
 
+/// The file system rows to run, the line saying so (or why not), and virtiofsd if
+/// it is there.
+struct FsDecision {
+    rows: Vec<&'static FsWorkload>,
+    line: String,
+    virtiofsd: Option<PathBuf>,
+}
+
+fn fs_decision(args: &Args) -> FsDecision {
+    let skipped = |why: &str| FsDecision {
+        rows: Vec::new(),
+        line: format!("fs rows: SKIPPED ({why})"),
+        virtiofsd: None,
+    };
+    if args.no_fs {
+        return skipped("--no-fs");
+    }
+    if args.net_only {
+        return skipped("--net-only");
+    }
+    let bin = virtiofsd_bin();
+    let virtiofsd = bin.is_file().then_some(bin.clone());
+    let cache = args.fs_cache.as_str();
+    let line = match &virtiofsd {
+        Some(_) => format!(
+            "fs rows: on (fio and tar -x on a virtiofs mount, cache {cache}: vhost-user-fs vs virtiofsd)"
+        ),
+        None if args.aa => {
+            return skipped(&format!(
+                "--aa needs virtiofsd, and {} does not exist: run scripts/build-fs-tools.sh",
+                bin.display()
+            ))
+        }
+        None => format!(
+            "fs rows: ours only, cache {cache}; peer virtiofsd SKIPPED ({} does not exist: \
+             run scripts/build-fs-tools.sh)",
+            bin.display()
+        ),
+    };
+    FsDecision {
+        rows: FS_WORKLOADS.iter().collect(),
+        line,
+        virtiofsd,
+    }
+}
+
+/// "virtiofsd 1.14.0" from `virtiofsd --version`.
+fn virtiofsd_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.to_string())
+}
+
+/// The report's title: what ran.
+fn report_title(blk: bool, fs: bool, net: bool, with_vhostkit: bool) -> String {
+    let mut parts = Vec::new();
+    if blk {
+        parts.push("fio on vhost-user-blk");
+    }
+    if fs {
+        parts.push("fio and tar on virtio-fs");
+    }
+    if net {
+        parts.push("iperf3 on virtio-net");
+    }
+    let what = match parts.as_slice() {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    };
+    let how = if with_vhostkit {
+        "Linux guest; QEMU virtio-*-pci, and our blk daemon also through vhostkit virtio-mmio: \
+         rows vhostkit+ours"
+    } else {
+        "Linux guest, QEMU virtio-*-pci"
+    };
+    format!("In-guest {what} ({how})")
+}
+
 /// "QEMU 7.2.22" from `qemu-system-x86_64 --version`.
 fn qemu_version() -> Option<String> {
     let out = Command::new("qemu-system-x86_64")
@@ -682,16 +1053,21 @@ fn qemu_version() -> Option<String> {
 
 /// The guest's run.sh: one fio run per row, framed by markers the host watches to
 /// sample the daemon's CPU time, then fio's JSON between section markers; then the
+/// file system rows (fio's JSON; the tar row's seconds and file count); then the
 /// net rows the same way (iperf3's JSON).
 fn guest_script(
     rows: &[&Workload],
     seconds: u32,
+    (fs_rows, fs_labels): (&[&FsWorkload], &[&str]),
     net_rows: &[&NetWorkload],
     net_seconds: u32,
 ) -> String {
     let mut s = String::from("failed=0\n");
     if !rows.is_empty() {
         s.push_str(&fio_script(rows, seconds));
+    }
+    if !fs_rows.is_empty() && !fs_labels.is_empty() {
+        s.push_str(&fs_script(fs_rows, seconds, fs_labels));
     }
     if !net_rows.is_empty() {
         s.push_str(&format!(
@@ -751,6 +1127,172 @@ fn fio_script(rows: &[&Workload], seconds: u32) -> String {
     s
 }
 
+/// The file system part of the guest's run.sh: mount each daemon's device
+/// (`labels`: `ours`, `peer`), then each row on every mount back to back (which
+/// goes first alternating by row, [`fs_row_order`]): fio on the mount's file, or
+/// the tar extract; unmount. Row ids in the markers are `<row>.<label>`.
+fn fs_script(rows: &[&FsWorkload], seconds: u32, labels: &[&str]) -> String {
+    let mut s = String::new();
+    for label in labels {
+        let (tag, mnt) = (fs_tag(label), fs_mount(label));
+        let file = format!("{mnt}/{FS_FILE}");
+        s.push_str(&format!(
+            "mkdir -p {mnt}\n\
+             if ! mount -t virtiofs {tag} {mnt}; then echo \"VHOSTKIT-RESULT error mount -t virtiofs {tag} failed\"; exit 1; fi\n\
+             if [ ! -f {file} ]; then echo \"VHOSTKIT-RESULT error no {file} on the mount\"; exit 1; fi\n"
+        ));
+        if rows.iter().any(|w| w.fio.is_some()) {
+            s.push_str(&format!(
+                "# Warm-up, not measured: the FUSE path and the file's host pages.\n\
+                 fio --name=fswarmup --filename={file} --ioengine=libaio --direct=1 --rw=randread --bs=4k \
+                 --iodepth=4 --time_based --runtime=1 --eta=never --output=/dev/null \
+                 || {{ echo \"VHOSTKIT-RESULT error fio warm-up on {file} failed\"; exit 1; }}\n"
+            ));
+        }
+    }
+    for (i, w) in rows.iter().enumerate() {
+        for label in fs_row_order(labels, i) {
+            let mnt = fs_mount(label);
+            let file = format!("{mnt}/{FS_FILE}");
+            let id = format!("{}.{label}", w.id);
+            match w.fio {
+                Some((rw, bs, qd)) => s.push_str(&format!(
+                    "echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
+                     fio --name={id} --filename={file} --ioengine=libaio --direct=1 --rw={rw} --bs={bs} \
+                     --iodepth={qd} --numjobs=1 --time_based --runtime={seconds} --norandommap \
+                     --randrepeat=0 --eta=never --output-format=json --output=/tmp/{id}.json\n\
+                     rc=$?\n\
+                     echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
+                     [ $rc = 0 ] || failed=1\n\
+                     echo \"VHOSTKIT-BEGIN fio-{id}\"; cat /tmp/{id}.json; echo \"VHOSTKIT-END fio-{id}\"\n"
+                )),
+                None => s.push_str(&format!(
+                    "mkdir {mnt}/{FS_TREE} || {{ echo \"VHOSTKIT-RESULT error mkdir {mnt}/{FS_TREE} failed\"; exit 1; }}\n\
+                     echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
+                     t0=$(cut -d' ' -f1 /proc/uptime)\n\
+                     tar -xf /{FS_TARBALL} -C {mnt}/{FS_TREE}\n\
+                     rc=$?\n\
+                     t1=$(cut -d' ' -f1 /proc/uptime)\n\
+                     echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
+                     [ $rc = 0 ] || failed=1\n\
+                     files=$(find {mnt}/{FS_TREE} -type f | wc -l)\n\
+                     echo \"VHOSTKIT-BEGIN tar-{id}\"; echo \"rc=$rc seconds=$(awk \"BEGIN {{ print $t1 - $t0 }}\") files=$files\"; echo \"VHOSTKIT-END tar-{id}\"\n"
+                )),
+            }
+        }
+    }
+    for label in labels {
+        let mnt = fs_mount(label);
+        s.push_str(&format!(
+            "umount {mnt} || {{ echo \"VHOSTKIT-RESULT fs_umount {mnt} failed\"; failed=1; }}\n"
+        ));
+    }
+    s
+}
+
+/// The tar row's result as the guest prints it: `rc=0 seconds=12.3 files=763`.
+fn parse_tar(text: &str, tarball: &Tarball) -> Result<Sample, String> {
+    let field = |key: &str| -> Option<&str> {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    };
+    match field("rc") {
+        Some("0") => {}
+        Some(rc) => return Err(format!("tar -x exited with {rc}")),
+        None => return Err(format!("no tar result in {text:?}")),
+    }
+    let seconds: f64 = field("seconds")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no seconds in the tar result {text:?}"))?;
+    let files: u64 = field("files")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no file count in the tar result {text:?}"))?;
+    if files != tarball.files {
+        return Err(format!(
+            "the guest sees {files} files after tar -x, the tarball has {}",
+            tarball.files
+        ));
+    }
+    // /proc/uptime counts in 10 ms steps.
+    let seconds = seconds.max(0.01);
+    Ok(Sample {
+        iops: files as f64 / seconds,
+        mb_per_sec: tarball.file_bytes as f64 / seconds / 1e6,
+        ios: files,
+        cpu_seconds: None,
+    })
+}
+
+/// The tar row's tarball: a source tree, tarred once on the host.
+struct Tarball {
+    data: Vec<u8>,
+    /// Regular files in it.
+    files: u64,
+    /// Their bytes.
+    file_bytes: u64,
+}
+
+impl Tarball {
+    /// Tars `tree` (as `<its name>/...`, owner root, sorted) into `path` with the
+    /// host's tar, and reads it back.
+    fn make(tree: &Path, path: &Path) -> Result<Tarball, String> {
+        let (files, file_bytes) =
+            count_files(tree).map_err(|e| format!("--fs-tree {}: {e}", tree.display()))?;
+        if files == 0 {
+            return Err(format!("--fs-tree {}: no files in it", tree.display()));
+        }
+        let parent = tree.parent().unwrap_or(Path::new("/"));
+        let name = tree
+            .file_name()
+            .ok_or_else(|| format!("--fs-tree {}: needs a folder name", tree.display()))?;
+        let out = Command::new("tar")
+            .arg("-cf")
+            .arg(path)
+            .args(["--owner=0", "--group=0", "--numeric-owner", "--sort=name"])
+            .arg("-C")
+            .arg(parent)
+            .arg(name)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run tar: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "tar -cf {} {}: {}: {}",
+                path.display(),
+                tree.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let _ = std::fs::remove_file(path);
+        Ok(Tarball {
+            data,
+            files,
+            file_bytes,
+        })
+    }
+}
+
+/// Regular files under `dir` (symbolic links not followed) and their bytes.
+fn count_files(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let mut files = 0;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.path().symlink_metadata()?;
+        if meta.is_dir() {
+            let (f, b) = count_files(&entry.path())?;
+            files += f;
+            bytes += b;
+        } else if meta.is_file() {
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    Ok((files, bytes))
+}
+
 /// Creates an image of `mib` MiB filled with a non-zero pattern (reads then touch
 /// real pages, not holes).
 fn make_image(path: &Path, mib: u64) -> std::io::Result<()> {
@@ -769,11 +1311,34 @@ fn make_image(path: &Path, mib: u64) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Our daemons' binaries.
+/// Our daemons' binaries, and the fs peer's.
 struct Bins<'a> {
     blk: &'a Path,
     net: &'a Path,
+    fs: &'a Path,
+    /// virtiofsd, if built.
+    virtiofsd: Option<&'a Path>,
 }
+
+/// What one boot runs.
+struct BootPlan<'a> {
+    rows: &'a [&'static Workload],
+    fs_rows: &'a [&'static FsWorkload],
+    /// The fs daemons in this boot (`ours`, `peer`), the first first.
+    fs_labels: &'a [&'static str],
+    net_rows: &'a [&'static NetWorkload],
+    /// For the tar row.
+    tarball: Option<&'a Tarball>,
+    script: &'a str,
+}
+
+/// The samples of one boot: fio rows, net rows, and fs rows (row, daemon label,
+/// sample).
+type BootSamples = (
+    Vec<Sample>,
+    Vec<NetSample>,
+    Vec<(usize, &'static str, Sample)>,
+);
 
 /// What the harness measured for one net row in one boot.
 #[derive(Clone, Debug, Default)]
@@ -879,19 +1444,24 @@ impl NetHost {
     }
 }
 
-/// Boots the guest once with `slot`'s daemons and returns one sample per fio row
-/// and one per net row.
-#[allow(clippy::too_many_arguments)]
+/// Boots the guest once with `slot`'s daemons and returns one sample per fio row,
+/// one per net row and one per fs row.
 fn boot_once(
     args: &Args,
     image: &GuestImage,
     dir: &TempDir,
     slot: Slot,
     bins: &Bins<'_>,
-    rows: &[&'static Workload],
-    net_rows: &[&'static NetWorkload],
-    script: &str,
-) -> Result<(Vec<Sample>, Vec<NetSample>), String> {
+    plan: &BootPlan<'_>,
+) -> Result<BootSamples, String> {
+    let BootPlan {
+        rows,
+        fs_rows,
+        fs_labels,
+        net_rows,
+        tarball,
+        script,
+    } = *plan;
     let tag = match slot {
         Slot::Ours => "ours",
         Slot::Peer => "peer",
@@ -949,6 +1519,22 @@ fn boot_once(
     let net_pid = net
         .as_ref()
         .and_then(|(host, _)| host.daemon.as_ref().map(DaemonProcess::pid));
+    // One fs daemon per label; in an A/A run virtiofsd serves both.
+    let mut fs_hosts = Vec::new();
+    if !fs_rows.is_empty() {
+        for &label in fs_labels {
+            let peer = label == "peer" || args.aa;
+            fs_hosts.push((label, FsHost::start(args, dir, label, peer, bins)?));
+        }
+    }
+    let fs_pid = |id: &str| {
+        let label = id.rsplit_once('.')?.1;
+        fs_hosts
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, h)| h.daemon.pid())
+    };
+    let fs_log = || fs_hosts.iter().map(|(_, h)| h.log()).collect::<String>();
 
     // Watch the console: sample the daemon's CPU time at each row's start and end,
     // and print each row's result as soon as its JSON has arrived.
@@ -957,9 +1543,12 @@ fn boot_once(
     let mut json_lines: Option<(String, String)> = None;
     let mut parsed: BTreeMap<String, Result<Sample, String>> = BTreeMap::new();
     let mut net_parsed: BTreeMap<String, Result<NetSample, String>> = BTreeMap::new();
+    let mut tar_parsed: BTreeMap<String, Result<Sample, String>> = BTreeMap::new();
     let pid_for = |id: &str| {
         if net_rows.iter().any(|w| w.id == id) {
             net_pid
+        } else if fs_row_of(fs_rows, id).is_some() {
+            fs_pid(id)
         } else {
             blk_pid
         }
@@ -972,8 +1561,17 @@ fn boot_once(
                 .iter()
                 .find(|w| w.id == id)
                 .map(|w| w.title)
-                .or_else(|| net_rows.iter().find(|w| w.id == id).map(|w| w.title));
-            eprint!("  {:<26} ", title.unwrap_or(id));
+                .map(str::to_string)
+                .or_else(|| {
+                    fs_row_of(fs_rows, id).map(|(w, label)| format!("{} [{label}]", w.title))
+                })
+                .or_else(|| {
+                    net_rows
+                        .iter()
+                        .find(|w| w.id == id)
+                        .map(|w| w.title.to_string())
+                });
+            eprint!("  {:<26} ", title.as_deref().unwrap_or(id));
         } else if let Some(rest) = marker(line, "VHOSTKIT-ROW-END ") {
             let id = rest.split_whitespace().next().unwrap_or("").to_string();
             if let (Some(begin), Some(pid)) = (cpu_at_begin.take(), pid_for(&id)) {
@@ -1021,15 +1619,51 @@ fn boot_once(
                     eprintln!("failed: {e}");
                 }
                 net_parsed.insert(id.to_string(), sample);
+            } else if let Some(id) = section.strip_prefix("tar-") {
+                let mut sample = match tarball {
+                    Some(t) => parse_tar(&text, t),
+                    None => Err("no tarball".to_string()),
+                };
+                if let Ok(s) = sample.as_mut() {
+                    s.cpu_seconds = cpu.get(id).copied();
+                    eprintln!(
+                        "{:>9.0} files/s {:>5.1} MB/s in {:.2} s   daemon CPU {}",
+                        s.iops,
+                        s.mb_per_sec,
+                        s.ios as f64 / s.iops,
+                        s.cpu_s_per_mop()
+                            .map(|c| format!("{c:.2} s/Mfile"))
+                            .unwrap_or_else(|| "-".into())
+                    );
+                } else if let Err(e) = &sample {
+                    eprintln!("failed: {e}");
+                }
+                tar_parsed.insert(id.to_string(), sample);
             }
         } else if let Some((_, text)) = json_lines.as_mut() {
             text.push_str(line);
             text.push('\n');
         }
     };
+    let fs_fio_rows = fs_rows.iter().filter(|w| w.fio.is_some()).count() as u64;
+    let fs_timeout = if fs_rows.is_empty() {
+        0
+    } else {
+        // Per daemon: mount and warm-up; under TCG a tar extract of ~800 files
+        // takes several seconds, of a big tree minutes.
+        let per_daemon = 30
+            + fs_fio_rows * (2 * args.seconds as u64 + 20)
+            + if fs_rows.len() as u64 > fs_fio_rows {
+                600
+            } else {
+                0
+            };
+        per_daemon * fs_labels.len() as u64
+    };
     let timeout = Duration::from_secs(
         120 + rows.len() as u64 * (2 * args.seconds as u64 + 20)
-            + net_rows.len() as u64 * (args.net_seconds as u64 + 15),
+            + net_rows.len() as u64 * (args.net_seconds as u64 + 15)
+            + fs_timeout,
     );
     let mut guest = Guest::new(image, script)
         .vmm(slot.vmm())
@@ -1037,6 +1671,14 @@ fn boot_once(
         .echo(args.verbose);
     if !rows.is_empty() {
         guest = guest.blk(BlkDevice::new(&socket, NUM_QUEUES));
+    }
+    for (label, _) in &fs_hosts {
+        guest = guest.fs(FsDevice::new(fs_socket(dir, label), fs_tag(label)));
+    }
+    if !fs_hosts.is_empty() {
+        if let (Some(t), true) = (tarball, fs_rows.iter().any(|w| w.fio.is_none())) {
+            guest = guest.file(FS_TARBALL, 0o644, t.data.clone());
+        }
     }
     if let Some((host, dev)) = &net {
         // QEMU's tap backend finds the tap in the namespace; ours needs no
@@ -1050,7 +1692,7 @@ fn boot_once(
     };
     let out = guest
         .run_with(&mut on_line)
-        .map_err(|e| format!("{tag}: {e}{}{}", daemon_log(), net_log()))?;
+        .map_err(|e| format!("{tag}: {e}{}{}{}", daemon_log(), net_log(), fs_log()))?;
     if let Some(daemon) = blk_daemon.as_mut() {
         if !daemon.is_running() {
             return Err(format!("{name} exited during the run{}", daemon_log()));
@@ -1065,12 +1707,28 @@ fn boot_once(
             "vhost-user-net exited during the run{net_log_text}"
         ));
     }
+    let fs_log_text = fs_log();
+    for (_, host) in fs_hosts.iter_mut() {
+        // virtiofsd exits when its one frontend hangs up; ours serves the next.
+        if !host.peer && !host.daemon.is_running() {
+            return Err(format!("vhost-user-fs exited during the run{fs_log_text}"));
+        }
+    }
     drop(blk_daemon);
     drop(net);
     let _ = std::fs::remove_file(&disk);
+    // The trees the tar row extracted, as the host sees them.
+    let host_tree_files: Vec<(&str, std::io::Result<u64>)> = fs_hosts
+        .iter()
+        .map(|(label, h)| {
+            let files = count_files(&h.shared.join(FS_TREE)).map(|(files, _)| files);
+            (*label, files)
+        })
+        .collect();
+    drop(fs_hosts);
     if let Some(error) = out.result("error") {
         return Err(format!(
-            "{tag}: guest: {error}\n{}{net_log_text}",
+            "{tag}: guest: {error}\n{}{net_log_text}{fs_log_text}",
             out.console
         ));
     }
@@ -1105,13 +1763,149 @@ fn boot_once(
             }
         }
     }
+    let mut fs_result = Vec::new();
+    for (i, w) in fs_rows.iter().enumerate() {
+        for &label in fs_labels {
+            let what = if w.fio.is_some() { "fio" } else { "tar" };
+            let id = format!("{}.{label}", w.id);
+            let sample = if w.fio.is_some() {
+                parsed.remove(&id)
+            } else {
+                tar_parsed.remove(&id)
+            };
+            match sample {
+                Some(Ok(sample)) => fs_result.push((i, label, sample)),
+                Some(Err(e)) => {
+                    return Err(format!(
+                        "{tag} fs ({label}): {}: {e}\n{}{fs_log_text}",
+                        w.title, out.console
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{tag} fs ({label}): {}: no {what} result on the console\n{}{fs_log_text}",
+                        w.title, out.console
+                    ))
+                }
+            }
+        }
+    }
+    if let (Some(t), true) = (tarball, fs_rows.iter().any(|w| w.fio.is_none())) {
+        for (label, on_host) in host_tree_files {
+            match on_host {
+                Ok(n) if n == t.files => {}
+                Ok(n) => {
+                    return Err(format!(
+                        "{tag} fs ({label}): after tar -x the shared folder holds {n} files, \
+                         the tarball {}",
+                        t.files
+                    ))
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "{tag} fs ({label}): the extracted tree on the host: {e}"
+                    ))
+                }
+            }
+        }
+    }
     out.check_run_ok().map_err(|e| format!("{tag}: {e}"))?;
     eprintln!(
         "  (guest ran {:.1} s through {})",
         out.elapsed.as_secs_f64(),
         out.vmm
     );
-    Ok((result, net_result))
+    Ok((result, net_result, fs_result))
+}
+
+/// The fs row and daemon label of a marker id `<row>.<label>`.
+fn fs_row_of<'i>(
+    rows: &[&'static FsWorkload],
+    id: &'i str,
+) -> Option<(&'static FsWorkload, &'i str)> {
+    let (row, label) = id.rsplit_once('.')?;
+    let w = rows.iter().find(|w| w.id == row)?;
+    Some((*w, label))
+}
+
+fn fs_socket(dir: &TempDir, tag: &str) -> PathBuf {
+    dir.join(&format!("{tag}-fs.sock"))
+}
+
+/// The host end of one of the guest's virtio-fs devices for one boot: the shared
+/// folder (with the fio file, pre-filled) and the daemon serving it; the folder is
+/// removed when dropped, after the daemon. `tag`: `ours` or `peer` (the device's
+/// label; in an A/A run virtiofsd serves `ours` too).
+struct FsHost {
+    daemon: DaemonProcess,
+    shared: PathBuf,
+    log_path: PathBuf,
+    /// virtiofsd (else ours).
+    peer: bool,
+}
+
+impl Drop for FsHost {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.shared);
+    }
+}
+
+impl FsHost {
+    fn start(
+        args: &Args,
+        dir: &TempDir,
+        tag: &str,
+        peer: bool,
+        bins: &Bins<'_>,
+    ) -> Result<FsHost, String> {
+        let shared = dir.join(&format!("{tag}-fs"));
+        let socket = fs_socket(dir, tag);
+        let log_path = dir.join(&format!("{tag}-fs.log"));
+        std::fs::create_dir_all(&shared)
+            .map_err(|e| format!("cannot create {}: {e}", shared.display()))?;
+        let file = shared.join(FS_FILE);
+        make_image(&file, args.fs_file_mib)
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        let cache = args.fs_cache.as_str();
+        let (name, mut cmd) = if peer {
+            let bin = bins
+                .virtiofsd
+                .ok_or("virtiofsd not built (scripts/build-fs-tools.sh)")?;
+            (
+                "virtiofsd",
+                virtiofsd_cmd_with(bin, &socket, &shared, cache),
+            )
+        } else {
+            let mut cmd = vhost_user_fs_cmd(bins.fs, &socket, &shared, &fs_tag(tag));
+            cmd.args(["--cache", cache]);
+            ("vhost-user-fs", cmd)
+        };
+        let log = File::create(&log_path)
+            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log_err));
+        let daemon = spawn_fs_daemon(name, cmd, &socket).map_err(|e| {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            format!("{e}\n----- {name} log -----\n{log}")
+        })?;
+        Ok(FsHost {
+            daemon,
+            shared,
+            log_path,
+            peer,
+        })
+    }
+
+    fn log(&self) -> String {
+        let name = if self.peer {
+            "virtiofsd"
+        } else {
+            "vhost-user-fs"
+        };
+        std::fs::read_to_string(&self.log_path)
+            .map(|t| format!("\n----- {name} log -----\n{t}"))
+            .unwrap_or_default()
+    }
 }
 
 /// Receiver-side goodput and bytes of an iperf3 client's JSON (`-J`).
@@ -1192,7 +1986,7 @@ mod tests {
     #[test]
     fn script_has_one_fio_per_row() {
         let rows = select_rows(&[]).unwrap();
-        let s = guest_script(&rows, 3, &[], 3);
+        let s = guest_script(&rows, 3, (&[], &[]), &[], 3);
         assert_eq!(s.matches("VHOSTKIT-ROW-BEGIN").count(), 4);
         assert_eq!(s.matches("fio --name=").count(), 5, "4 rows and a warm-up");
         assert!(s.contains("--runtime=3"));
@@ -1204,14 +1998,14 @@ mod tests {
     #[test]
     fn script_has_one_iperf3_per_net_row() {
         let net: Vec<&NetWorkload> = NET_WORKLOADS.iter().collect();
-        let s = guest_script(&[], 3, &net, 2);
+        let s = guest_script(&[], 3, (&[], &[]), &net, 2);
         assert!(!s.contains("fio"), "--net-only: no fio, no /dev/vda");
         assert_eq!(s.matches("VHOSTKIT-ROW-BEGIN tcp-").count(), 4);
         assert_eq!(s.matches("iperf3 -c").count(), 5, "4 rows and a warm-up");
         assert_eq!(s.matches(" -R ").count(), 2);
         assert!(s.contains("-t 2 -P 4 -R -i 0 -J >/tmp/tcp-h2g-p4.json"));
         assert!(s.contains(&format!("ip addr add {GUEST_IP}/24 dev eth0")));
-        let both = guest_script(&select_rows(&[]).unwrap(), 3, &net, 2);
+        let both = guest_script(&select_rows(&[]).unwrap(), 3, (&[], &[]), &net, 2);
         assert_eq!(both.matches("VHOSTKIT-ROW-BEGIN").count(), 8);
         assert_eq!(both.matches("exit $failed").count(), 1);
     }
@@ -1245,6 +2039,117 @@ mod tests {
         let args = Args::parse_from(["guest-bench", "--net-only", "--net-seconds", "2"]);
         assert!(args.net_only);
         assert_eq!(args.net_seconds, 2);
+    }
+
+    #[test]
+    fn script_has_one_fio_per_fs_row_and_the_tar_extract() {
+        let fs: Vec<&FsWorkload> = FS_WORKLOADS.iter().collect();
+        let s = guest_script(&[], 3, (&fs, &["peer", "ours"]), &[], 3);
+        assert!(!s.contains("/dev/vda"), "--fs-only: no block device");
+        assert!(!s.contains("iperf3"));
+        assert!(s.contains("mount -t virtiofs vkfs-ours /mnt/ours"));
+        assert!(s.contains("mount -t virtiofs vkfs-peer /mnt/peer"));
+        assert_eq!(s.matches("VHOSTKIT-ROW-BEGIN fs-").count(), 10);
+        assert_eq!(
+            s.matches("fio --name=").count(),
+            10,
+            "4 rows and a warm-up, twice"
+        );
+        assert!(s.contains(
+            "--filename=/mnt/ours/fio.dat --ioengine=libaio --direct=1 --rw=write --bs=1m --iodepth=4"
+        ));
+        assert!(s.contains("--rw=randwrite --bs=4k --iodepth=16"));
+        assert!(s.contains("tar -xf /src.tar -C /mnt/peer/tree"));
+        assert!(s.contains("VHOSTKIT-BEGIN tar-fs-tar-x.ours"));
+        assert!(s.contains("umount /mnt/ours"));
+        assert!(s.ends_with("exit $failed\n"));
+        // ABBA: the first label first on even rows, second on odd ones.
+        let at = |id: &str| s.find(&format!("VHOSTKIT-ROW-BEGIN {id}\"")).unwrap();
+        assert!(at("fs-randread-4k-qd16.peer") < at("fs-randread-4k-qd16.ours"));
+        assert!(at("fs-randwrite-4k-qd16.ours") < at("fs-randwrite-4k-qd16.peer"));
+        assert!(at("fs-tar-x.peer") < at("fs-tar-x.ours"));
+        let only_ours = guest_script(&[], 3, (&fs, &["ours"]), &[], 3);
+        assert!(!only_ours.contains("/mnt/peer"));
+        assert_eq!(only_ours.matches("VHOSTKIT-ROW-BEGIN fs-").count(), 5);
+        let all = guest_script(
+            &select_rows(&[]).unwrap(),
+            3,
+            (&fs, &["ours", "peer"]),
+            &NET_WORKLOADS.iter().collect::<Vec<_>>(),
+            2,
+        );
+        assert_eq!(all.matches("VHOSTKIT-ROW-BEGIN").count(), 18);
+        let blk_at = all.find("/dev/vda").unwrap();
+        let fs_at = all.find("/mnt/ours").unwrap();
+        let net_at = all.find("iperf3 -c").unwrap();
+        assert!(blk_at < fs_at && fs_at < net_at);
+        assert_eq!(
+            fs_row_of(&fs, "fs-tar-x.peer").map(|(w, l)| (w.id, l)),
+            Some(("fs-tar-x", "peer"))
+        );
+        assert!(fs_row_of(&fs, "randread-4k-qd32").is_none());
+    }
+
+    #[test]
+    fn parses_the_tar_result() {
+        let t = Tarball {
+            data: Vec::new(),
+            files: 800,
+            file_bytes: 8_000_000,
+        };
+        let s = parse_tar("rc=0 seconds=4 files=800\n", &t).unwrap();
+        assert!((s.iops - 200.0).abs() < 1e-9);
+        assert!((s.mb_per_sec - 2.0).abs() < 1e-9);
+        assert_eq!(s.ios, 800);
+        assert!(parse_tar("rc=2 seconds=4 files=800", &t)
+            .unwrap_err()
+            .contains("exited with 2"));
+        assert!(parse_tar("rc=0 seconds=4 files=799", &t)
+            .unwrap_err()
+            .contains("799 files"));
+        assert!(parse_tar("", &t).is_err());
+    }
+
+    #[test]
+    fn tarball_of_a_tree_counts_its_files() {
+        let dir = TempDir::new("guest-bench-tar").unwrap();
+        let tree = dir.join("src");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("one.rs"), b"fn main() {}\n").unwrap();
+        std::fs::write(tree.join("a/b/two.h"), vec![7u8; 5000]).unwrap();
+        let t = Tarball::make(&tree, &dir.join("src.tar")).unwrap();
+        assert_eq!((t.files, t.file_bytes), (2, 5013));
+        assert!(t.data.len() > 5013 && t.data.len().is_multiple_of(512));
+        assert!(Tarball::make(&dir.join("nope"), &dir.join("x.tar")).is_err());
+    }
+
+    #[test]
+    fn fs_row_flags() {
+        let args = Args::parse_from(["guest-bench", "--no-fs"]);
+        let fs = fs_decision(&args);
+        assert!(fs.rows.is_empty());
+        assert_eq!(fs.line, "fs rows: SKIPPED (--no-fs)");
+        let args = Args::parse_from(["guest-bench", "--net-only"]);
+        assert!(fs_decision(&args).rows.is_empty());
+        assert!(Args::try_parse_from(["guest-bench", "--no-fs", "--fs-only"]).is_err());
+        assert!(Args::try_parse_from(["guest-bench", "--net-only", "--fs-only"]).is_err());
+        let args = Args::parse_from(["guest-bench", "--fs-only", "--fs-cache", "never"]);
+        assert_eq!(args.fs_cache.as_str(), "never");
+        assert_eq!(fs_decision(&args).rows.len(), 5);
+        assert!(Args::try_parse_from(["guest-bench", "--fs-cache", "metadata"]).is_err());
+    }
+
+    #[test]
+    fn title_says_what_ran() {
+        assert_eq!(
+            report_title(true, true, true, false),
+            "In-guest fio on vhost-user-blk, fio and tar on virtio-fs and iperf3 on virtio-net \
+             (Linux guest, QEMU virtio-*-pci)"
+        );
+        assert_eq!(
+            report_title(false, true, false, false),
+            "In-guest fio and tar on virtio-fs (Linux guest, QEMU virtio-*-pci)"
+        );
     }
 
     #[test]
