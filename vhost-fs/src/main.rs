@@ -1,3 +1,4 @@
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -5,7 +6,6 @@ use clap::Parser;
 use log::error;
 use vhost_fs::config::{capabilities_json, refuse_unsupported_flags};
 use vhost_fs::{Args, FsConfig};
-use vhostkit_common::cli::ListenAddr;
 use vhostkit_common::lifecycle::{install_signal_handler, StopHandle};
 use vhostkit_common::logging;
 
@@ -29,6 +29,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let started = match vhost_fs::start(config) {
+        Ok(started) => started,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let stop = match StopHandle::new() {
         Ok(stop) => stop,
         Err(e) => {
@@ -36,15 +43,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let socket = match &config.listen {
-        ListenAddr::Path(p) => Some(p.clone()),
-        ListenAddr::Fd(_) => None,
-    };
+    let socket = started.socket_to_remove().map(Path::to_path_buf);
     if let Err(e) = install_signal_handler(stop.clone(), socket, Duration::from_secs(5)) {
         error!("{e}");
         return ExitCode::FAILURE;
     }
-    match vhost_fs::run(config, &stop) {
+    match vhost_fs::serve(started, &stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

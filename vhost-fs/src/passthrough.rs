@@ -241,10 +241,6 @@ impl Drop for Credentials {
 impl PassthroughFs {
     /// A file system rooted at `shared_dir`.
     pub fn new(shared_dir: &Path, options: FsOptions) -> std::io::Result<Self> {
-        let dir = cstring(shared_dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| std::io::Error::other("shared folder path contains NUL"))?;
-        let root = openat2(libc::AT_FDCWD, &dir, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let proc_self_fd = openat2(
             libc::AT_FDCWD,
             c"/proc/self/fd",
@@ -253,6 +249,21 @@ impl PassthroughFs {
             0,
         )
         .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+        Self::with_proc_self_fd(shared_dir, proc_self_fd, options)
+    }
+
+    /// A file system rooted at `shared_dir`, re-opening inodes through
+    /// `proc_self_fd` (this process's `/proc/self/fd`, opened before a sandbox hid
+    /// /proc).
+    pub fn with_proc_self_fd(
+        shared_dir: &Path,
+        proc_self_fd: OwnedFd,
+        options: FsOptions,
+    ) -> std::io::Result<Self> {
+        let dir = cstring(shared_dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::other("shared folder path contains NUL"))?;
+        let root = openat2(libc::AT_FDCWD, &dir, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let st = stat_fd(root.as_raw_fd()).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let fs = PassthroughFs {
             options,

@@ -48,21 +48,9 @@ fn configuration_errors_give_one_line_and_exit_2() {
                 sock,
                 "--shared-dir",
                 shared,
-                "--sandbox",
-                "chroot",
+                "--inode-file-handles=mandatory",
             ],
-            "not implemented",
-        ),
-        (
-            &[
-                "--socket-path",
-                sock,
-                "--shared-dir",
-                shared,
-                "--seccomp",
-                "kill",
-            ],
-            "not implemented",
+            "--inode-file-handles",
         ),
         (
             &[
@@ -136,4 +124,54 @@ fn socket_group_sets_the_socket_owner_group() {
     )
     .unwrap();
     assert_eq!(std::fs::metadata(&sock).unwrap().gid(), 4242);
+}
+
+/// As an unprivileged user: with `user` set, the daemon runs as that uid (the test
+/// being root), else as whoever runs the test (not root).
+fn run_unprivileged(args: &[&str]) -> Option<(i32, String)> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("RUST_LOG");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    Some((out.status.code().unwrap_or(-1), text))
+}
+
+#[test]
+fn sandboxes_without_root_are_refused_with_one_line_and_exit_1() {
+    // A folder an unprivileged user can reach (the test's own may be private).
+    let dir = TempDir::new("fs-cli-sandbox").unwrap();
+    let perms = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let sock = dir.join("fs.sock");
+    let shared = dir.path().to_str().unwrap();
+    for (mode, cap) in [("namespace", "CAP_SYS_ADMIN"), ("chroot", "CAP_SYS_CHROOT")] {
+        let args = [
+            "--socket-path",
+            sock.to_str().unwrap(),
+            "--shared-dir",
+            shared,
+            "--sandbox",
+            mode,
+        ];
+        let Some((code, text)) = run_unprivileged(&args) else {
+            println!("SKIPPED: cannot run the daemon as an unprivileged user");
+            return;
+        };
+        if text.contains("Permission denied") && !text.contains("--sandbox") {
+            println!("SKIPPED: the binary is not reachable by an unprivileged user: {text}");
+            return;
+        }
+        assert_eq!(code, 1, "{mode}: {text}");
+        assert!(
+            text.contains(&format!("--sandbox {mode} needs root ({cap})")),
+            "{text}"
+        );
+        assert_eq!(text.trim().lines().count(), 1, "{text}");
+        assert!(!sock.exists(), "refused before binding the socket");
+    }
 }
