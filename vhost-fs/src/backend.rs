@@ -20,7 +20,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::config::{FsConfig, TAG_BYTES};
+use crate::config::{FsConfig, InodeFileHandles, TAG_BYTES};
 use crate::passthrough::{FsOptions, PassthroughFs};
 use crate::worker::process_queue;
 
@@ -64,6 +64,7 @@ impl FsBackend {
                 xattr: config.xattr,
                 cache: config.cache,
                 announce_submounts: config.announce_submounts,
+                file_handles: config.inode_file_handles != InodeFileHandles::Never,
             },
         )
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", config.shared_dir.display())))?;

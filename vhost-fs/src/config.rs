@@ -41,7 +41,7 @@ pub enum SeccompAction {
     None,
 }
 
-/// Whether inodes are tracked by file handles. Only `never` is implemented.
+/// Whether inodes are tracked by file handles rather than open descriptors.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InodeFileHandles {
     Never,
@@ -104,7 +104,11 @@ pub struct Args {
     #[arg(long)]
     pub announce_submounts: bool,
 
-    /// Track inodes by file handles: never, prefer or mandatory (only never yet).
+    /// Keep looked-up inodes as file handles (name_to_handle_at, re-opened with
+    /// open_by_handle_at when a request needs them) instead of one open descriptor
+    /// each: never, prefer (file handles where the folder's mount supports them,
+    /// descriptors elsewhere) or mandatory (refuse to start without them). Needs
+    /// CAP_DAC_READ_SEARCH. A bare --inode-file-handles means prefer.
     #[arg(long, value_enum, default_value_t = InodeFileHandles::Never, num_args = 0..=1, default_missing_value = "prefer")]
     pub inode_file_handles: InodeFileHandles,
 
@@ -134,6 +138,7 @@ pub struct FsConfig {
     pub socket_group: Option<libc::gid_t>,
     pub sandbox: Sandbox,
     pub seccomp: SeccompAction,
+    pub inode_file_handles: InodeFileHandles,
     /// `--thread-pool-size`, accepted and not used (requests run on the queue threads).
     pub thread_pool_size: Option<usize>,
     pub log_level: String,
@@ -251,11 +256,6 @@ impl TryFrom<Args> for FsConfig {
                 args.num_request_queues
             ));
         }
-        if args.inode_file_handles != InodeFileHandles::Never {
-            return Err(
-                "--inode-file-handles: not implemented yet; only --inode-file-handles=never".into(),
-            );
-        }
         let socket_group = args
             .socket_group
             .as_deref()
@@ -276,6 +276,7 @@ impl TryFrom<Args> for FsConfig {
             socket_group,
             sandbox: args.sandbox,
             seccomp: args.seccomp,
+            inode_file_handles: args.inode_file_handles,
             thread_pool_size: args.thread_pool_size,
             log_level: args.log.log_level,
         })
@@ -386,7 +387,17 @@ mod tests {
         assert!(with(&["--cache", "sometimes"]).is_err());
         assert!(with(&["--sandbox", "jail"]).is_err());
         assert!(with(&["--seccomp", "allow"]).is_err());
-        assert!(with(&["--inode-file-handles=mandatory"]).is_err());
+        assert_eq!(
+            with(&["--inode-file-handles"]).unwrap().inode_file_handles,
+            InodeFileHandles::Prefer
+        );
+        assert_eq!(
+            with(&["--inode-file-handles=mandatory"])
+                .unwrap()
+                .inode_file_handles,
+            InodeFileHandles::Mandatory
+        );
+        assert!(with(&["--inode-file-handles=always"]).is_err());
         assert!(with(&["--socket-group", "no-such-group-here"])
             .unwrap_err()
             .contains("no such group"));

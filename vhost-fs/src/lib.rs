@@ -25,7 +25,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use log::info;
+use log::{info, warn};
 use vhostkit_common::cli::ListenAddr;
 use vhostkit_common::lifecycle::{self, StopHandle};
 
@@ -67,6 +67,8 @@ pub fn start(config: FsConfig) -> Result<Started, String> {
     raise_open_file_limit();
     let shared_dir = std::fs::canonicalize(&config.shared_dir)
         .map_err(|e| format!("--shared-dir {}: {e}", config.shared_dir.display()))?;
+    let mut config = config;
+    config.inode_file_handles = check_file_handles(config.inode_file_handles, &shared_dir)?;
     let (listener, mut socket_to_remove) = match &config.listen {
         ListenAddr::Path(path) => {
             // Replace a stale socket, as vhost's Listener does.
@@ -122,6 +124,38 @@ pub fn serve(started: Started, stop: &StopHandle) -> Result<(), String> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// What `--inode-file-handles` comes to here: file handles need
+/// CAP_DAC_READ_SEARCH (open_by_handle_at) and a file system that gives them;
+/// `prefer` falls back to descriptors without them, `mandatory` refuses to start.
+fn check_file_handles(
+    mode: config::InodeFileHandles,
+    shared_dir: &Path,
+) -> Result<config::InodeFileHandles, String> {
+    use config::InodeFileHandles::{Mandatory, Never, Prefer};
+    if mode == Never {
+        return Ok(Never);
+    }
+    let problem = if !sandbox::has_capability(sandbox::CAP_DAC_READ_SEARCH) {
+        Some("open_by_handle_at needs CAP_DAC_READ_SEARCH".to_string())
+    } else {
+        passthrough::file_handles_supported(shared_dir)
+            .err()
+            .map(|e| format!("{}: no file handles: {e}", shared_dir.display()))
+    };
+    match (problem, mode) {
+        (None, mode) => {
+            info!("inodes are kept as file handles");
+            Ok(mode)
+        }
+        (Some(p), Mandatory) => Err(format!("--inode-file-handles=mandatory: {p}")),
+        (Some(p), _) => {
+            warn!("--inode-file-handles=prefer: {p}; keeping descriptors");
+            debug_assert_eq!(mode, Prefer);
+            Ok(Never)
+        }
+    }
 }
 
 /// Every inode the guest looks up holds a descriptor: raise the soft limit on

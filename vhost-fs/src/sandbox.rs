@@ -31,9 +31,15 @@ use log::{error, info};
 
 use crate::config::Sandbox;
 
-/// `CAP_SYS_CHROOT` and `CAP_SYS_ADMIN` (linux/capability.h).
+/// Capability numbers (linux/capability.h).
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SYS_CHROOT: u32 = 18;
 const CAP_SYS_ADMIN: u32 = 21;
+
+/// Whether the process has capability `cap` in its effective set.
+pub fn has_capability(cap: u32) -> bool {
+    effective_capabilities().is_ok_and(|caps| caps & (1u64 << cap) != 0)
+}
 
 /// Refuses a sandbox the process lacks the capabilities for, in one line.
 pub fn check_privileges(mode: Sandbox) -> Result<(), String> {

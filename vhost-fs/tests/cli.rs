@@ -48,16 +48,6 @@ fn configuration_errors_give_one_line_and_exit_2() {
                 sock,
                 "--shared-dir",
                 shared,
-                "--inode-file-handles=mandatory",
-            ],
-            "--inode-file-handles",
-        ),
-        (
-            &[
-                "--socket-path",
-                sock,
-                "--shared-dir",
-                shared,
                 "--tag",
                 &"t".repeat(40),
             ],
@@ -174,4 +164,31 @@ fn sandboxes_without_root_are_refused_with_one_line_and_exit_1() {
         assert_eq!(text.trim().lines().count(), 1, "{text}");
         assert!(!sock.exists(), "refused before binding the socket");
     }
+}
+
+#[test]
+fn mandatory_file_handles_without_the_capability_are_refused_with_exit_1() {
+    let dir = TempDir::new("fs-cli-handles").unwrap();
+    let perms = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let sock = dir.join("fs.sock");
+    let args = [
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--shared-dir",
+        dir.path().to_str().unwrap(),
+        "--inode-file-handles=mandatory",
+    ];
+    let Some((code, text)) = run_unprivileged(&args) else {
+        println!("SKIPPED: cannot run the daemon as an unprivileged user");
+        return;
+    };
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(
+            "--inode-file-handles=mandatory: open_by_handle_at needs CAP_DAC_READ_SEARCH"
+        ),
+        "{text}"
+    );
+    assert!(!sock.exists(), "refused before binding the socket");
 }

@@ -504,3 +504,62 @@ fn announce_submounts_marks_mount_points() {
     assert_ne!(s.lookup(1, "mnt").unwrap().attr.flags & ATTR_SUBMOUNT, 0);
     assert_eq!(s.lookup(1, "plain").unwrap().attr.flags & ATTR_SUBMOUNT, 0);
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Descriptors the daemon holds after looking up (and keeping) 50 files.
+fn descriptors_for_50_lookups(fx: &Fixture) -> usize {
+    for i in 0..50 {
+        std::fs::write(fx.share.join(format!("f{i:02}")), b"x").unwrap();
+    }
+    let mut s = fx.session();
+    s.lookup(1, "f00").unwrap();
+    let before = open_fds(fx.daemon.pid());
+    for i in 1..50 {
+        s.lookup(1, &format!("f{i:02}")).unwrap();
+    }
+    let after = open_fds(fx.daemon.pid());
+    // Still reachable: a getattr and a read through the kept nodes.
+    let last = s.lookup(1, "f49").unwrap();
+    assert_eq!(s.getattr(last.nodeid).unwrap().size, 1);
+    let fh = s.open(last.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(s.read(fh, 0, 10).unwrap(), b"x");
+    s.release(fh, false);
+    after.saturating_sub(before)
+}
+
+#[test]
+fn file_handles_keep_no_descriptor_per_inode() {
+    let fx = Fixture::new("fs-fds", &[]);
+    let held = descriptors_for_50_lookups(&fx);
+    assert!(
+        held >= 49,
+        "one descriptor per inode without file handles: {held}"
+    );
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: file handles need CAP_DAC_READ_SEARCH (root)");
+        return;
+    }
+    let fx = Fixture::new("fs-handles", &["--inode-file-handles=mandatory"]);
+    let held = descriptors_for_50_lookups(&fx);
+    assert!(
+        held < 5,
+        "file handles hold no descriptor per inode: {held}"
+    );
+    drop(fx);
+    // The whole workload with file handles.
+    file_operations_round_trip_on(&Fixture::new(
+        "fs-handles-ops",
+        &["--inode-file-handles=mandatory"],
+    ));
+    xattr_round_trip(&Fixture::new(
+        "fs-handles-xattr",
+        &["--inode-file-handles", "--xattr"],
+    ));
+}
