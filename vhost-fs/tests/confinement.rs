@@ -135,7 +135,14 @@ fn sandbox_namespace_pivots_into_the_shared_folder() {
     }
     let fx = Fixture::new(
         "fs-namespace",
-        &["--sandbox", "namespace", "--seccomp", "kill", "--xattr"],
+        &[
+            "--sandbox",
+            "namespace",
+            "--seccomp",
+            "kill",
+            "--xattr",
+            "--inode-file-handles=mandatory",
+        ],
     );
     let child = sandboxed_child(fx.daemon.pid());
     vhostkit_tests::wait_for_log(&fx.dir.join("daemon.log"), "sandbox namespace", TIMEOUT);
