@@ -20,13 +20,17 @@ pub mod worker;
 pub use backend::{FsBackend, Share};
 pub use config::{Args, FsConfig};
 
+use std::ffi::OsString;
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use log::{info, warn};
 use vhostkit_common::cli::ListenAddr;
+use vhostkit_common::cli::LogArgs;
+use vhostkit_common::daemon::{Daemon, EXIT_USAGE};
 use vhostkit_common::lifecycle::{self, StopHandle};
 
 /// What start-up leaves for serving: the bound socket, the shared folder as the
@@ -124,6 +128,66 @@ pub fn serve(started: Started, stop: &StopHandle) -> Result<(), String> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// The daemon for [`vhostkit_common::daemon::daemon_main`]: the validated
+/// configuration, then what [`start`] left for serving.
+pub struct FsDaemon {
+    config: FsConfig,
+    started: Option<Started>,
+}
+
+impl Daemon for FsDaemon {
+    type Args = Args;
+
+    fn log_args(args: &Args) -> &LogArgs {
+        &args.log
+    }
+
+    fn from_args(args: Args) -> Result<Self, String> {
+        Ok(FsDaemon {
+            config: FsConfig::try_from(args)?,
+            started: None,
+        })
+    }
+
+    fn listen(&self) -> &ListenAddr {
+        &self.config.listen
+    }
+
+    /// `--print-capabilities` (before anything else is checked, as virtiofsd),
+    /// and virtiofsd flags this daemon does not implement, refused by name.
+    fn early_exit(argv: &[OsString]) -> Option<ExitCode> {
+        if argv.iter().skip(1).any(|a| a == "--print-capabilities") {
+            println!("{}", config::capabilities_json());
+            return Some(ExitCode::SUCCESS);
+        }
+        if let Err(e) = config::refuse_unsupported_flags(argv) {
+            vhostkit_common::logging::init("info");
+            log::error!("{e}");
+            return Some(ExitCode::from(EXIT_USAGE));
+        }
+        None
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        self.started = Some(start(self.config.clone())?);
+        Ok(())
+    }
+
+    fn socket_to_remove(&self) -> Option<PathBuf> {
+        self.started
+            .as_ref()
+            .and_then(|s| s.socket_to_remove().map(Path::to_path_buf))
+    }
+
+    fn run(self, stop: &StopHandle) -> Result<(), String> {
+        let started = match self.started {
+            Some(started) => started,
+            None => start(self.config)?,
+        };
+        serve(started, stop)
+    }
 }
 
 /// What `--inode-file-handles` comes to here: file handles need
