@@ -3,7 +3,9 @@
 //! # Security model
 //!
 //! Every inode the guest knows is an `O_PATH` file descriptor held in a map keyed
-//! by node id (the root, node 1, is the shared folder). Every operation is relative
+//! by node id (the root, node 1, is the shared folder), or with
+//! `--inode-file-handles` a file handle opened into such a descriptor for the
+//! length of one request. Every operation is relative
 //! to those descriptors with a single, checked name component (no '/', not "." or
 //! ".."), never a path string; lookups and creates go through `openat2` with
 //! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` (and `RESOLVE_NO_SYMLINKS` for
