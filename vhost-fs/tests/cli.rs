@@ -126,9 +126,26 @@ fn run_unprivileged(args: &[&str]) -> Option<(i32, String)> {
     if unsafe { libc::geteuid() } == 0 {
         cmd.uid(65534).gid(65534);
     }
-    let out = cmd.output().ok()?;
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    Some((out.status.code().unwrap_or(-1), text))
+    // A daemon that starts instead of refusing is stopped, and the test fails.
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().ok()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().ok()?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take()?, &mut text).ok()?;
+    Some((status.code().unwrap_or(-1), text))
 }
 
 #[test]
