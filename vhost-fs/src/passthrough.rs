@@ -64,7 +64,7 @@ type FsResult<T> = Result<T, Errno>;
 /// How the table keeps an inode the guest has looked up.
 enum InodeRef {
     /// An `O_PATH | O_NOFOLLOW` descriptor, held open.
-    Fd(OwnedFd),
+    Fd(Arc<OwnedFd>),
     /// A file handle (`name_to_handle_at`), opened again (`open_by_handle_at`)
     /// only while a request works on the inode: no descriptor held meanwhile.
     Handle(FileHandle),
@@ -87,19 +87,17 @@ struct Node {
 }
 
 enum NodeFd {
-    Kept(Arc<Inode>),
+    /// The table's descriptor.
+    Kept(Arc<OwnedFd>),
+    /// Opened from the file handle for this request.
     Opened(OwnedFd),
 }
 
 impl AsRawFd for NodeFd {
     fn as_raw_fd(&self) -> RawFd {
         match self {
+            NodeFd::Kept(fd) => fd.as_raw_fd(),
             NodeFd::Opened(fd) => fd.as_raw_fd(),
-            NodeFd::Kept(inode) => match &inode.reference {
-                InodeRef::Fd(fd) => fd.as_raw_fd(),
-                // Never built: inode() opens handles into NodeFd::Opened.
-                InodeRef::Handle(_) => -1,
-            },
         }
     }
 }
@@ -405,7 +403,7 @@ impl PassthroughFs {
             ROOT_ID,
             InodeEntry {
                 inode: Arc::new(Inode {
-                    reference: InodeRef::Fd(root),
+                    reference: InodeRef::Fd(Arc::new(root)),
                     file_type: st.st_mode & libc::S_IFMT,
                     dev: st.st_dev,
                 }),
@@ -442,7 +440,7 @@ impl PassthroughFs {
                 NodeFd::Opened(handle.open(mount_fd.as_raw_fd())?)
             }
             (InodeRef::Handle(_), None) => return Err(Errno(libc::EIO)),
-            (InodeRef::Fd(_), _) => NodeFd::Kept(inode),
+            (InodeRef::Fd(fd), _) => NodeFd::Kept(fd.clone()),
         };
         Ok(Node { fd, file_type, dev })
     }
@@ -457,7 +455,7 @@ impl PassthroughFs {
                 }
             }
         }
-        InodeRef::Fd(fd)
+        InodeRef::Fd(Arc::new(fd))
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
