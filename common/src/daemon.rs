@@ -3,6 +3,8 @@
 //! to an exit code. Each daemon only says how its own `Args` and config fit in, by
 //! implementing [`Daemon`] on its config type.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -37,21 +39,52 @@ pub trait Daemon: Sized {
 
     /// Serves until `stop`; an error is logged and the exit code is 1.
     fn run(self, stop: &StopHandle) -> Result<(), String>;
+
+    /// Looks at the raw command line before clap does: `Some(code)` ends `main` at
+    /// once with that code (a flag answered without the rest, like
+    /// `--print-capabilities`, or arguments refused with the daemon's own message).
+    fn early_exit(_argv: &[OsString]) -> Option<ExitCode> {
+        None
+    }
+
+    /// Start-up that must happen while the process has one thread, before the
+    /// signal thread starts (binding the socket, entering a sandbox, installing a
+    /// seccomp filter); an error is logged and the exit code is 1.
+    fn start(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The socket file the signal handler removes if a stop takes too long: by
+    /// default the `--socket-path`, none for an inherited socket.
+    fn socket_to_remove(&self) -> Option<PathBuf> {
+        match self.listen() {
+            ListenAddr::Path(p) => Some(p.clone()),
+            ListenAddr::Fd(_) => None,
+        }
+    }
 }
 
 /// The whole `main` of a daemon: `fn main() -> ExitCode { daemon_main::<MyConfig>() }`.
 ///
 /// Exit codes: 0 after a clean stop, 2 for a bad command line, 1 for anything else.
 pub fn daemon_main<D: Daemon>() -> ExitCode {
-    let args = <D::Args as clap::Parser>::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Some(code) = D::early_exit(&argv) {
+        return code;
+    }
+    let args = <D::Args as clap::Parser>::parse_from(argv);
     logging::init(&D::log_args(&args).log_level);
-    let config = match D::from_args(args) {
+    let mut config = match D::from_args(args) {
         Ok(config) => config,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Err(e) = config.start() {
+        error!("{e}");
+        return ExitCode::FAILURE;
+    }
     let stop = match StopHandle::new() {
         Ok(stop) => stop,
         Err(e) => {
@@ -59,11 +92,7 @@ pub fn daemon_main<D: Daemon>() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let socket = match config.listen() {
-        ListenAddr::Path(p) => Some(p.clone()),
-        ListenAddr::Fd(_) => None,
-    };
-    if let Err(e) = install_signal_handler(stop.clone(), socket, STOP_GRACE) {
+    if let Err(e) = install_signal_handler(stop.clone(), config.socket_to_remove(), STOP_GRACE) {
         error!("{e}");
         return ExitCode::FAILURE;
     }

@@ -4,6 +4,8 @@
 //! request queues; each queue has its own thread.
 
 use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use log::debug;
@@ -18,7 +20,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::config::{FsConfig, TAG_BYTES};
+use crate::config::{FsConfig, InodeFileHandles, TAG_BYTES};
 use crate::passthrough::{FsOptions, PassthroughFs};
 use crate::worker::process_queue;
 
@@ -26,6 +28,14 @@ use crate::worker::process_queue;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 /// `struct virtio_fs_config`: `tag[36]`, `num_request_queues` (le32).
 pub const CONFIG_LEN: usize = TAG_BYTES + 4;
+
+/// The shared folder as the serving process reaches it, for every connection.
+pub struct Share {
+    /// The folder's path ("/" inside a sandbox).
+    pub root: PathBuf,
+    /// This process's `/proc/self/fd` (`O_PATH`), opened before any sandbox.
+    pub proc_self_fd: OwnedFd,
+}
 
 /// A file system device for one frontend connection. Clones share everything.
 #[derive(Clone)]
@@ -45,14 +55,16 @@ fn bit(n: u32) -> u64 {
 
 impl FsBackend {
     /// A fresh session (no inodes but the root, no open files) for a new connection.
-    pub fn new(config: Arc<FsConfig>) -> io::Result<Self> {
-        let fs = PassthroughFs::new(
-            &config.shared_dir,
+    pub fn new(config: Arc<FsConfig>, share: &Share) -> io::Result<Self> {
+        let fs = PassthroughFs::with_proc_self_fd(
+            &share.root,
+            share.proc_self_fd.try_clone()?,
             FsOptions {
                 readonly: config.readonly,
                 xattr: config.xattr,
                 cache: config.cache,
                 announce_submounts: config.announce_submounts,
+                file_handles: config.inode_file_handles != InodeFileHandles::Never,
             },
         )
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", config.shared_dir.display())))?;

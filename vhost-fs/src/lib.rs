@@ -6,26 +6,57 @@
 //!   vhost-user;
 //! - [`passthrough`]: the file system: FUSE operations on the shared folder;
 //! - [`backend`]: the vhost-user device (features, config space, dispatch);
-//! - [`worker`]: the per-queue request loop.
+//! - [`worker`]: the per-queue request loop;
+//! - [`sandbox`] and [`seccomp`]: confinement (`--sandbox`, `--seccomp`).
 
 pub mod backend;
 pub mod config;
 pub mod fuse;
 pub mod passthrough;
+pub mod sandbox;
+pub mod seccomp;
 pub mod worker;
 
-pub use backend::FsBackend;
+pub use backend::{FsBackend, Share};
 pub use config::{Args, FsConfig};
 
+use std::ffi::OsString;
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
-use log::info;
+use log::{info, warn};
 use vhostkit_common::cli::ListenAddr;
+use vhostkit_common::cli::LogArgs;
+use vhostkit_common::daemon::{Daemon, EXIT_USAGE};
 use vhostkit_common::lifecycle::{self, StopHandle};
 
-/// Serves frontends until `stop` is requested; each connection gets a fresh FUSE
-/// session on the shared folder.
-pub fn run(config: FsConfig, stop: &StopHandle) -> Result<(), String> {
+/// What start-up leaves for serving: the bound socket, the shared folder as the
+/// (possibly sandboxed) process sees it.
+pub struct Started {
+    config: Arc<FsConfig>,
+    /// The listening socket (owned; handed to the serve loop).
+    listener: std::os::fd::RawFd,
+    share: Arc<Share>,
+    socket_to_remove: Option<PathBuf>,
+}
+
+impl Started {
+    /// The socket file this process removes at a stop: None for an inherited
+    /// socket, and in a sandbox, where the supervising parent removes it.
+    pub fn socket_to_remove(&self) -> Option<&Path> {
+        self.socket_to_remove.as_deref()
+    }
+}
+
+/// Start-up, while the process has a single thread (before the signal thread):
+/// binds the vhost-user socket, enters the sandbox (in a sandbox only the
+/// sandboxed child returns; the supervising parent exits with the child's status)
+/// and installs the seccomp filter. An error is a start-up failure (exit 1).
+pub fn start(config: FsConfig) -> Result<Started, String> {
+    sandbox::check_privileges(config.sandbox)?;
     info!(
         "sharing {}{} with {} request queue(s), cache {:?}{}",
         config.shared_dir.display(),
@@ -38,32 +69,163 @@ pub fn run(config: FsConfig, stop: &StopHandle) -> Result<(), String> {
         info!("--thread-pool-size {n} ignored: each request queue is served by its own thread");
     }
     raise_open_file_limit();
-    // The guest kernel has already applied the guest process's umask to the modes of
+    let shared_dir = std::fs::canonicalize(&config.shared_dir)
+        .map_err(|e| format!("--shared-dir {}: {e}", config.shared_dir.display()))?;
+    let mut config = config;
+    config.inode_file_handles = check_file_handles(config.inode_file_handles, &shared_dir)?;
+    let (listener, mut socket_to_remove) = match &config.listen {
+        ListenAddr::Path(path) => {
+            // Replace a stale socket, as vhost's Listener does.
+            let _ = std::fs::remove_file(path);
+            let listener = UnixListener::bind(path)
+                .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+            if let Some(gid) = config.socket_group {
+                if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
+                    let _ = std::fs::remove_file(path);
+                    return Err(format!("--socket-group: {}: {e}", path.display()));
+                }
+            }
+            info!("listening on {}", path.display());
+            (listener.into_raw_fd(), Some(path.clone()))
+        }
+        ListenAddr::Fd(fd) => (*fd, None),
+    };
+    // After the socket exists (it keeps the umask's mode). The guest kernel has already applied the guest process's umask to the modes of
     // MKDIR, MKNOD, CREATE and SYMLINK (FUSE_DONT_MASK is not negotiated): the files
     // must get exactly those modes, not ours masked again, as with virtiofsd.
     // SAFETY: umask only sets this process's file mode creation mask.
     unsafe { libc::umask(0) };
-    let config = Arc::new(config);
-    let listen: ListenAddr = config.listen.clone();
-    let socket_group = config.socket_group;
-    let on_listening = move || -> std::io::Result<()> {
-        if let (Some(gid), ListenAddr::Path(path)) = (socket_group, &listen) {
-            std::os::unix::fs::chown(path, None, Some(gid))?;
+    let confined = sandbox::enter(
+        config.sandbox,
+        &shared_dir,
+        socket_to_remove.as_deref(),
+        &[listener],
+    )?;
+    if config.sandbox != config::Sandbox::None {
+        socket_to_remove = None;
+    }
+    passthrough::reserve_fd_table(std::os::fd::AsRawFd::as_raw_fd(&confined.proc_self_fd));
+    seccomp::install(config.seccomp)?;
+    Ok(Started {
+        share: Arc::new(Share {
+            root: confined.root,
+            proc_self_fd: confined.proc_self_fd,
+        }),
+        config: Arc::new(config),
+        listener,
+        socket_to_remove,
+    })
+}
+
+/// Serves frontends until `stop` is requested; each connection gets a fresh FUSE
+/// session on the shared folder.
+pub fn serve(started: Started, stop: &StopHandle) -> Result<(), String> {
+    let Started {
+        config,
+        listener,
+        share,
+        socket_to_remove,
+    } = started;
+    let result = lifecycle::serve("vhost-user-fs", &ListenAddr::Fd(listener), stop, || {
+        FsBackend::new(config.clone(), &share)
+    })
+    .map_err(vhostkit_common::daemon::error_chain);
+    if let Some(path) = socket_to_remove {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// The daemon for [`vhostkit_common::daemon::daemon_main`]: the validated
+/// configuration, then what [`start`] left for serving.
+pub struct FsDaemon {
+    config: FsConfig,
+    started: Option<Started>,
+}
+
+impl Daemon for FsDaemon {
+    type Args = Args;
+
+    fn log_args(args: &Args) -> &LogArgs {
+        &args.log
+    }
+
+    fn from_args(args: Args) -> Result<Self, String> {
+        Ok(FsDaemon {
+            config: FsConfig::try_from(args)?,
+            started: None,
+        })
+    }
+
+    fn listen(&self) -> &ListenAddr {
+        &self.config.listen
+    }
+
+    /// `--print-capabilities` (before anything else is checked, as virtiofsd),
+    /// and virtiofsd flags this daemon does not implement, refused by name.
+    fn early_exit(argv: &[OsString]) -> Option<ExitCode> {
+        if argv.iter().skip(1).any(|a| a == "--print-capabilities") {
+            println!("{}", config::capabilities_json());
+            return Some(ExitCode::SUCCESS);
         }
+        if let Err(e) = config::refuse_unsupported_flags(argv) {
+            vhostkit_common::logging::init("info");
+            log::error!("{e}");
+            return Some(ExitCode::from(EXIT_USAGE));
+        }
+        None
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        self.started = Some(start(self.config.clone())?);
         Ok(())
+    }
+
+    fn socket_to_remove(&self) -> Option<PathBuf> {
+        self.started
+            .as_ref()
+            .and_then(|s| s.socket_to_remove().map(Path::to_path_buf))
+    }
+
+    fn run(self, stop: &StopHandle) -> Result<(), String> {
+        let started = match self.started {
+            Some(started) => started,
+            None => start(self.config)?,
+        };
+        serve(started, stop)
+    }
+}
+
+/// What `--inode-file-handles` comes to here: file handles need
+/// CAP_DAC_READ_SEARCH (open_by_handle_at) and a file system that gives them;
+/// `prefer` falls back to descriptors without them, `mandatory` refuses to start.
+fn check_file_handles(
+    mode: config::InodeFileHandles,
+    shared_dir: &Path,
+) -> Result<config::InodeFileHandles, String> {
+    use config::InodeFileHandles::{Mandatory, Never, Prefer};
+    if mode == Never {
+        return Ok(Never);
+    }
+    let problem = if !sandbox::has_capability(sandbox::CAP_DAC_READ_SEARCH) {
+        Some("open_by_handle_at needs CAP_DAC_READ_SEARCH".to_string())
+    } else {
+        passthrough::file_handles_supported(shared_dir)
+            .err()
+            .map(|e| format!("{}: no file handles: {e}", shared_dir.display()))
     };
-    lifecycle::serve_with_hook("vhost-user-fs", &config.listen, stop, on_listening, || {
-        FsBackend::new(config.clone())
-    })
-    .map_err(|e| {
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
+    match (problem, mode) {
+        (None, mode) => {
+            info!("inodes are kept as file handles");
+            Ok(mode)
         }
-        msg
-    })
+        (Some(p), Mandatory) => Err(format!("--inode-file-handles=mandatory: {p}")),
+        (Some(p), _) => {
+            warn!("--inode-file-handles=prefer: {p}; keeping descriptors");
+            debug_assert_eq!(mode, Prefer);
+            Ok(Never)
+        }
+    }
 }
 
 /// Every inode the guest looks up holds a descriptor: raise the soft limit on

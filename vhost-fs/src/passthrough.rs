@@ -3,7 +3,9 @@
 //! # Security model
 //!
 //! Every inode the guest knows is an `O_PATH` file descriptor held in a map keyed
-//! by node id (the root, node 1, is the shared folder). Every operation is relative
+//! by node id (the root, node 1, is the shared folder), or with
+//! `--inode-file-handles` a file handle opened into such a descriptor for the
+//! length of one request. Every operation is relative
 //! to those descriptors with a single, checked name component (no '/', not "." or
 //! ".."), never a path string; lookups and creates go through `openat2` with
 //! `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` (and `RESOLVE_NO_SYMLINKS` for
@@ -52,17 +54,113 @@ pub struct FsOptions {
     pub xattr: bool,
     pub cache: CachePolicy,
     pub announce_submounts: bool,
+    /// Keep looked-up inodes on the shared folder's mount as file handles rather
+    /// than open descriptors (`--inode-file-handles`, checked at start).
+    pub file_handles: bool,
 }
 
 type FsResult<T> = Result<T, Errno>;
 
+/// How the table keeps an inode the guest has looked up.
+enum InodeRef {
+    /// An `O_PATH | O_NOFOLLOW` descriptor, held open.
+    Fd(Arc<OwnedFd>),
+    /// A file handle (`name_to_handle_at`), opened again (`open_by_handle_at`)
+    /// only while a request works on the inode: no descriptor held meanwhile.
+    Handle(FileHandle),
+}
+
 /// One inode the guest has looked up.
 struct Inode {
-    /// `O_PATH | O_NOFOLLOW` descriptor of the inode.
-    fd: OwnedFd,
+    reference: InodeRef,
     /// `st_mode & S_IFMT`.
     file_type: u32,
     dev: u64,
+}
+
+/// An inode as one request works on it: a descriptor for it (`O_PATH`), either
+/// the table's or opened from its file handle for this request.
+struct Node {
+    fd: NodeFd,
+    file_type: u32,
+    dev: u64,
+}
+
+enum NodeFd {
+    /// The table's descriptor.
+    Kept(Arc<OwnedFd>),
+    /// Opened from the file handle for this request.
+    Opened(OwnedFd),
+}
+
+impl AsRawFd for NodeFd {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            NodeFd::Kept(fd) => fd.as_raw_fd(),
+            NodeFd::Opened(fd) => fd.as_raw_fd(),
+        }
+    }
+}
+
+/// `struct file_handle` with room for the largest handle (MAX_HANDLE_SZ).
+#[derive(Clone)]
+struct FileHandle {
+    /// handle_bytes (u32), handle_type (i32), then the handle itself.
+    raw: Vec<u8>,
+}
+
+const MAX_HANDLE_SZ: usize = 128;
+
+impl FileHandle {
+    /// The handle of `fd` itself and its mount id.
+    fn of(fd: RawFd) -> FsResult<(FileHandle, i32)> {
+        let mut raw = vec![0u8; 8 + MAX_HANDLE_SZ];
+        raw[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+        let mut mount_id: libc::c_int = 0;
+        // SAFETY: `raw` is a struct file_handle with handle_bytes set to the room
+        // after its 8-byte header; the empty path with AT_EMPTY_PATH names `fd`.
+        cvt_long(unsafe {
+            libc::syscall(
+                libc::SYS_name_to_handle_at,
+                fd,
+                c"".as_ptr(),
+                raw.as_mut_ptr(),
+                &mut mount_id as *mut libc::c_int,
+                libc::AT_EMPTY_PATH,
+            )
+        })?;
+        let len = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
+        raw.truncate(8 + len.min(MAX_HANDLE_SZ));
+        Ok((FileHandle { raw }, mount_id))
+    }
+
+    /// An `O_PATH` descriptor of the inode, through `mount_fd` (any descriptor
+    /// on the same mount, not `O_PATH`).
+    fn open(&self, mount_fd: RawFd) -> FsResult<OwnedFd> {
+        // SAFETY: `raw` is the struct file_handle name_to_handle_at filled;
+        // open_by_handle_at only reads it and returns a new descriptor.
+        let fd = cvt_long(unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                mount_fd,
+                self.raw.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+}
+
+/// Whether the folder at `path` gives file handles (`--inode-file-handles`).
+pub fn file_handles_supported(path: &Path) -> std::io::Result<()> {
+    let dir = cstring(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("path contains NUL"))?;
+    let fd = openat2(libc::AT_FDCWD, &dir, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+    FileHandle::of(fd.as_raw_fd())
+        .map(drop)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.0))
 }
 
 struct InodeEntry {
@@ -91,6 +189,9 @@ pub struct PassthroughFs {
     options: FsOptions,
     /// `/proc/self/fd`, for re-opening `O_PATH` descriptors.
     proc_self_fd: OwnedFd,
+    /// With file handles: the shared folder opened for reading (the mount
+    /// descriptor of open_by_handle_at) and its mount id.
+    mount: Option<(OwnedFd, i32)>,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
@@ -207,9 +308,10 @@ const FD_TABLE_RESERVE: u64 = 65536;
 /// Every inode looked up holds a descriptor, and the kernel grows the table by
 /// doubling, each time (in a multi-threaded process) waiting for an RCU grace
 /// period: milliseconds during which the queue stalls, again and again while the
-/// first thousands of inodes are looked up. The table never shrinks, so this costs
-/// one dup and close per connection after the first.
-fn reserve_fd_table(any_fd: RawFd) {
+/// first thousands of inodes are looked up. The table never shrinks; a fork does
+/// not copy the reservation, so the serving process calls this once at start-up,
+/// after the sandbox and before seccomp (getrlimit is not on the allow-list).
+pub fn reserve_fd_table(any_fd: RawFd) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -278,10 +380,6 @@ impl Drop for Credentials {
 impl PassthroughFs {
     /// A file system rooted at `shared_dir`.
     pub fn new(shared_dir: &Path, options: FsOptions) -> std::io::Result<Self> {
-        let dir = cstring(shared_dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| std::io::Error::other("shared folder path contains NUL"))?;
-        let root = openat2(libc::AT_FDCWD, &dir, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let proc_self_fd = openat2(
             libc::AT_FDCWD,
             c"/proc/self/fd",
@@ -290,11 +388,41 @@ impl PassthroughFs {
             0,
         )
         .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+        Self::with_proc_self_fd(shared_dir, proc_self_fd, options)
+    }
+
+    /// A file system rooted at `shared_dir`, re-opening inodes through
+    /// `proc_self_fd` (this process's `/proc/self/fd`, opened before a sandbox hid
+    /// /proc).
+    pub fn with_proc_self_fd(
+        shared_dir: &Path,
+        proc_self_fd: OwnedFd,
+        options: FsOptions,
+    ) -> std::io::Result<Self> {
+        let dir = cstring(shared_dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::other("shared folder path contains NUL"))?;
+        let root = openat2(libc::AT_FDCWD, &dir, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let st = stat_fd(root.as_raw_fd()).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
-        reserve_fd_table(proc_self_fd.as_raw_fd());
+        let mount = if options.file_handles {
+            let (_, mount_id) = FileHandle::of(root.as_raw_fd())
+                .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+            let mount_fd = openat2(
+                libc::AT_FDCWD,
+                &dir,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+                0,
+            )
+            .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+            Some((mount_fd, mount_id))
+        } else {
+            None
+        };
         let fs = PassthroughFs {
             options,
             proc_self_fd,
+            mount,
             inodes: Mutex::new(Inodes::default()),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -313,7 +441,7 @@ impl PassthroughFs {
             ROOT_ID,
             InodeEntry {
                 inode: Arc::new(Inode {
-                    fd: root,
+                    reference: InodeRef::Fd(Arc::new(root)),
                     file_type: st.st_mode & libc::S_IFMT,
                     dev: st.st_dev,
                 }),
@@ -335,14 +463,37 @@ impl PassthroughFs {
         lock(&self.handles).len()
     }
 
-    fn inode(&self, nodeid: u64) -> FsResult<Arc<Inode>> {
-        match lock(&self.inodes).by_id.get(&nodeid) {
-            Some(entry) => Ok(entry.inode.clone()),
+    /// The inode `nodeid` with a descriptor to work on.
+    fn inode(&self, nodeid: u64) -> FsResult<Node> {
+        let inode = match lock(&self.inodes).by_id.get(&nodeid) {
+            Some(entry) => entry.inode.clone(),
             None => {
                 guest_error!("unknown node id {nodeid}");
-                Err(Errno::ENOENT)
+                return Err(Errno::ENOENT);
+            }
+        };
+        let (file_type, dev) = (inode.file_type, inode.dev);
+        let fd = match (&inode.reference, &self.mount) {
+            (InodeRef::Handle(handle), Some((mount_fd, _))) => {
+                NodeFd::Opened(handle.open(mount_fd.as_raw_fd())?)
+            }
+            (InodeRef::Handle(_), None) => return Err(Errno(libc::EIO)),
+            (InodeRef::Fd(fd), _) => NodeFd::Kept(fd.clone()),
+        };
+        Ok(Node { fd, file_type, dev })
+    }
+
+    /// How to keep the inode of the new `O_PATH` descriptor `fd`: its file handle
+    /// if file handles are on and it lives on the shared folder's mount.
+    fn inode_ref(&self, fd: OwnedFd) -> InodeRef {
+        if let Some((_, root_mount)) = &self.mount {
+            if let Ok((handle, mount_id)) = FileHandle::of(fd.as_raw_fd()) {
+                if mount_id == *root_mount {
+                    return InodeRef::Handle(handle);
+                }
             }
         }
+        InodeRef::Fd(Arc::new(fd))
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
@@ -381,7 +532,7 @@ impl PassthroughFs {
 
     /// Re-opens an inode for I/O with `flags` through /proc/self/fd. Only
     /// regular files and folders: a symlink or device node is refused.
-    fn reopen(&self, inode: &Inode, flags: i32) -> FsResult<File> {
+    fn reopen(&self, inode: &Node, flags: i32) -> FsResult<File> {
         match inode.file_type {
             libc::S_IFREG | libc::S_IFDIR => {}
             libc::S_IFLNK => return Err(Errno(libc::ELOOP)),
@@ -431,13 +582,15 @@ impl PassthroughFs {
                     id
                 }
                 None => {
+                    // One name_to_handle_at under the lock, with file handles.
+                    let reference = self.inode_ref(fd);
                     let id = inodes.next_id;
                     inodes.next_id += 1;
                     inodes.by_id.insert(
                         id,
                         InodeEntry {
                             inode: Arc::new(Inode {
-                                fd,
+                                reference,
                                 file_type: st.st_mode & libc::S_IFMT,
                                 dev: st.st_dev,
                             }),
@@ -626,7 +779,13 @@ impl PassthroughFs {
         lock(&self.handles).clear();
         let root = {
             let inodes = lock(&self.inodes);
-            let root = inodes.by_id.get(&ROOT_ID).map(|e| e.inode.fd.try_clone());
+            let root = inodes
+                .by_id
+                .get(&ROOT_ID)
+                .and_then(|e| match &e.inode.reference {
+                    InodeRef::Fd(fd) => Some(fd.try_clone()),
+                    InodeRef::Handle(_) => None,
+                });
             drop(inodes);
             root
         };
@@ -1003,7 +1162,7 @@ impl PassthroughFs {
         let name = cstring(body.take_cstr()?)?;
         let value = body.take_bytes(set.size as usize)?;
         self.writable()?;
-        let file = self.reopen(&*self.inode(nodeid)?, libc::O_RDONLY)?;
+        let file = self.reopen(&self.inode(nodeid)?, libc::O_RDONLY)?;
         // SAFETY: NUL-terminated name; value valid for its length.
         cvt(unsafe {
             libc::fsetxattr(
@@ -1025,7 +1184,7 @@ impl PassthroughFs {
         } else {
             Some(cstring(body.take_cstr()?)?)
         };
-        let file = self.reopen(&*self.inode(nodeid)?, libc::O_RDONLY)?;
+        let file = self.reopen(&self.inode(nodeid)?, libc::O_RDONLY)?;
         let size = (get.size as usize).min(1 << 16);
         let mut buf = vec![0u8; size];
         let fd = file.as_raw_fd();
@@ -1053,7 +1212,7 @@ impl PassthroughFs {
         self.xattr_enabled()?;
         let name = cstring(body.take_cstr()?)?;
         self.writable()?;
-        let file = self.reopen(&*self.inode(nodeid)?, libc::O_RDONLY)?;
+        let file = self.reopen(&self.inode(nodeid)?, libc::O_RDONLY)?;
         // SAFETY: NUL-terminated name on a descriptor we own.
         cvt(unsafe { libc::fremovexattr(file.as_raw_fd(), name.as_ptr()) })?;
         Ok(Vec::new())
@@ -1239,7 +1398,7 @@ impl PassthroughFs {
     }
 
     fn syncfs(&self, nodeid: u64) -> FsResult<Vec<u8>> {
-        let file = self.reopen(&*self.inode(nodeid)?, libc::O_RDONLY)?;
+        let file = self.reopen(&self.inode(nodeid)?, libc::O_RDONLY)?;
         // SAFETY: syncfs on a descriptor we own.
         cvt(unsafe { libc::syncfs(file.as_raw_fd()) })?;
         Ok(Vec::new())
@@ -1291,6 +1450,7 @@ mod tests {
             xattr: true,
             cache: CachePolicy::Auto,
             announce_submounts: true,
+            file_handles: false,
         }
     }
 

@@ -48,28 +48,6 @@ fn configuration_errors_give_one_line_and_exit_2() {
                 sock,
                 "--shared-dir",
                 shared,
-                "--sandbox",
-                "chroot",
-            ],
-            "not implemented",
-        ),
-        (
-            &[
-                "--socket-path",
-                sock,
-                "--shared-dir",
-                shared,
-                "--seccomp",
-                "kill",
-            ],
-            "not implemented",
-        ),
-        (
-            &[
-                "--socket-path",
-                sock,
-                "--shared-dir",
-                shared,
                 "--tag",
                 &"t".repeat(40),
             ],
@@ -136,4 +114,98 @@ fn socket_group_sets_the_socket_owner_group() {
     )
     .unwrap();
     assert_eq!(std::fs::metadata(&sock).unwrap().gid(), 4242);
+}
+
+/// As an unprivileged user: with `user` set, the daemon runs as that uid (the test
+/// being root), else as whoever runs the test (not root).
+fn run_unprivileged(args: &[&str]) -> Option<(i32, String)> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("RUST_LOG");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    // A daemon that starts instead of refusing is stopped, and the test fails.
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().ok()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().ok()?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take()?, &mut text).ok()?;
+    Some((status.code().unwrap_or(-1), text))
+}
+
+#[test]
+fn sandboxes_without_root_are_refused_with_one_line_and_exit_1() {
+    // A folder an unprivileged user can reach (the test's own may be private).
+    let dir = TempDir::new("fs-cli-sandbox").unwrap();
+    let perms = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let sock = dir.join("fs.sock");
+    let shared = dir.path().to_str().unwrap();
+    for (mode, cap) in [("namespace", "CAP_SYS_ADMIN"), ("chroot", "CAP_SYS_CHROOT")] {
+        let args = [
+            "--socket-path",
+            sock.to_str().unwrap(),
+            "--shared-dir",
+            shared,
+            "--sandbox",
+            mode,
+        ];
+        let Some((code, text)) = run_unprivileged(&args) else {
+            println!("SKIPPED: cannot run the daemon as an unprivileged user");
+            return;
+        };
+        if text.contains("Permission denied") && !text.contains("--sandbox") {
+            println!("SKIPPED: the binary is not reachable by an unprivileged user: {text}");
+            return;
+        }
+        assert_eq!(code, 1, "{mode}: {text}");
+        assert!(
+            text.contains(&format!("--sandbox {mode} needs root ({cap})")),
+            "{text}"
+        );
+        assert_eq!(text.trim().lines().count(), 1, "{text}");
+        assert!(!sock.exists(), "refused before binding the socket");
+    }
+}
+
+#[test]
+fn mandatory_file_handles_without_the_capability_are_refused_with_exit_1() {
+    let dir = TempDir::new("fs-cli-handles").unwrap();
+    let perms = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let sock = dir.join("fs.sock");
+    let args = [
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--shared-dir",
+        dir.path().to_str().unwrap(),
+        "--inode-file-handles=mandatory",
+    ];
+    let Some((code, text)) = run_unprivileged(&args) else {
+        println!("SKIPPED: cannot run the daemon as an unprivileged user");
+        return;
+    };
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(
+            "--inode-file-handles=mandatory: open_by_handle_at needs CAP_DAC_READ_SEARCH"
+        ),
+        "{text}"
+    );
+    assert!(!sock.exists(), "refused before binding the socket");
 }
