@@ -1,7 +1,10 @@
 //! Our vhost-user-fs in a QEMU guest (`vhost-user-fs-pci`, TCG here): the POSIX
 //! suite pjdfstest on the virtiofs mount, compared with virtiofsd on the same
 //! selection in the same run (we must fail no test that virtiofsd passes), and fio
-//! with verify plus data crossing between host and guest.
+//! with verify plus data crossing between host and guest. Ours runs hardened, as
+//! virtiofsd does by default (`--sandbox namespace --seccomp kill`): the whole
+//! suite must stay inside the allow-list. The suite runs on ours twice, with inodes
+//! held as O_PATH descriptors and with `--inode-file-handles=mandatory`.
 //!
 //! Needs root, QEMU, the guest image and the fs tools (scripts/build-fs-tools.sh);
 //! each test prints SKIPPED with the reason when one is missing.
@@ -26,9 +29,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-fs");
 const TAG: &str = "ours";
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Runs `selection` in a guest on a fresh folder served by `ours` (else virtiofsd).
+/// Which daemon serves the folder, and how.
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    /// vhost-user-fs hardened (namespace sandbox, seccomp kill), inodes held as
+    /// O_PATH descriptors.
+    Ours,
+    /// The same with `--inode-file-handles=mandatory`.
+    OursWithFileHandles,
+    Virtiofsd,
+}
+
+/// Runs `selection` in a guest on a fresh folder served by `server`.
 fn pjdfstest_on(
-    ours: bool,
+    server: Server,
     image: &GuestImage,
     tools: &FsTools,
     selection: &Selection,
@@ -37,10 +51,20 @@ fn pjdfstest_on(
     let shared = dir.join("shared");
     std::fs::create_dir(&shared).unwrap();
     let socket = dir.join("fs.sock");
-    let (name, cmd, tag) = if ours {
+    let (name, cmd, tag) = if server != Server::Virtiofsd {
         let mut cmd = vhost_user_fs_cmd(Path::new(BIN), &socket, &shared, TAG);
+        // Hardened, as virtiofsd runs by default: a guest's whole POSIX workload
+        // must stay inside the seccomp allow-list and work from inside the sandbox.
+        cmd.args(["--sandbox", "namespace", "--seccomp", "kill"]);
+        if server == Server::OursWithFileHandles {
+            cmd.arg("--inode-file-handles=mandatory");
+        }
         cmd.args(["--log-level", "warn"]);
-        ("vhost-user-fs", cmd, TAG)
+        let name = match server {
+            Server::OursWithFileHandles => "vhost-user-fs (file handles)",
+            _ => "vhost-user-fs",
+        };
+        (name, cmd, TAG)
     } else {
         (
             "virtiofsd",
@@ -70,24 +94,26 @@ fn pjdfstest_fails_nothing_that_virtiofsd_passes() {
         return;
     };
     let selection = Selection::from_env_or(Selection::All);
-    let ours = pjdfstest_on(true, &image, &tools, &selection);
-    let peer = pjdfstest_on(false, &image, &tools, &selection);
-    if selection == Selection::All {
+    let peer = pjdfstest_on(Server::Virtiofsd, &image, &tools, &selection);
+    for server in [Server::Ours, Server::OursWithFileHandles] {
+        let ours = pjdfstest_on(server, &image, &tools, &selection);
+        if selection == Selection::All {
+            assert!(
+                ours.passed.len() > 300,
+                "the suite did not run on ours: {ours}"
+            );
+        } else {
+            let ran = ours.passed.len() + ours.failed.len() + ours.skipped.len();
+            assert!(ran > 0, "no test matched {selection:?}: {ours}");
+        }
+        let regressions = compare(&ours, &peer);
         assert!(
-            ours.passed.len() > 300,
-            "the suite did not run on ours: {ours}"
+            regressions.is_empty(),
+            "vhost-user-fs fails {} test(s) that virtiofsd passes: {}",
+            regressions.len(),
+            regressions.join(" ")
         );
-    } else {
-        let ran = ours.passed.len() + ours.failed.len() + ours.skipped.len();
-        assert!(ran > 0, "no test matched {selection:?}: {ours}");
     }
-    let regressions = compare(&ours, &peer);
-    assert!(
-        regressions.is_empty(),
-        "vhost-user-fs fails {} test(s) that virtiofsd passes: {}",
-        regressions.len(),
-        regressions.join(" ")
-    );
 }
 
 #[test]
@@ -100,6 +126,8 @@ fn fio_verify_and_host_data_through_vhost_user_fs() {
     std::fs::create_dir(&shared).unwrap();
     let socket = dir.join("fs.sock");
     let mut cmd = vhost_user_fs_cmd(Path::new(BIN), &socket, &shared, TAG);
+    // Hardened, as in the pjdfstest runs.
+    cmd.args(["--sandbox", "namespace", "--seccomp", "kill"]);
     cmd.args(["--log-level", "warn"]);
     let _daemon = spawn_fs_daemon("vhost-user-fs", cmd, &socket).expect("the daemon starts");
     let check = run_fio_and_data_checks(&image, &FsDevice::new(&socket, TAG), &shared, 16, TIMEOUT)
