@@ -65,6 +65,7 @@ impl FsBackend {
                 cache: config.cache,
                 announce_submounts: config.announce_submounts,
                 file_handles: config.inode_file_handles != InodeFileHandles::Never,
+                allow_direct_io: config.allow_direct_io,
             },
         )
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", config.shared_dir.display())))?;
@@ -190,7 +191,7 @@ impl VhostUserBackend for FsBackend {
             vring,
             &memory,
             thread_id,
-            std::time::Duration::ZERO,
+            self.inner.config.poll,
         )
     }
 }

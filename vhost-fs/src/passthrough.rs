@@ -57,6 +57,8 @@ pub struct FsOptions {
     /// Keep looked-up inodes on the shared folder's mount as file handles rather
     /// than open descriptors (`--inode-file-handles`, checked at start).
     pub file_handles: bool,
+    /// Pass the guest's O_DIRECT on to host opens (`--allow-direct-io`).
+    pub allow_direct_io: bool,
 }
 
 type FsResult<T> = Result<T, Errno>;
@@ -1059,7 +1061,7 @@ impl PassthroughFs {
             if inode.file_type == libc::S_IFDIR && is_write_open(open.flags) {
                 return Err(Errno(libc::EISDIR));
             }
-            open.flags as i32
+            self.host_open_flags(open.flags)
         };
         let file = self.reopen(&inode, flags)?;
         let fh = self.new_handle(file);
@@ -1069,6 +1071,17 @@ impl PassthroughFs {
             padding: 0,
         };
         Ok(out.as_bytes().to_vec())
+    }
+
+    /// The guest's open flags as the host open gets them: O_DIRECT only with
+    /// `--allow-direct-io`, as virtiofsd.
+    fn host_open_flags(&self, guest_flags: u32) -> i32 {
+        let flags = guest_flags as i32;
+        if self.options.allow_direct_io {
+            flags
+        } else {
+            flags & !libc::O_DIRECT
+        }
     }
 
     fn read(&self, body: &mut Body<'_>, room: usize, data: &mut dyn FileData) -> FsResult<usize> {
@@ -1322,7 +1335,8 @@ impl PassthroughFs {
         self.writable()?;
         let parent = self.inode(header.nodeid)?;
         let cname = cstring(name)?;
-        let flags = (create.flags as i32 | libc::O_CREAT) & !(libc::O_NOCTTY | libc::O_PATH);
+        let flags =
+            (self.host_open_flags(create.flags) | libc::O_CREAT) & !(libc::O_NOCTTY | libc::O_PATH);
         let fd = {
             let _creds = Credentials::switch(header);
             openat2(
@@ -1451,6 +1465,7 @@ mod tests {
             cache: CachePolicy::Auto,
             announce_submounts: true,
             file_handles: false,
+            allow_direct_io: false,
         }
     }
 

@@ -597,3 +597,84 @@ fn file_handles_keep_no_descriptor_per_inode() {
         &["--inode-file-handles", "--xattr"],
     ));
 }
+
+/// The flags of the host descriptor the daemon opened for `path` (from fdinfo).
+fn host_open_flags(pid: u32, path: &std::path::Path) -> Option<i32> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let entry = entry.ok()?;
+        if std::fs::read_link(entry.path()).ok().as_deref() != Some(path) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            entry.file_name().to_str()?
+        ))
+        .ok()?;
+        let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+        return i32::from_str_radix(flags.trim(), 8).ok();
+    }
+    None
+}
+
+/// The guest's O_DIRECT reaches the host open only with --allow-direct-io (as in
+/// virtiofsd): by default it is dropped, since it bypasses the guest's page cache,
+/// not the host's, and some host file systems refuse it.
+#[test]
+fn o_direct_reaches_the_host_only_with_allow_direct_io() {
+    for (args, wanted) in [(&[][..], false), (&["--allow-direct-io"][..], true)] {
+        let fx = Fixture::new("fs-odirect", args);
+        let mut s = fx.session();
+        let (_, open) = s
+            .create(1, "direct", libc::O_RDWR | libc::O_DIRECT)
+            .unwrap();
+        let path = fx.share.join("direct");
+        let flags = host_open_flags(fx.daemon.pid(), &path)
+            .unwrap_or_else(|| panic!("the daemon holds {} open", path.display()));
+        assert_eq!(
+            flags & libc::O_DIRECT != 0,
+            wanted,
+            "{args:?}: flags {flags:o}"
+        );
+        s.release(open.fh, false);
+        let node = s.lookup(1, "direct").unwrap().nodeid;
+        let fh = s.open(node, libc::O_RDONLY | libc::O_DIRECT).unwrap();
+        let flags = host_open_flags(fx.daemon.pid(), &path).unwrap();
+        assert_eq!(
+            flags & libc::O_DIRECT != 0,
+            wanted,
+            "{args:?} OPEN: flags {flags:o}"
+        );
+        s.release(fh, false);
+    }
+}
+
+/// With --poll-us the worker keeps watching the queue after a request, so a driver
+/// sending the next one soon finds notifications off and need not kick; with
+/// --poll-us 0 nearly every request is a kick.
+#[test]
+fn polling_spares_the_driver_its_kicks() {
+    let kicks = |poll_us: &str| {
+        let fx = Fixture::new("fs-poll", &["--poll-us", poll_us]);
+        let mut s = fx.session();
+        let before = s.q.q.stats();
+        for _ in 0..200 {
+            s.getattr(1).unwrap();
+        }
+        let after = s.q.q.stats();
+        (
+            after.kicks - before.kicks,
+            after.kicks_suppressed - before.kicks_suppressed,
+        )
+    };
+    let (kicked, _) = kicks("0");
+    // (A request sent while the worker is still finishing the last one needs none.)
+    assert!(
+        kicked >= 100,
+        "without polling most requests kick: {kicked}"
+    );
+    let (kicked, suppressed) = kicks("1000000");
+    assert!(
+        kicked < 20 && suppressed > 180,
+        "a polling worker wants no kicks: {kicked} kicks, {suppressed} suppressed"
+    );
+}

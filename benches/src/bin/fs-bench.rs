@@ -116,6 +116,10 @@ struct Args {
     #[arg(long)]
     no_peer: bool,
 
+    /// Extra flags for our daemon, e.g. --ours-args="--poll-us 50" (split on spaces).
+    #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
+    ours_args: Option<String>,
+
     /// Keep the run folder (shared folder, daemon logs) afterwards.
     #[arg(long)]
     keep: bool,
@@ -273,14 +277,15 @@ fn fill_dir(dir: &Path, n: usize) -> std::io::Result<()> {
 /// A backend as started for one measurement.
 #[derive(Clone, Debug)]
 enum Backend {
-    Ours(PathBuf),
+    /// Our binary and the extra flags it gets.
+    Ours(PathBuf, Vec<String>),
     Virtiofsd(PathBuf),
 }
 
 impl Backend {
     fn label(&self) -> &'static str {
         match self {
-            Backend::Ours(_) => "ours",
+            Backend::Ours(..) => "ours",
             Backend::Virtiofsd(_) => "virtiofsd",
         }
     }
@@ -289,11 +294,12 @@ impl Backend {
         let socket = dir.join(format!("{}.sock", self.label()));
         let log = dir.join(format!("{}.log", self.label()));
         let mut cmd = match self {
-            Backend::Ours(bin) => {
+            Backend::Ours(bin, extra) => {
                 let mut cmd = vhost_user_fs_cmd(bin, &socket, share, "ours");
                 cmd.arg("--num-request-queues")
                     .arg(queues.to_string())
-                    .args(["--log-level", "warn"]);
+                    .args(["--log-level", "warn"])
+                    .args(extra);
                 cmd
             }
             Backend::Virtiofsd(bin) => {
@@ -856,11 +862,15 @@ fn run(mut args: Args) -> Result<(), String> {
         return Err("--rows selects no row (see --list)".into());
     }
 
-    let ours = Backend::Ours(ours_bin(
-        args.ours_bin.as_deref(),
-        "vhost-user-fs",
-        "vhost-fs",
-    )?);
+    let ours = Backend::Ours(
+        ours_bin(args.ours_bin.as_deref(), "vhost-user-fs", "vhost-fs")?,
+        args.ours_args
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    );
     let peer = if args.no_peer {
         None
     } else {
@@ -926,7 +936,7 @@ fn run(mut args: Args) -> Result<(), String> {
                 if !queues_seen.contains(&(b.label(), x.queues)) {
                     queues_seen.push((b.label(), x.queues));
                 }
-                if matches!(b, Backend::Ours(_)) {
+                if matches!(b, Backend::Ours(..)) {
                     ours_ms.push(m);
                 } else {
                     peer_ms.push(m);
@@ -965,7 +975,13 @@ fn run(mut args: Args) -> Result<(), String> {
             args.seconds, args.repeats
         ),
         format!("driver: one request in flight per request queue, one thread per queue (request queues used: {queues_note}), queue size {}", args.queue_size),
-        "ours: default flags (--cache auto); virtiofsd: --cache auto --sandbox none, other flags default".into(),
+        format!(
+            "ours: {}; virtiofsd: --cache auto --sandbox none, other flags default",
+            match args.ours_args.as_deref().map(str::trim) {
+                Some(extra) if !extra.is_empty() => format!("default flags (--cache auto) plus {extra}"),
+                _ => "default flags (--cache auto)".into(),
+            }
+        ),
         format!(
             "CPU s/Mop: utime+stime of the daemon process (all threads, /proc/PID/stat) over the measured interval, per million operations; in clock ticks of {} ms, so +-{:.1} s/Mop on the {}-operation rows",
             1000.0 / clock_ticks(),
