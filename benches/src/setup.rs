@@ -1,9 +1,30 @@
 //! What the driver-based benchmarks (blk-bench, net-bench, fs-bench) do
-//! before they measure: find our daemon's binary and make a folder for the run.
+//! before they measure: find our daemon's binary, make a folder for the run, and
+//! read their size arguments.
 
 use std::path::{Path, PathBuf};
 
 use vhostkit_tests::daemon::workspace_bin;
+
+/// A size argument (`--size`, `--file-size`): a number with an optional K, M or G
+/// suffix, a whole number of MiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let size = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))?;
+    if size < (1 << 20) || size % (1 << 20) != 0 {
+        return Err(format!("size {s:?}: must be a multiple of 1 MiB"));
+    }
+    Ok(size)
+}
 
 /// Our daemon's binary: `given` (--ours-bin), else `name` next to this executable;
 /// an error that says how to build it (`cargo build --release -p PACKAGE`) if it is
@@ -51,6 +72,16 @@ impl Drop for RunDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2048k"), Ok(2 << 20));
+        assert!(parse_size("1000").is_err());
+        assert!(parse_size("100k").is_err());
+        assert!(parse_size("x").is_err());
+    }
 
     #[test]
     fn run_dir_is_removed_unless_kept() {

@@ -26,7 +26,7 @@ use clap::Parser;
 use vhostkit_benches::report::{
     process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
 };
-use vhostkit_benches::setup::{ours_bin, RunDir};
+use vhostkit_benches::setup::{ours_bin, parse_size, RunDir};
 use vhostkit_common::driver::blk::{BlkDevice, BlkQueue, BlkRequest, SECTOR_SIZE, VIRTIO_BLK_S_OK};
 use vhostkit_common::driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
 use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, qemu_storage_daemon_version, DaemonProcess};
@@ -92,24 +92,6 @@ struct Args {
     /// List the row names and exit.
     #[arg(long)]
     list: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let size = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} too large"))?;
-    if size < (1 << 20) || size % (1 << 20) != 0 {
-        return Err(format!("size {s:?}: must be a multiple of 1 MiB"));
-    }
-    Ok(size)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -660,15 +642,6 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("2048k"), Ok(2 << 20));
-        assert!(parse_size("1000").is_err());
-        assert!(parse_size("x").is_err());
-    }
 
     #[test]
     fn row_filter_and_median() {

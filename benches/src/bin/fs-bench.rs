@@ -32,7 +32,7 @@ use clap::Parser;
 use vhostkit_benches::report::{
     process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
 };
-use vhostkit_benches::setup::{ours_bin, RunDir};
+use vhostkit_benches::setup::{ours_bin, parse_size, RunDir};
 use vhostkit_common::driver::fs::{body, opcode, reply, FsDevice, FsQueue, ReplyHeader};
 use vhostkit_common::driver::{DriverConfig, GuestMem};
 use vhostkit_tests::daemon::DaemonProcess;
@@ -127,24 +127,6 @@ struct Args {
     /// List the row names and exit.
     #[arg(long)]
     list: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let size = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} too large"))?;
-    if size < (1 << 20) || size % (1 << 20) != 0 {
-        return Err(format!("size {s:?}: must be a multiple of 1 MiB"));
-    }
-    Ok(size)
 }
 
 /// What a row does.
@@ -1031,7 +1013,5 @@ mod tests {
         let a = Args::try_parse_from(["fs-bench", "--quick", "--queues", "2"]).unwrap();
         assert_eq!(a.queues, 2);
         assert!(Args::try_parse_from(["fs-bench", "--queues", "0"]).is_err());
-        assert_eq!(parse_size("256M"), Ok(256 << 20));
-        assert!(parse_size("100k").is_err());
     }
 }

@@ -482,29 +482,22 @@ pub fn file_operations_round_trip_on(fx: &Fixture) {
     assert_eq!(used, 0);
     assert_eq!(s.getattr(sub.nodeid).unwrap_err(), libc::ENOENT);
     // BATCH_FORGET: the file was looked up by create, readdirplus and link.
-    let body = cat(&[
-        BatchForgetIn { count: 1, dummy: 0 }.as_bytes(),
-        ForgetOne {
+    let batch_forget = |s: &mut Session, nlookup: u64| {
+        let one = ForgetOne {
             nodeid: entry.nodeid,
-            nlookup: 2,
-        }
-        .as_bytes(),
-    ]);
-    s.hiprio()
-        .send_no_reply(Opcode::BatchForget as u32, 0, &body)
-        .unwrap();
+            nlookup,
+        };
+        let body = cat(&[
+            BatchForgetIn { count: 1, dummy: 0 }.as_bytes(),
+            one.as_bytes(),
+        ]);
+        s.hiprio()
+            .send_no_reply(Opcode::BatchForget as u32, 0, &body)
+            .unwrap();
+    };
+    batch_forget(&mut s, 2);
     assert!(s.getattr(entry.nodeid).is_ok(), "one lookup left");
-    let body = cat(&[
-        BatchForgetIn { count: 1, dummy: 0 }.as_bytes(),
-        ForgetOne {
-            nodeid: entry.nodeid,
-            nlookup: 1,
-        }
-        .as_bytes(),
-    ]);
-    s.hiprio()
-        .send_no_reply(Opcode::BatchForget as u32, 0, &body)
-        .unwrap();
+    batch_forget(&mut s, 1);
     assert_eq!(s.getattr(entry.nodeid).unwrap_err(), libc::ENOENT);
     fx.outside_untouched();
 }
