@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use log::debug;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
+use vhostkit_common::backend::{bit, config_slice};
 use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -22,7 +23,7 @@ use vmm_sys_util::event::{
 
 use crate::config::{FsConfig, InodeFileHandles, TAG_BYTES};
 use crate::passthrough::{FsOptions, PassthroughFs};
-use crate::worker::process_queue;
+use crate::worker::{process_queue, AdaptivePoll};
 
 /// Largest queue size a frontend may configure.
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -47,10 +48,8 @@ struct Inner {
     config: Arc<FsConfig>,
     fs: PassthroughFs,
     memory: Mutex<Option<GuestMemory>>,
-}
-
-fn bit(n: u32) -> u64 {
-    1u64 << n
+    /// Each queue's adaptive polling (only its own worker thread locks it).
+    polls: Vec<Mutex<AdaptivePoll>>,
 }
 
 impl FsBackend {
@@ -71,9 +70,12 @@ impl FsBackend {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", config.shared_dir.display())))?;
         Ok(FsBackend {
             inner: Arc::new(Inner {
-                config,
                 fs,
                 memory: Mutex::new(None),
+                polls: (0..=config.num_request_queues)
+                    .map(|_| Mutex::new(AdaptivePoll::new(config.poll)))
+                    .collect(),
+                config,
             }),
         })
     }
@@ -122,9 +124,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
+        vhostkit_common::backend::protocol_features()
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -138,15 +138,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.config_space();
-        let start = offset as usize;
-        match start.checked_add(size as usize) {
-            Some(end) if end <= config.len() => config[start..end].to_vec(),
-            _ => {
-                guest_error!("GET_CONFIG out of range: offset {offset} size {size}");
-                Vec::new()
-            }
-        }
+        config_slice(&self.config_space(), offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
@@ -186,13 +178,12 @@ impl VhostUserBackend for FsBackend {
             guest_error!("queue {thread_id}: kicked before a memory table was set");
             return Ok(());
         };
-        process_queue(
-            &self.inner.fs,
-            vring,
-            &memory,
-            thread_id,
-            self.inner.config.poll,
-        )
+        let Some(poll) = self.inner.polls.get(thread_id) else {
+            guest_error!("event on unknown queue thread {thread_id}");
+            return Ok(());
+        };
+        let mut poll = poll.lock().unwrap_or_else(|p| p.into_inner());
+        process_queue(&self.inner.fs, vring, &memory, thread_id, &mut poll)
     }
 }
 

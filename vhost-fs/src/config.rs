@@ -93,11 +93,12 @@ pub struct Args {
     #[arg(long)]
     pub allow_direct_io: bool,
 
-    /// Busy-poll a request queue for this many microseconds after it runs dry
-    /// before sleeping; 0 turns polling off. A guest's file system calls wait for
-    /// each reply in turn, so most of a metadata request's time is the two
-    /// wake-ups; spinning this long after a request skips them (cloud-hypervisor's
-    /// backends poll 50 us too). An idle guest costs nothing.
+    /// Busy-poll a request queue for up to this many microseconds after it runs
+    /// dry before sleeping; 0 turns polling off. A guest's file system calls wait
+    /// for each reply in turn, so most of a metadata request's time is two
+    /// wake-ups, which a poll skips. Adaptive, like KVM's halt polling: a queue
+    /// polls only while its guest sends the next request within this time, so a
+    /// slow or idle guest costs no spinning.
     #[arg(long, default_value_t = 50, value_name = "US")]
     pub poll_us: u64,
 

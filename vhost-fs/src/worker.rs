@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringState, VringT};
 use vhostkit_common::guest_error;
@@ -138,15 +138,68 @@ impl FileData for ChainBuffers {
     }
 }
 
-/// Serves everything available on queue `index`, then (with a `poll` time) watches
-/// the ring a while longer before the guest must kick again.
+/// How long a queue worker busy-polls after its queue runs dry, adapted to the
+/// guest the way KVM adapts halt polling: a kick that comes within `max` of the
+/// worker going idle means a longer poll would have caught it (grow: 10 us, then
+/// doubling, up to `max`); a kick after more than `max` means polling only burns
+/// CPU for this guest (shrink to 0). So a guest that sends its next request at once
+/// (a process doing file system calls back to back) is served without kicks or
+/// wake-ups, and a slow or idle one costs no spinning.
+#[derive(Debug)]
+pub struct AdaptivePoll {
+    max: Duration,
+    current: Duration,
+    idle_since: Option<Instant>,
+}
+
+impl AdaptivePoll {
+    const START: Duration = Duration::from_micros(10);
+
+    /// Polling of at most `max` (zero: never poll).
+    pub fn new(max: Duration) -> Self {
+        AdaptivePoll {
+            max,
+            current: Duration::ZERO,
+            idle_since: None,
+        }
+    }
+
+    /// A kick woke the worker at `now`: adapt to how long it was idle.
+    pub fn woken(&mut self, now: Instant) {
+        let Some(since) = self.idle_since.take() else {
+            return;
+        };
+        if self.max.is_zero() {
+            return;
+        }
+        if now.duration_since(since) <= self.max {
+            self.current = (self.current * 2).clamp(Self::START, self.max);
+        } else {
+            self.current = Duration::ZERO;
+        }
+    }
+
+    /// The worker goes to sleep at `now`, waiting for a kick.
+    pub fn idle(&mut self, now: Instant) {
+        self.idle_since = Some(now);
+    }
+
+    /// How long to poll now.
+    pub fn current(&self) -> Duration {
+        self.current
+    }
+}
+
+/// Serves everything available on queue `index`, then watches the ring a while
+/// longer (as `poll` has learnt) before the guest must kick again.
 pub fn process_queue(
     fs: &PassthroughFs,
     vring: &Vring,
     memory: &GuestMemory,
     index: usize,
-    poll: Duration,
+    poll: &mut AdaptivePoll,
 ) -> io::Result<()> {
+    poll.woken(Instant::now());
     let mem: Arc<GuestMemoryMmap<()>> = memory.memory().into_inner();
     let mut state = vring.get_mut();
     let drain = |fs: &mut &PassthroughFs,
@@ -172,11 +225,14 @@ pub fn process_queue(
             }
         }
     };
+    let spin = poll.current();
     let poll_more =
         |_: &mut &PassthroughFs,
          state: &mut VringState<GuestMemory>,
-         mem: &Arc<GuestMemoryMmap<()>>| { poll_avail(state.get_queue_mut(), mem, poll) };
-    serve_until_idle(&mut { fs }, &mut state, &mem, poll, drain, poll_more)
+         mem: &Arc<GuestMemoryMmap<()>>| { poll_avail(state.get_queue_mut(), mem, spin) };
+    let result = serve_until_idle(&mut { fs }, &mut state, &mem, spin, drain, poll_more);
+    poll.idle(Instant::now());
+    result
 }
 
 /// Answers one request chain; returns the bytes written into it.
@@ -233,6 +289,34 @@ fn serve_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polling_grows_for_a_quick_guest_and_stops_for_a_slow_one() {
+        let max = Duration::from_micros(50);
+        let mut poll = AdaptivePoll::new(max);
+        let t = Instant::now();
+        let us = Duration::from_micros;
+        poll.woken(t);
+        assert_eq!(poll.current(), Duration::ZERO, "nothing learnt yet");
+        // Kicks 20 us after going idle: a poll would have caught them.
+        let mut now = t;
+        for wanted in [10, 20, 40, 50, 50] {
+            poll.idle(now);
+            now += us(20);
+            poll.woken(now);
+            assert_eq!(poll.current(), us(wanted));
+        }
+        // A kick 1 ms after: polling is wasted on this guest.
+        poll.idle(now);
+        now += us(1000);
+        poll.woken(now);
+        assert_eq!(poll.current(), Duration::ZERO);
+        // --poll-us 0 never polls.
+        let mut off = AdaptivePoll::new(Duration::ZERO);
+        off.idle(t);
+        off.woken(t);
+        assert_eq!(off.current(), Duration::ZERO);
+    }
 
     #[test]
     fn iovecs_cover_exactly_the_asked_bytes() {
