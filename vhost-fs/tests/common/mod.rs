@@ -532,7 +532,7 @@ pub fn xattr_round_trip(fx: &Fixture) -> bool {
             .size,
         5
     );
-    let body = cat(&[
+    let get_value = cat(&[
         GetxattrIn {
             size: 64,
             padding: 0,
@@ -540,7 +540,7 @@ pub fn xattr_round_trip(fx: &Fixture) -> bool {
         .as_bytes(),
         &cstr("user.test"),
     ]);
-    assert_eq!(s.ok(Opcode::Getxattr, entry.nodeid, &body), b"value");
+    assert_eq!(s.ok(Opcode::Getxattr, entry.nodeid, &get_value), b"value");
     let list = s.ok(
         Opcode::Listxattr,
         entry.nodeid,
@@ -555,16 +555,8 @@ pub fn xattr_round_trip(fx: &Fixture) -> bool {
         "{list:?}"
     );
     s.ok(Opcode::Removexattr, entry.nodeid, &cstr("user.test"));
-    let body = cat(&[
-        GetxattrIn {
-            size: 64,
-            padding: 0,
-        }
-        .as_bytes(),
-        &cstr("user.test"),
-    ]);
     assert_eq!(
-        s.errno(Opcode::Getxattr, entry.nodeid, &body),
+        s.errno(Opcode::Getxattr, entry.nodeid, &get_value),
         libc::ENODATA
     );
     true
