@@ -5,7 +5,6 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use log::debug;
@@ -32,8 +31,11 @@ pub const CONFIG_LEN: usize = TAG_BYTES + 4;
 
 /// The shared folder as the serving process reaches it, for every connection.
 pub struct Share {
-    /// The folder's path ("/" inside a sandbox).
-    pub root: PathBuf,
+    /// The folder, opened once at start-up (`O_PATH | O_DIRECTORY`; inside a
+    /// sandbox, its "/"). Every session starts from this descriptor, never from a
+    /// path looked up again: a folder renamed or replaced on the host after
+    /// start-up does not change what a later frontend gets.
+    pub root: OwnedFd,
     /// This process's `/proc/self/fd` (`O_PATH`), opened before any sandbox.
     pub proc_self_fd: OwnedFd,
 }
@@ -55,8 +57,8 @@ struct Inner {
 impl FsBackend {
     /// A fresh session (no inodes but the root, no open files) for a new connection.
     pub fn new(config: Arc<FsConfig>, share: &Share) -> io::Result<Self> {
-        let fs = PassthroughFs::with_proc_self_fd(
-            &share.root,
+        let fs = PassthroughFs::with_root(
+            share.root.try_clone()?,
             share.proc_self_fd.try_clone()?,
             FsOptions {
                 readonly: config.readonly,

@@ -7,7 +7,8 @@
 //! - [`passthrough`]: the file system: FUSE operations on the shared folder;
 //! - [`backend`]: the vhost-user device (features, config space, dispatch);
 //! - [`worker`]: the per-queue request loop;
-//! - [`sandbox`] and [`seccomp`]: confinement (`--sandbox`, `--seccomp`).
+//! - [`sandbox`] and [`seccomp`]: confinement (`--sandbox`, `--seccomp`);
+//! - [`xattr`]: extended attributes of a node without opening it.
 
 pub mod backend;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod passthrough;
 pub mod sandbox;
 pub mod seccomp;
 pub mod worker;
+pub mod xattr;
 
 pub use backend::{FsBackend, Share};
 pub use config::{Args, FsConfig};
@@ -104,11 +106,13 @@ pub fn start(config: FsConfig) -> Result<Started, String> {
     if config.sandbox != config::Sandbox::None {
         socket_to_remove = None;
     }
+    let root = passthrough::open_shared_dir(&confined.root)
+        .map_err(|e| format!("--shared-dir {}: {e}", config.shared_dir.display()))?;
     passthrough::reserve_fd_table(std::os::fd::AsRawFd::as_raw_fd(&confined.proc_self_fd));
     seccomp::install(config.seccomp)?;
     Ok(Started {
         share: Arc::new(Share {
-            root: confined.root,
+            root,
             proc_self_fd: confined.proc_self_fd,
         }),
         config: Arc::new(config),

@@ -15,6 +15,24 @@
 //! this process's `/proc/self/fd` (opened once at start), only for regular files
 //! and folders, so a symlink node cannot be opened through.
 //!
+//! # Special files
+//!
+//! Device nodes, FIFOs and sockets may be created (MKNOD), looked up, listed,
+//! stat'ed, renamed, linked, removed, and have their mode, owner, times and
+//! extended attributes changed: a container's root file system needs all that.
+//! None of them is ever opened for the guest: an open reaches the device (a host
+//! disk, say) or, for a FIFO, blocks the queue thread. Every path that turns a node
+//! into an open file goes through [`PassthroughFs::reopen`], which checks the
+//! type of the very inode it opens (a fresh `fstat` of its descriptor) and answers
+//! ENXIO for anything but a regular file or folder (EINVAL for a truncate, as
+//! `truncate(2)` does); CREATE creates exclusively (`O_EXCL`) and, when the name
+//! exists and the guest did not ask for `O_EXCL`, takes that same checked path.
+//! Extended attributes of special files are reached without opening them
+//! ([`crate::xattr`]). A legitimate guest never asks to open one: its kernel
+//! serves device nodes and FIFOs of a FUSE mount itself. Handles (and with them
+//! READ, WRITE, FALLOCATE, LSEEK, COPY_FILE_RANGE, FSYNC, READDIR) only ever come
+//! from such an open.
+//!
 //! Node ids and file handles come from the guest: an unknown one is answered with
 //! ENOENT or EBADF (and one rate-limited log line), never a panic.
 
@@ -33,6 +51,7 @@ use zerocopy::IntoBytes;
 
 use crate::config::CachePolicy;
 use crate::fuse::{self, *};
+use crate::xattr;
 
 /// Moves file data straight between a file and the request's guest buffers.
 pub trait FileData {
@@ -154,6 +173,15 @@ impl FileHandle {
     }
 }
 
+/// Opens the shared folder at `path` as the `O_PATH | O_DIRECTORY` descriptor every
+/// session starts from ([`PassthroughFs::with_root`]).
+pub fn open_shared_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    let dir = cstring(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("shared folder path contains NUL"))?;
+    openat2(libc::AT_FDCWD, &dir, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.0))
+}
+
 /// Whether the folder at `path` gives file handles (`--inode-file-handles`).
 pub fn file_handles_supported(path: &Path) -> std::io::Result<()> {
     let dir = cstring(path.as_os_str().as_encoded_bytes())
@@ -165,9 +193,21 @@ pub fn file_handles_supported(path: &Path) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.0))
 }
 
+/// What identifies an inode on the host: device and inode number, and with file
+/// handles the handle too. A held `O_PATH` descriptor pins its inode, so its number
+/// cannot be reused while the guest knows the node; a file handle pins nothing, and
+/// a file created after an unlink may get the number back (ext4 reuses them at
+/// once): matching on the number alone would hand the new file the old node.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct InodeKey {
+    dev: u64,
+    ino: u64,
+    handle: Option<Vec<u8>>,
+}
+
 struct InodeEntry {
     inode: Arc<Inode>,
-    key: (u64, u64),
+    key: InodeKey,
     /// Lookups the guest has not forgotten yet.
     lookups: u64,
 }
@@ -175,7 +215,7 @@ struct InodeEntry {
 #[derive(Default)]
 struct Inodes {
     by_id: HashMap<u64, InodeEntry>,
-    by_key: HashMap<(u64, u64), u64>,
+    by_key: HashMap<InodeKey, u64>,
     next_id: u64,
 }
 
@@ -198,6 +238,8 @@ pub struct PassthroughFs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
     initialized: AtomicBool,
+    /// Whether the kernel has the `*xattrat` calls (cleared at the first ENOSYS).
+    xattrat: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,6 +276,9 @@ fn cstring(bytes: &[u8]) -> FsResult<CString> {
 }
 
 const EMPTY: &CStr = c"";
+
+/// The bit of `O_TMPFILE` that is not `O_DIRECTORY` (`__O_TMPFILE`).
+const O_TMPFILE_ONLY: i32 = libc::O_TMPFILE & !libc::O_DIRECTORY;
 
 /// `struct open_how` of openat2 (libc's is non-exhaustive).
 #[repr(C)]
@@ -401,22 +446,34 @@ impl PassthroughFs {
         proc_self_fd: OwnedFd,
         options: FsOptions,
     ) -> std::io::Result<Self> {
-        let dir = cstring(shared_dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| std::io::Error::other("shared folder path contains NUL"))?;
-        let root = openat2(libc::AT_FDCWD, &dir, libc::O_PATH | libc::O_DIRECTORY, 0, 0)
-            .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
-        let st = stat_fd(root.as_raw_fd()).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+        Self::with_root(open_shared_dir(shared_dir)?, proc_self_fd, options)
+    }
+
+    /// A file system rooted at the folder `root` (an `O_PATH | O_DIRECTORY`
+    /// descriptor, opened once at start-up: each session works on that very folder,
+    /// whatever its path names later), re-opening inodes through `proc_self_fd`.
+    pub fn with_root(
+        root: OwnedFd,
+        proc_self_fd: OwnedFd,
+        options: FsOptions,
+    ) -> std::io::Result<Self> {
+        let io_err = |e: Errno| std::io::Error::from_raw_os_error(e.0);
+        let st = stat_fd(root.as_raw_fd()).map_err(io_err)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
         let mount = if options.file_handles {
-            let (_, mount_id) = FileHandle::of(root.as_raw_fd())
-                .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+            let (_, mount_id) = FileHandle::of(root.as_raw_fd()).map_err(io_err)?;
+            // open_by_handle_at wants a descriptor that is not O_PATH.
+            let name = cstring(root.as_raw_fd().to_string().as_bytes()).map_err(io_err)?;
             let mount_fd = openat2(
-                libc::AT_FDCWD,
-                &dir,
+                proc_self_fd.as_raw_fd(),
+                &name,
                 libc::O_RDONLY | libc::O_DIRECTORY,
                 0,
                 0,
             )
-            .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+            .map_err(io_err)?;
             Some((mount_fd, mount_id))
         } else {
             None
@@ -429,6 +486,7 @@ impl PassthroughFs {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             initialized: AtomicBool::new(false),
+            xattrat: AtomicBool::new(true),
         };
         fs.reset_inodes(root, &st);
         Ok(fs)
@@ -436,7 +494,11 @@ impl PassthroughFs {
 
     fn reset_inodes(&self, root: OwnedFd, st: &libc::stat64) {
         let mut inodes = lock(&self.inodes);
-        let key = (st.st_dev, st.st_ino);
+        let key = InodeKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            handle: None,
+        };
         inodes.by_id.clear();
         inodes.by_key.clear();
         inodes.by_id.insert(
@@ -447,7 +509,7 @@ impl PassthroughFs {
                     file_type: st.st_mode & libc::S_IFMT,
                     dev: st.st_dev,
                 }),
-                key,
+                key: key.clone(),
                 lookups: 2,
             },
         );
@@ -485,17 +547,14 @@ impl PassthroughFs {
         Ok(Node { fd, file_type, dev })
     }
 
-    /// How to keep the inode of the new `O_PATH` descriptor `fd`: its file handle
-    /// if file handles are on and it lives on the shared folder's mount.
-    fn inode_ref(&self, fd: OwnedFd) -> InodeRef {
-        if let Some((_, root_mount)) = &self.mount {
-            if let Ok((handle, mount_id)) = FileHandle::of(fd.as_raw_fd()) {
-                if mount_id == *root_mount {
-                    return InodeRef::Handle(handle);
-                }
-            }
+    /// The file handle to keep the inode of the `O_PATH` descriptor `fd` as: with
+    /// file handles on, if it lives on the shared folder's mount.
+    fn file_handle_of(&self, fd: &OwnedFd) -> Option<FileHandle> {
+        let (_, root_mount) = self.mount.as_ref()?;
+        match FileHandle::of(fd.as_raw_fd()) {
+            Ok((handle, mount_id)) if mount_id == *root_mount => Some(handle),
+            _ => None,
         }
-        InodeRef::Fd(Arc::new(fd))
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
@@ -532,16 +591,28 @@ impl PassthroughFs {
         }
     }
 
-    /// Re-opens an inode for I/O with `flags` through /proc/self/fd. Only
-    /// regular files and folders: a symlink or device node is refused.
+    /// Re-opens an inode for I/O with `flags` through /proc/self/fd: the one place
+    /// a node becomes an open file. Only regular files and folders, checked on the
+    /// inode about to be opened (not on what the table remembers): a symlink is
+    /// refused with ELOOP, a device node, FIFO or socket with ENXIO (what opening
+    /// a device node without a device gives), so nothing the guest names ever
+    /// opens a host device or blocks on a FIFO.
     fn reopen(&self, inode: &Node, flags: i32) -> FsResult<File> {
-        match inode.file_type {
+        let st = stat_fd(inode.fd.as_raw_fd())?;
+        match st.st_mode & libc::S_IFMT {
             libc::S_IFREG | libc::S_IFDIR => {}
             libc::S_IFLNK => return Err(Errno(libc::ELOOP)),
             _ => return Err(Errno(libc::ENXIO)),
         }
         let name = cstring(inode.fd.as_raw_fd().to_string().as_bytes())?;
-        let flags = (flags & !(libc::O_NOFOLLOW | libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY))
+        // No creating, no O_TMPFILE (an unnamed file in a folder), no O_PATH.
+        let flags = (flags
+            & !(libc::O_NOFOLLOW
+                | libc::O_CREAT
+                | libc::O_EXCL
+                | libc::O_NOCTTY
+                | O_TMPFILE_ONLY
+                | libc::O_PATH))
             | libc::O_CLOEXEC;
         // SAFETY: valid dirfd and NUL-terminated name; returns a new descriptor.
         let fd = cvt(unsafe { libc::openat(self.proc_self_fd.as_raw_fd(), name.as_ptr(), flags) })?;
@@ -573,7 +644,12 @@ impl PassthroughFs {
             libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
         )?;
         let st = stat_fd(fd.as_raw_fd())?;
-        let key = (st.st_dev, st.st_ino);
+        let handle = self.file_handle_of(&fd);
+        let key = InodeKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            handle: handle.as_ref().map(|h| h.raw.clone()),
+        };
         let nodeid = {
             let mut inodes = lock(&self.inodes);
             match inodes.by_key.get(&key).copied() {
@@ -584,8 +660,10 @@ impl PassthroughFs {
                     id
                 }
                 None => {
-                    // One name_to_handle_at under the lock, with file handles.
-                    let reference = self.inode_ref(fd);
+                    let reference = match handle {
+                        Some(handle) => InodeRef::Handle(handle),
+                        None => InodeRef::Fd(Arc::new(fd)),
+                    };
                     let id = inodes.next_id;
                     inodes.next_id += 1;
                     inodes.by_id.insert(
@@ -596,7 +674,7 @@ impl PassthroughFs {
                                 file_type: st.st_mode & libc::S_IFMT,
                                 dev: st.st_dev,
                             }),
-                            key,
+                            key: key.clone(),
                             lookups: 1,
                         },
                     );
@@ -632,9 +710,11 @@ impl PassthroughFs {
         };
         entry.lookups = entry.lookups.saturating_sub(nlookup);
         if entry.lookups == 0 {
-            let key = entry.key;
-            inodes.by_id.remove(&nodeid);
-            inodes.by_key.remove(&key);
+            if let Some(entry) = inodes.by_id.remove(&nodeid) {
+                if inodes.by_key.get(&entry.key) == Some(&nodeid) {
+                    inodes.by_key.remove(&entry.key);
+                }
+            }
         }
     }
 
@@ -875,7 +955,11 @@ impl PassthroughFs {
             let file = match &handle {
                 Some(h) => &h.file,
                 None => {
-                    reopened = self.reopen(&inode, libc::O_WRONLY)?;
+                    // truncate(2) of anything but a regular file is EINVAL.
+                    reopened = self.reopen(&inode, libc::O_WRONLY).map_err(|e| match e.0 {
+                        libc::ENXIO | libc::ELOOP => Errno::EINVAL,
+                        _ => e,
+                    })?;
                     &reopened
                 }
             };
@@ -1169,22 +1253,50 @@ impl PassthroughFs {
         }
     }
 
+    /// Runs `op` on the extended attributes of node `nodeid` without opening it
+    /// (see [`crate::xattr`]); on a kernel without the `*xattrat` calls, on a
+    /// descriptor opened for reading, for regular files and folders only.
+    fn with_xattr_target<T>(
+        &self,
+        nodeid: u64,
+        mut op: impl FnMut(xattr::Target<'_>) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let inode = self.inode(nodeid)?;
+        if self.xattrat.load(Ordering::Relaxed) {
+            let name = cstring(inode.fd.as_raw_fd().to_string().as_bytes())?;
+            match op(xattr::Target::ProcFd {
+                proc_self_fd: self.proc_self_fd.as_raw_fd(),
+                name: &name,
+            }) {
+                Err(Errno(libc::ENOSYS)) => {
+                    info!("no *xattrat system calls (Linux < 6.13): xattrs of special files are unsupported");
+                    self.xattrat.store(false, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        let file = self.reopen(&inode, libc::O_RDONLY).map_err(|e| match e.0 {
+            libc::ENXIO | libc::ELOOP => Errno(libc::EOPNOTSUPP),
+            _ => e,
+        })?;
+        op(xattr::Target::Open(file.as_raw_fd()))
+    }
+
+    /// For tests: behave as on a kernel without the `*xattrat` calls.
+    #[doc(hidden)]
+    pub fn without_xattrat(self) -> Self {
+        self.xattrat.store(false, Ordering::Relaxed);
+        self
+    }
+
     fn setxattr(&self, nodeid: u64, body: &mut Body<'_>) -> FsResult<Vec<u8>> {
         self.xattr_enabled()?;
         let set = body.take::<SetxattrIn>()?;
         let name = cstring(body.take_cstr()?)?;
         let value = body.take_bytes(set.size as usize)?;
         self.writable()?;
-        let file = self.reopen(&self.inode(nodeid)?, libc::O_RDONLY)?;
-        // SAFETY: NUL-terminated name; value valid for its length.
-        cvt(unsafe {
-            libc::fsetxattr(
-                file.as_raw_fd(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                set.flags as i32,
-            )
+        self.with_xattr_target(nodeid, |target| {
+            xattr::set(target, &name, value, set.flags as i32)
         })?;
         Ok(Vec::new())
     }
@@ -1197,17 +1309,11 @@ impl PassthroughFs {
         } else {
             Some(cstring(body.take_cstr()?)?)
         };
-        let file = self.reopen(&self.inode(nodeid)?, libc::O_RDONLY)?;
         let size = (get.size as usize).min(1 << 16);
         let mut buf = vec![0u8; size];
-        let fd = file.as_raw_fd();
-        // SAFETY: the buffer is valid for `size` bytes (a NULL-sized query when 0);
-        // the name is NUL-terminated.
-        let n = cvt_size(unsafe {
-            match &name {
-                Some(name) => libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), size),
-                None => libc::flistxattr(fd, buf.as_mut_ptr().cast(), size),
-            }
+        let n = self.with_xattr_target(nodeid, |target| match &name {
+            Some(name) => xattr::get(target, name, &mut buf),
+            None => xattr::list(target, &mut buf),
         })?;
         if get.size == 0 {
             return Ok(GetxattrOut {
@@ -1225,9 +1331,7 @@ impl PassthroughFs {
         self.xattr_enabled()?;
         let name = cstring(body.take_cstr()?)?;
         self.writable()?;
-        let file = self.reopen(&self.inode(nodeid)?, libc::O_RDONLY)?;
-        // SAFETY: NUL-terminated name on a descriptor we own.
-        cvt(unsafe { libc::fremovexattr(file.as_raw_fd(), name.as_ptr()) })?;
+        self.with_xattr_target(nodeid, |target| xattr::remove(target, &name))?;
         Ok(Vec::new())
     }
 
@@ -1329,15 +1433,22 @@ impl PassthroughFs {
         Ok(Vec::new())
     }
 
+    /// CREATE: makes a regular file and opens it. The file is created
+    /// exclusively, so the open is of the new regular file; if the name exists and
+    /// the guest did not ask for `O_EXCL`, the existing node is looked up and opened
+    /// through [`Self::reopen`], which refuses anything but a regular file or
+    /// folder (as virtiofsd does). A plain `O_CREAT` open would open whatever node
+    /// sits at the name, a device node or a FIFO included.
     fn create(&self, header: &InHeader, body: &mut Body<'_>) -> FsResult<Vec<u8>> {
         let create = body.take::<CreateIn>()?;
         let name = body.take_name()?;
         self.writable()?;
         let parent = self.inode(header.nodeid)?;
         let cname = cstring(name)?;
-        let flags =
-            (self.host_open_flags(create.flags) | libc::O_CREAT) & !(libc::O_NOCTTY | libc::O_PATH);
-        let fd = {
+        let guest_flags = self.host_open_flags(create.flags);
+        let flags = (guest_flags | libc::O_CREAT | libc::O_EXCL)
+            & !(libc::O_NOCTTY | libc::O_PATH | O_TMPFILE_ONLY | libc::O_DIRECTORY);
+        let created = {
             let _creds = Credentials::switch(header);
             openat2(
                 parent.fd.as_raw_fd(),
@@ -1345,10 +1456,27 @@ impl PassthroughFs {
                 flags,
                 create.mode & 0o7777,
                 libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_SYMLINKS,
-            )?
+            )
         };
-        let entry = self.do_lookup(header.nodeid, name)?;
-        let fh = self.new_handle(File::from(fd));
+        let (entry, file) = match created {
+            Ok(fd) => (self.do_lookup(header.nodeid, name)?, File::from(fd)),
+            Err(Errno(libc::EEXIST)) if guest_flags & libc::O_EXCL == 0 => {
+                let entry = self.do_lookup(header.nodeid, name)?;
+                let opened = self
+                    .inode(entry.nodeid)
+                    .and_then(|node| self.reopen(&node, guest_flags & !libc::O_EXCL));
+                match opened {
+                    Ok(file) => (entry, file),
+                    Err(e) => {
+                        // The guest learns no node from a failed CREATE.
+                        self.forget_one(entry.nodeid, 1);
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let fh = self.new_handle(file);
         let mut out = entry.as_bytes().to_vec();
         out.extend_from_slice(
             OpenOut {
@@ -1423,6 +1551,7 @@ impl PassthroughFs {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use zerocopy::FromBytes;
 
     /// File data through a plain buffer, for tests without guest memory.
     struct Bounce {
@@ -1541,6 +1670,101 @@ mod tests {
             &mut data,
         );
         assert_eq!(fs.node_count(), 1);
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    fn xattr_request(op: Opcode, nodeid: u64, name: &str, value: &[u8]) -> Request {
+        let mut body = Vec::new();
+        match op {
+            Opcode::Setxattr => {
+                body.extend_from_slice(
+                    SetxattrIn {
+                        size: value.len() as u32,
+                        flags: 0,
+                    }
+                    .as_bytes(),
+                );
+                body.extend_from_slice(name.as_bytes());
+                body.push(0);
+                body.extend_from_slice(value);
+            }
+            _ => {
+                body.extend_from_slice(
+                    GetxattrIn {
+                        size: 64,
+                        padding: 0,
+                    }
+                    .as_bytes(),
+                );
+                body.extend_from_slice(name.as_bytes());
+                body.push(0);
+            }
+        }
+        request(op as u32, nodeid, &body)
+    }
+
+    /// On a kernel without the `*xattrat` calls, the xattrs of regular files go
+    /// through a descriptor opened for reading, and those of a FIFO are
+    /// unsupported: it is never opened (an open would block this thread).
+    #[test]
+    fn xattrs_without_xattrat_never_open_a_special_file() {
+        let dir = scratch_dir("xattr-fallback");
+        let fifo = CString::new(dir.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let fs = initialised(&dir).without_xattrat();
+        let mut data = Bounce {
+            write_data: Vec::new(),
+            read_back: Vec::new(),
+        };
+        let mut lookup = |name: &[u8]| match fs.handle_request(
+            &request(Opcode::Lookup as u32, 1, name),
+            4096,
+            &mut data,
+        ) {
+            Reply::Ok(bytes) => EntryOut::read_from_bytes(&bytes).unwrap().nodeid,
+            _ => panic!("lookup"),
+        };
+        let (file, fifo) = (lookup(b"file\0"), lookup(b"fifo\0"));
+        let set = fs.handle_request(
+            &xattr_request(Opcode::Setxattr, file, "trusted.t", b"v"),
+            4096,
+            &mut data,
+        );
+        assert!(matches!(set, Reply::Ok(_)), "{set:?}");
+        let got = fs.handle_request(
+            &xattr_request(Opcode::Getxattr, file, "trusted.t", b""),
+            4096,
+            &mut data,
+        );
+        assert!(matches!(&got, Reply::Ok(v) if v == b"v"), "{got:?}");
+        for op in [Opcode::Setxattr, Opcode::Getxattr] {
+            let reply =
+                fs.handle_request(&xattr_request(op, fifo, "trusted.t", b"v"), 4096, &mut data);
+            assert!(
+                matches!(reply, Reply::Err(Errno(libc::EOPNOTSUPP))),
+                "{op:?}: {reply:?}"
+            );
+        }
+        // With the calls (this kernel permitting), the FIFO's xattrs work.
+        let fs = initialised(&dir);
+        let fifo = match fs.handle_request(
+            &request(Opcode::Lookup as u32, 1, b"fifo\0"),
+            4096,
+            &mut data,
+        ) {
+            Reply::Ok(bytes) => EntryOut::read_from_bytes(&bytes).unwrap().nodeid,
+            _ => panic!("lookup"),
+        };
+        let set = fs.handle_request(
+            &xattr_request(Opcode::Setxattr, fifo, "trusted.t", b"v"),
+            4096,
+            &mut data,
+        );
+        assert!(
+            matches!(set, Reply::Ok(_) | Reply::Err(Errno(libc::EOPNOTSUPP))),
+            "{set:?}"
+        );
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 

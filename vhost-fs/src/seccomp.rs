@@ -111,6 +111,11 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_fsetxattr,
     libc::SYS_flistxattr,
     libc::SYS_fremovexattr,
+    // Extended attributes of nodes that are never opened (crate::xattr).
+    crate::xattr::SYS_SETXATTRAT,
+    crate::xattr::SYS_GETXATTRAT,
+    crate::xattr::SYS_LISTXATTRAT,
+    crate::xattr::SYS_REMOVEXATTRAT,
     // Each request runs with the caller's file system uid and gid.
     libc::SYS_setfsuid,
     libc::SYS_setfsgid,

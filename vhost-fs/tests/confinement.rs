@@ -10,41 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn status_field(pid: u32, name: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{name}:"))
-                .map(|v| v.trim().to_string())
-        })
-}
-
-/// The process the supervisor `pid` forked to serve in the sandbox.
-fn sandboxed_child(pid: u32) -> u32 {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            if status_field(child, "PPid").as_deref() == Some(&pid.to_string()) {
-                return child;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no child of the supervisor {pid}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn gone(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {

@@ -679,3 +679,79 @@ fn polling_spares_the_driver_its_kicks() {
         "without polling more requests kick: {kicked} against {polled_kicks}"
     );
 }
+
+/// With file handles the daemon holds no descriptor that pins an inode, so after
+/// an unlink the host file system may give the inode number to a new file (ext4
+/// does at once). The new file must get a node of its own, working on the new
+/// file: a node matched on device and inode number alone would be the old one,
+/// with the old file's handle (stale) and type.
+#[test]
+fn a_reused_inode_number_is_a_new_node_with_file_handles() {
+    if !is_root() {
+        println!("SKIPPED: file handles need CAP_DAC_READ_SEARCH (root)");
+        return;
+    }
+    let fx = Fixture::new("fs-reuse", &["--inode-file-handles=mandatory"]);
+    let mut s = fx.session();
+    std::fs::write(fx.share.join("old"), b"old file").unwrap();
+    let old = s.lookup(1, "old").unwrap();
+    let old_ino = old.attr.ino;
+    std::fs::remove_file(fx.share.join("old")).unwrap();
+    // Make files until one gets the freed number back.
+    let mut reused = None;
+    for i in 0..100 {
+        let path = fx.share.join(format!("new{i}"));
+        std::fs::write(&path, b"the new file").unwrap();
+        if std::fs::metadata(&path).unwrap().ino() == old_ino {
+            reused = Some(format!("new{i}"));
+            break;
+        }
+    }
+    let Some(name) = reused else {
+        println!("SKIPPED: this file system did not reuse inode {old_ino}");
+        return;
+    };
+    let new = s.lookup(1, &name).unwrap();
+    assert_eq!(new.attr.ino, old_ino);
+    assert_ne!(new.nodeid, old.nodeid, "the new file got the old node");
+    assert_eq!(s.getattr(new.nodeid).unwrap().size, 12);
+    let fh = s.open(new.nodeid, libc::O_RDONLY).unwrap();
+    assert_eq!(s.read(fh, 0, 64).unwrap(), b"the new file");
+    s.release(fh, false);
+    // The old node is stale, not the new file.
+    assert!(s.getattr(old.nodeid).is_err());
+    // Forgetting the old node leaves the new one reachable by lookup.
+    s.hiprio()
+        .send_no_reply(
+            Opcode::Forget as u32,
+            old.nodeid,
+            ForgetIn { nlookup: 1 }.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(s.lookup(1, &name).unwrap().nodeid, new.nodeid);
+}
+
+/// The shared folder is opened once at start-up: a folder renamed away and
+/// replaced on the host afterwards does not change what the next frontend gets
+/// (a path looked up again per frontend would serve the replacement).
+#[test]
+fn the_shared_folder_is_held_from_start_up() {
+    let fx = Fixture::new("fs-held", &[]);
+    std::fs::write(fx.share.join("original"), b"o").unwrap();
+    {
+        let mut s = fx.session();
+        assert!(s.lookup(1, "original").is_ok());
+    }
+    let moved = fx.dir.join("moved");
+    std::fs::rename(&fx.share, &moved).unwrap();
+    std::fs::create_dir(&fx.share).unwrap();
+    std::fs::write(fx.share.join("replacement"), b"r").unwrap();
+    vhostkit_tests::wait_for_log(
+        &fx.dir.join("daemon.log"),
+        "frontend 1 disconnected",
+        TIMEOUT,
+    );
+    let mut s = fx.session();
+    assert!(s.lookup(1, "original").is_ok(), "still the original folder");
+    assert_eq!(s.lookup(1, "replacement").unwrap_err(), libc::ENOENT);
+}

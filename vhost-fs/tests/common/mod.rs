@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vhost_fs::fuse::*;
 use vhostkit_common::driver::fs::{body, reply, FsDevice, FsQueue, FsReply};
@@ -249,6 +249,51 @@ impl Session {
         self.release(fh, true);
         names.sort();
         names
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn status_field(pid: u32, name: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_string())
+        })
+}
+
+/// The process the supervisor `pid` forked to serve in the sandbox.
+pub fn sandboxed_child(pid: u32) -> u32 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if status_field(child, "PPid").as_deref() == Some(&pid.to_string()) {
+                return child;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no child of the supervisor {pid}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The process that serves: the sandboxed child of a supervisor started with
+/// `--sandbox namespace|chroot`, else the daemon itself.
+pub fn serving_process(fx: &Fixture, sandboxed: bool) -> u32 {
+    if sandboxed {
+        sandboxed_child(fx.daemon.pid())
+    } else {
+        fx.daemon.pid()
     }
 }
 
