@@ -21,6 +21,11 @@ pub struct ListenArgs {
     /// style socket activation) to accept frontends on instead of creating one.
     #[arg(long, value_name = "N")]
     pub fd: Option<RawFd>,
+
+    /// Let this group (name or number) connect to the socket as well: it is
+    /// created with mode 0660 and this group, instead of 0600 (owner only).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
 }
 
 /// Logging options.
@@ -34,8 +39,12 @@ pub struct LogArgs {
 /// The validated listening address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddr {
-    /// Create the socket at this path (replacing a stale one) and remove it on exit.
-    Path(PathBuf),
+    /// Create the socket at this path (replacing a stale one) and remove it on exit;
+    /// mode 0600, or 0660 owned by `group` ([`crate::socket::bind`]).
+    Path {
+        path: PathBuf,
+        group: Option<libc::gid_t>,
+    },
     /// Accept on an inherited listening socket; it is not ours to remove.
     Fd(RawFd),
 }
@@ -44,6 +53,14 @@ impl TryFrom<ListenArgs> for ListenAddr {
     type Error = String;
 
     fn try_from(args: ListenArgs) -> Result<Self, String> {
+        let group = args
+            .socket_group
+            .as_deref()
+            .map(crate::socket::resolve_group)
+            .transpose()?;
+        if group.is_some() && args.fd.is_some() {
+            return Err("--socket-group needs --socket-path (not --fd)".into());
+        }
         match (args.socket_path, args.fd) {
             (Some(path), None) => {
                 if path.as_os_str().is_empty() {
@@ -58,7 +75,7 @@ impl TryFrom<ListenArgs> for ListenAddr {
                         ));
                     }
                 }
-                Ok(ListenAddr::Path(path))
+                Ok(ListenAddr::Path { path, group })
             }
             (None, Some(fd)) if fd >= 0 => Ok(ListenAddr::Fd(fd)),
             (None, Some(fd)) => Err(format!("--fd {fd}: not a file descriptor")),
@@ -132,8 +149,23 @@ mod tests {
         let cli = TestCli::try_parse_from(["x", "--socket-path", "/tmp/a.sock"]).unwrap();
         assert_eq!(
             ListenAddr::try_from(cli.listen).unwrap(),
-            ListenAddr::Path("/tmp/a.sock".into())
+            ListenAddr::Path {
+                path: "/tmp/a.sock".into(),
+                group: None
+            }
         );
+        let cli =
+            TestCli::try_parse_from(["x", "--socket-path", "/tmp/a.sock", "--socket-group", "0"])
+                .unwrap();
+        assert_eq!(
+            ListenAddr::try_from(cli.listen).unwrap(),
+            ListenAddr::Path {
+                path: "/tmp/a.sock".into(),
+                group: Some(0)
+            }
+        );
+        let cli = TestCli::try_parse_from(["x", "--fd", "3", "--socket-group", "0"]).unwrap();
+        assert!(ListenAddr::try_from(cli.listen).is_err());
         let cli = TestCli::try_parse_from(["x", "--fd", "3"]).unwrap();
         assert_eq!(ListenAddr::try_from(cli.listen).unwrap(), ListenAddr::Fd(3));
         assert!(TestCli::try_parse_from(["x"]).is_err());

@@ -58,7 +58,7 @@ pub trait Daemon: Sized {
     /// default the `--socket-path`, none for an inherited socket.
     fn socket_to_remove(&self) -> Option<PathBuf> {
         match self.listen() {
-            ListenAddr::Path(p) => Some(p.clone()),
+            ListenAddr::Path { path, .. } => Some(path.clone()),
             ListenAddr::Fd(_) => None,
         }
     }

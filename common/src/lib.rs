@@ -9,6 +9,7 @@ pub mod cli;
 pub mod daemon;
 pub mod lifecycle;
 pub mod logging;
+pub mod socket;
 pub mod vring;
 pub mod watchdog;
 

@@ -24,6 +24,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::cli::ListenAddr;
+use crate::socket::SocketFile;
 
 /// Guest memory as every vhostkit backend sees it: no dirty-page bitmap.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -37,7 +38,7 @@ pub enum Error {
     Listen {
         path: String,
         #[source]
-        source: vhost::vhost_user::Error,
+        source: io::Error,
     },
     #[error("cannot prepare the listening socket")]
     Listening(#[source] io::Error),
@@ -172,12 +173,15 @@ pub fn install_signal_handler(
     Ok(())
 }
 
-fn open_listener(addr: &ListenAddr) -> Result<Listener> {
+/// The listener for `addr`, and for a socket it created, the file to remove at the end.
+fn open_listener(addr: &ListenAddr) -> Result<(Listener, Option<SocketFile>)> {
     match addr {
-        ListenAddr::Path(path) => Listener::new(path, true).map_err(|source| Error::Listen {
-            path: path.display().to_string(),
-            source,
-        }),
+        ListenAddr::Path { path, group } => crate::socket::bind(path, *group)
+            .map(|(listener, file)| (Listener::from(listener), Some(file)))
+            .map_err(|source| Error::Listen {
+                path: path.display().to_string(),
+                source,
+            }),
         ListenAddr::Fd(fd) => {
             // Check it is a socket before taking ownership of it.
             // SAFETY: fstat only writes the stat buffer we pass.
@@ -188,14 +192,12 @@ fn open_listener(addr: &ListenAddr) -> Result<Listener> {
             {
                 return Err(Error::Listen {
                     path: format!("fd {fd}"),
-                    source: vhost::vhost_user::Error::SocketError(io::Error::other(
-                        "not an open socket",
-                    )),
+                    source: io::Error::other("not an open socket"),
                 });
             }
             // SAFETY: the fd is an open socket handed to us on the command line for
             // exclusive use; nothing else in this process owns it.
-            Ok(unsafe { Listener::from_raw_fd(*fd) })
+            Ok((unsafe { Listener::from_raw_fd(*fd) }, None))
         }
     }
 }
@@ -274,14 +276,40 @@ where
     F: FnMut() -> io::Result<B>,
     L: FnOnce() -> io::Result<()>,
 {
-    let mut listener = open_listener(addr)?;
-    on_listening().map_err(Error::Listening)?;
+    let (mut listener, socket_file) = open_listener(addr)?;
+    let remove_socket = || {
+        if let (ListenAddr::Path { path, .. }, Some(file)) = (addr, socket_file) {
+            file.remove(path);
+        }
+    };
+    if let Err(e) = on_listening() {
+        remove_socket();
+        return Err(Error::Listening(e));
+    }
     match addr {
-        ListenAddr::Path(path) => info!("{name}: listening on {}", path.display()),
+        ListenAddr::Path { path, .. } => info!("{name}: listening on {}", path.display()),
         ListenAddr::Fd(fd) => info!("{name}: listening on inherited fd {fd}"),
     }
+    let result = serve_connections(name, &mut listener, stop, &mut new_backend);
+    drop(listener);
+    // The socket file it created (not an inherited fd's), if it is still ours.
+    remove_socket();
+    result
+}
+
+/// The accept loop of [`serve_with_hook`].
+fn serve_connections<B, F>(
+    name: &str,
+    listener: &mut Listener,
+    stop: &StopHandle,
+    new_backend: &mut F,
+) -> Result<()>
+where
+    B: ServedBackend,
+    F: FnMut() -> io::Result<B>,
+{
     let mut connections: u64 = 0;
-    while wait_for_connection(&listener, stop)? {
+    while wait_for_connection(listener, stop)? {
         let backend = new_backend().map_err(Error::NewBackend)?;
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), memory)
@@ -289,7 +317,7 @@ where
         backend
             .attach(&daemon.get_epoll_handlers())
             .map_err(Error::Attach)?;
-        if let Err(e) = daemon.start(&mut listener) {
+        if let Err(e) = daemon.start(listener) {
             error!("accepting a frontend failed: {e}");
             std::thread::sleep(Duration::from_millis(50));
             continue;
@@ -307,7 +335,5 @@ where
         drop(daemon);
     }
     info!("{name}: stopped after {connections} frontend(s)");
-    // Dropping the listener removes the socket file it created (not an inherited fd's).
-    drop(listener);
     Ok(())
 }

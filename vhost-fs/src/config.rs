@@ -129,10 +129,6 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = InodeFileHandles::Never, num_args = 0..=1, default_missing_value = "prefer")]
     pub inode_file_handles: InodeFileHandles,
 
-    /// Group that owns the vhost-user socket (name or number).
-    #[arg(long, value_name = "GROUP")]
-    pub socket_group: Option<String>,
-
     /// Print the vhost-user backend capabilities (JSON) and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -152,7 +148,6 @@ pub struct FsConfig {
     pub readonly: bool,
     pub num_request_queues: u16,
     pub announce_submounts: bool,
-    pub socket_group: Option<libc::gid_t>,
     pub sandbox: Sandbox,
     pub seccomp: SeccompAction,
     pub inode_file_handles: InodeFileHandles,
@@ -221,23 +216,6 @@ pub fn capabilities_json() -> &'static str {
     r#"{"type":"fs","features":[]}"#
 }
 
-fn resolve_group(group: &str) -> Result<libc::gid_t, String> {
-    if let Ok(gid) = group.parse::<libc::gid_t>() {
-        return Ok(gid);
-    }
-    let name = std::ffi::CString::new(group)
-        .map_err(|_| format!("--socket-group {group:?}: contains NUL"))?;
-    // SAFETY: `name` is a valid NUL-terminated string; getgrnam returns NULL or a
-    // pointer to static storage that we read at once, before any other getgr* call
-    // (start-up runs on one thread).
-    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
-    if entry.is_null() {
-        return Err(format!("--socket-group {group}: no such group"));
-    }
-    // SAFETY: non-null pointer to a struct group returned just above.
-    Ok(unsafe { (*entry).gr_gid })
-}
-
 impl TryFrom<Args> for FsConfig {
     type Error = String;
 
@@ -275,14 +253,6 @@ impl TryFrom<Args> for FsConfig {
                 args.num_request_queues
             ));
         }
-        let socket_group = args
-            .socket_group
-            .as_deref()
-            .map(resolve_group)
-            .transpose()?;
-        if socket_group.is_some() && !matches!(listen, ListenAddr::Path(_)) {
-            return Err("--socket-group needs --socket-path (not --fd)".into());
-        }
         Ok(FsConfig {
             listen,
             shared_dir,
@@ -292,7 +262,6 @@ impl TryFrom<Args> for FsConfig {
             readonly: args.readonly,
             num_request_queues: args.num_request_queues,
             announce_submounts: args.announce_submounts,
-            socket_group,
             sandbox: args.sandbox,
             seccomp: args.seccomp,
             inode_file_handles: args.inode_file_handles,
@@ -370,7 +339,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.cache, CachePolicy::Never);
         assert!(c.xattr && c.readonly && c.announce_submounts);
-        assert_eq!(c.socket_group, Some(0));
+        assert!(matches!(c.listen, ListenAddr::Path { group: Some(0), .. }));
         assert_eq!(c.log_level, "debug");
         assert_eq!((c.sandbox, c.seccomp), (Sandbox::None, SeccompAction::None));
         assert!(c.allow_direct_io);

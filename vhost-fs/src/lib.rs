@@ -24,7 +24,6 @@ pub use config::{Args, FsConfig};
 
 use std::ffi::OsString;
 use std::os::fd::IntoRawFd;
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -76,17 +75,9 @@ pub fn start(config: FsConfig) -> Result<Started, String> {
     let mut config = config;
     config.inode_file_handles = check_file_handles(config.inode_file_handles, &shared_dir)?;
     let (listener, mut socket_to_remove) = match &config.listen {
-        ListenAddr::Path(path) => {
-            // Replace a stale socket, as vhost's Listener does.
-            let _ = std::fs::remove_file(path);
-            let listener = UnixListener::bind(path)
+        ListenAddr::Path { path, group } => {
+            let (listener, _) = vhostkit_common::socket::bind(path, *group)
                 .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-            if let Some(gid) = config.socket_group {
-                if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
-                    let _ = std::fs::remove_file(path);
-                    return Err(format!("--socket-group: {}: {e}", path.display()));
-                }
-            }
             info!("listening on {}", path.display());
             (listener.into_raw_fd(), Some(path.clone()))
         }
