@@ -318,17 +318,25 @@ where
             .attach(&daemon.get_epoll_handlers())
             .map_err(Error::Attach)?;
         if let Err(e) = daemon.start(listener) {
-            error!("accepting a frontend failed: {e}");
+            crate::rate_limited!(log::Level::Error, 30, "accepting a frontend failed: {e}");
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }
         connections += 1;
-        info!("frontend {connections} connected");
+        crate::rate_limited!(log::Level::Info, 30, "frontend {connections} connected");
         stop.set_connection(daemon.shutdown_handle());
         match daemon.wait() {
-            Ok(()) => info!("frontend {connections} disconnected"),
-            Err(e) if is_plain_disconnect(&e) => info!("frontend {connections} disconnected"),
-            Err(e) => warn!("frontend {connections} connection ended: {e}"),
+            Ok(()) => {
+                crate::rate_limited!(log::Level::Info, 30, "frontend {connections} disconnected")
+            }
+            Err(e) if is_plain_disconnect(&e) => {
+                crate::rate_limited!(log::Level::Info, 30, "frontend {connections} disconnected")
+            }
+            Err(e) => crate::rate_limited!(
+                log::Level::Warn,
+                30,
+                "frontend {connections} connection ended: {e}"
+            ),
         }
         stop.set_connection(None);
         // Dropping the daemon sends the exit event to the workers and joins them.

@@ -29,6 +29,22 @@ pub fn signal_if_needed(state: &mut VringState<GuestMemory>, mem: &GuestMemoryMm
     }
 }
 
+/// Whether `head`, the head index of a chain just popped off `queue`'s avail ring,
+/// names one of its descriptors. The guest writes the avail ring: virtio-queue
+/// hands out any head it finds there, and refuses (logging an error line per
+/// entry) to put one outside the queue in the used ring. Such a chain is dropped
+/// unanswered, with one rate-limited line here: nothing can go back for it.
+pub fn head_in_queue(queue: &Queue, head: u16, what: &str) -> bool {
+    if head < queue.size() {
+        return true;
+    }
+    guest_error!(
+        "{what}: dropping a chain with head {head}, outside the queue of {} entries",
+        queue.size()
+    );
+    false
+}
+
 /// Spins for up to `poll` waiting for new available entries; true if some came.
 pub fn poll_avail(
     queue: &mut Queue,

@@ -5,12 +5,11 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{debug, info};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vhostkit_common::backend::{bit, config_slice, protocol_features};
-use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
+use vhostkit_common::{guest_debug, guest_error, guest_info};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -163,7 +162,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn acked_features(&self, features: u64) {
-        debug!("frontend acked features {features:#x}");
+        guest_debug!("frontend acked features {features:#x}");
         self.inner.acked_features.store(features, Ordering::Relaxed);
     }
 
@@ -195,7 +194,7 @@ impl VhostUserBackend for BlkBackend {
             self.inner.acked_features.load(Ordering::Relaxed) & bit(VIRTIO_BLK_F_CONFIG_WCE) != 0;
         if offset as usize == CONFIG_WRITEBACK_OFFSET && buf.len() == 1 && wce {
             let writeback = buf[0] != 0;
-            info!(
+            guest_info!(
                 "guest set the write cache to {}",
                 if writeback {
                     "write-back"

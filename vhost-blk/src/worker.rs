@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
 use vhost_user_backend::{VringState, VringT};
-use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
 use vhostkit_common::vring::{queue_err, serve_until_idle, signal_if_needed};
+use vhostkit_common::{guest_debug, guest_error, guest_warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryMmap};
 
@@ -162,7 +161,7 @@ impl QueueWorker {
         let mut state = vring.get_mut();
         while self.engine.in_flight() > 0 {
             if let Err(e) = self.engine.wait() {
-                warn!(
+                guest_warn!(
                     "queue {}: waiting for in-flight I/O failed: {e}",
                     self.index
                 );
@@ -253,7 +252,7 @@ impl QueueWorker {
         let action = slot.request.action(&self.device.limits);
         let op = match action {
             Action::Fail(status) => {
-                debug!(
+                guest_debug!(
                     "queue {index}: request {head} {:?} refused with status {status}",
                     slot.request.kind
                 );
@@ -315,7 +314,7 @@ impl QueueWorker {
         // completion is reaped, and the engine waits for in-flight work on drop.
         let submitted = unsafe { self.engine.submit(slot_index as u64, op) };
         if let Err(e) = submitted {
-            warn!("queue {index}: submitting request {head} failed: {e}");
+            guest_warn!("queue {index}: submitting request {head} failed: {e}");
             self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
         }
     }
@@ -343,7 +342,7 @@ impl QueueWorker {
             if let Err(e) = result {
                 // Discard is advisory; a backing that cannot punch holes still
                 // answers a failed discard with IOERR so the guest knows.
-                warn!(
+                guest_warn!(
                     "queue {}: {} at {offset}+{len} failed: {e}",
                     self.index,
                     if write_zeroes {
@@ -364,22 +363,25 @@ impl QueueWorker {
         for (tag, result) in completions.drain(..) {
             let slot_index = tag as usize;
             let Some(slot) = self.slots.get_mut(slot_index) else {
-                warn!("queue {}: completion for unknown tag {tag}", self.index);
+                guest_warn!("queue {}: completion for unknown tag {tag}", self.index);
                 continue;
             };
             let (status, used_len) = match result {
                 Ok(n) if n == slot.expected => (STATUS_OK, slot.used_len),
                 Ok(n) => {
-                    warn!(
+                    guest_warn!(
                         "queue {}: short transfer of request {}: {n} of {} bytes",
-                        self.index, slot.request.head, slot.expected
+                        self.index,
+                        slot.request.head,
+                        slot.expected
                     );
                     (STATUS_IOERR, 1)
                 }
                 Err(e) => {
-                    warn!(
+                    guest_warn!(
                         "queue {}: request {} failed: {e}",
-                        self.index, slot.request.head
+                        self.index,
+                        slot.request.head
                     );
                     (STATUS_IOERR, 1)
                 }

@@ -1413,3 +1413,46 @@ fn a_flood_of_bad_requests_logs_a_bounded_number_of_lines() {
         &["similar lines suppressed"],
     );
 }
+
+/// A frontend (anyone who can reach the socket) flooding it: 300 connections, each
+/// sending a message the vhost-user library refuses with an error line of its own
+/// (SET_VRING_NUM with size 0), then hanging up. The library's lines and ours
+/// (connected, ended) are each limited per call site: a few dozen lines, not 900.
+#[test]
+fn a_frontend_flooding_the_socket_logs_a_bounded_number_of_lines() {
+    let mut h = Hostile::new("socket-flood", &[]);
+    h.disconnect();
+    let sock = h.dir.join("blk.sock");
+    let _ = h.new_log_lines();
+    let started = Instant::now();
+    const CONNECTIONS: usize = 300;
+    for _ in 0..CONNECTIONS {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let mut msg = vu_header(3, 1, 0); // SET_OWNER
+        msg.extend(vu_header(8, 1, 8)); // SET_VRING_NUM { index 0, num 0 }
+        msg.extend([0u8; 8]);
+        let _ = s.write_all(&msg);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+    }
+    h.reconnect(QUEUE_SIZE, 4);
+    h.check_serves("a frontend after the flood");
+    let elapsed = started.elapsed().as_secs() as usize;
+    let lines = h.new_log_lines();
+    let refused = lines.iter().filter(|l| l.contains("out of range")).count();
+    eprintln!(
+        "{CONNECTIONS} flooding connections in {elapsed} s: {} log lines, {refused} from the library",
+        lines.len()
+    );
+    assert!(refused >= 1, "the library's line is there: {lines:#?}");
+    // The library's call site: 10 at once, then one a second; ours (connected,
+    // disconnected or ended): 30 at once each, then one a second.
+    let bound = (10 + elapsed + 1) + 3 * (30 + elapsed + 1) + 4;
+    assert!(
+        lines.len() <= bound,
+        "{} log lines (at most {bound}): {:#?}",
+        lines.len(),
+        &lines[..lines.len().min(40)]
+    );
+}

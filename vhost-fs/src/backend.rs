@@ -7,12 +7,11 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use log::debug;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
 use vhostkit_common::backend::{bit, config_slice};
-use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
+use vhostkit_common::{guest_debug, guest_error};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
@@ -122,7 +121,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn acked_features(&self, features: u64) {
-        debug!("frontend acked features {features:#x}");
+        guest_debug!("frontend acked features {features:#x}");
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

@@ -45,8 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use log::info;
-use vhostkit_common::guest_error;
+use vhostkit_common::{guest_error, guest_info};
 use zerocopy::IntoBytes;
 
 use crate::config::CachePolicy;
@@ -838,9 +837,10 @@ impl PassthroughFs {
         }
         let flags = init.flags & wanted;
         self.initialized.store(true, Ordering::Release);
-        info!(
+        guest_info!(
             "FUSE session initialised: guest {}.{}, flags {flags:#x}",
-            init.major, init.minor
+            init.major,
+            init.minor
         );
         let out = InitOut {
             major: KERNEL_VERSION,
@@ -1269,7 +1269,7 @@ impl PassthroughFs {
                 name: &name,
             }) {
                 Err(Errno(libc::ENOSYS)) => {
-                    info!("no *xattrat system calls (Linux < 6.13): xattrs of special files are unsupported");
+                    guest_info!("no *xattrat system calls (Linux < 6.13): xattrs of special files are unsupported");
                     self.xattrat.store(false, Ordering::Relaxed);
                 }
                 other => return other,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vhost_user_backend::{VringState, VringT};
 use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
-use vhostkit_common::vring::{poll_avail, queue_err, serve_until_idle};
+use vhostkit_common::vring::{head_in_queue, poll_avail, queue_err, serve_until_idle};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
@@ -219,6 +219,9 @@ pub fn process_queue(
                 return Ok(true);
             };
             let head = chain.head_index();
+            if !head_in_queue(queue, head, "vhost-user-fs") {
+                continue;
+            }
             let used_len = serve_chain(fs, mem, chain, index);
             if let Err(e) = queue.add_used(&**mem, head, used_len) {
                 guest_error!("queue {index}: cannot return request {head}: {e}");

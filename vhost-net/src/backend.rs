@@ -6,12 +6,11 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vhostkit_common::backend::{config_slice, protocol_features};
-use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
+use vhostkit_common::{guest_debug, guest_error, guest_warn};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
 use vmm_sys_util::epoll::EventSet;
@@ -119,7 +118,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn acked_features(&self, features: u64) {
-        debug!("frontend acked features {features:#x}");
+        guest_debug!("frontend acked features {features:#x}");
         self.inner.acked_features.store(features, Ordering::Relaxed);
         let device = &self.inner.device;
         let hdr_len = if features & (bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF)) != 0 {
@@ -128,7 +127,7 @@ impl VhostUserBackend for NetBackend {
             LEGACY_HDR_LEN
         };
         if let Err(e) = device.tap.set_vnet_hdr_len(hdr_len) {
-            warn!("{e}");
+            guest_warn!("{e}");
         }
         device.hdr_len.store(hdr_len, Ordering::Relaxed);
         device.mergeable_rx.store(
@@ -139,7 +138,7 @@ impl VhostUserBackend for NetBackend {
         // segments only if the guest said it takes them.
         let offload = net::tap_offload_flags(features);
         if let Err(e) = device.tap.set_offload(offload) {
-            warn!("{e}");
+            guest_warn!("{e}");
         }
         let rx_frame_max = if offload & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) != 0 {
             net::MAX_FRAME_LEN
@@ -158,7 +157,7 @@ impl VhostUserBackend for NetBackend {
         };
         device.active_pairs.store(active, Ordering::Relaxed);
         if let Err(e) = device.tap.set_active_queues(usize::from(active)) {
-            warn!("{e}");
+            guest_warn!("{e}");
         }
     }
 

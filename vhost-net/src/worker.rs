@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{debug, info};
 use vhost_user_backend::VringT;
-use vhostkit_common::guest_error;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
-use vhostkit_common::vring::{poll_avail, serve_until_idle, signal_if_needed};
+use vhostkit_common::vring::{head_in_queue, poll_avail, serve_until_idle, signal_if_needed};
+use vhostkit_common::{guest_debug, guest_error, guest_info, guest_warn};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{
@@ -162,6 +161,9 @@ impl PairWorker {
                 return true;
             };
             let head = chain.head_index();
+            if !head_in_queue(queue, head, "vhost-user-net tx") {
+                continue;
+            }
             if let Err(e) = self.transmit(chain, mem) {
                 guest_error!("pair {}: dropping tx chain {head}: {e}", self.pair);
             }
@@ -326,6 +328,9 @@ impl PairWorker {
                 break;
             };
             let head = chain.head_index();
+            if !head_in_queue(queue, head, "vhost-user-net rx") {
+                continue;
+            }
             let iov_start = self.iovecs.len();
             match collect_rx_chain(chain, &**mem, hdr_len, &mut self.iovecs) {
                 Ok((chain_capacity, first)) => {
@@ -390,7 +395,7 @@ impl PairWorker {
                 let err = io::Error::last_os_error();
                 self.give_back_chains(queue);
                 if err.kind() != io::ErrorKind::WouldBlock {
-                    debug!("pair {}: reading the tap failed: {err}", self.pair);
+                    guest_debug!("pair {}: reading the tap failed: {err}", self.pair);
                 }
                 return RxOutcome::TapEmpty;
             }
@@ -421,7 +426,7 @@ impl PairWorker {
             let err = io::Error::last_os_error();
             self.give_back_chains(queue);
             if err.kind() != io::ErrorKind::WouldBlock {
-                debug!("pair {}: reading the tap failed: {err}", self.pair);
+                guest_debug!("pair {}: reading the tap failed: {err}", self.pair);
             }
             return RxOutcome::TapEmpty;
         }
@@ -673,6 +678,9 @@ impl ControlWorker {
                 return true;
             };
             let head = chain.head_index();
+            if !head_in_queue(queue, head, "vhost-user-net control") {
+                continue;
+            }
             let used_len = self.run_command(chain, mem);
             if let Err(e) = queue.add_used(&**mem, head, used_len) {
                 guest_error!("cannot return control chain {head}: {e}");
@@ -733,15 +741,15 @@ impl ControlWorker {
         match command {
             Command::SetQueuePairs(pairs) => {
                 if let Err(e) = self.device.tap.set_active_queues(usize::from(pairs)) {
-                    log::warn!("{e}");
+                    guest_warn!("{e}");
                     return ACK_ERR;
                 }
                 self.device.active_pairs.store(pairs, Ordering::Relaxed);
-                info!("guest uses {pairs} queue pair(s)");
+                guest_info!("guest uses {pairs} queue pair(s)");
                 ACK_OK
             }
             other => {
-                debug!("control command acknowledged: {other:?}");
+                guest_debug!("control command acknowledged: {other:?}");
                 ACK_OK
             }
         }

@@ -10,7 +10,7 @@
 
 use std::io::{self, Write};
 
-use log::debug;
+use vhostkit_common::guest_debug;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -58,7 +58,7 @@ impl MmioBus {
         match self.find(addr) {
             Some((offset, dev)) => dev.read(offset, data),
             None => {
-                debug!("read of unbacked MMIO {addr:#x}");
+                guest_debug!("read of unbacked MMIO {addr:#x}");
                 data.fill(0xff);
             }
         }
@@ -68,7 +68,7 @@ impl MmioBus {
     pub fn write(&mut self, addr: u64, data: &[u8]) {
         match self.find(addr) {
             Some((offset, dev)) => dev.write(offset, data),
-            None => debug!("write to unbacked MMIO {addr:#x}"),
+            None => guest_debug!("write to unbacked MMIO {addr:#x}"),
         }
     }
 }
@@ -139,7 +139,7 @@ impl<W: Write> IoBus<W> {
                 return Ok(Action::Stop)
             }
             (acpi::RESET_PORT, [acpi::RESET_VALUE]) => return Ok(Action::Stop),
-            _ => debug!("ignored write of {data:x?} to port {port:#x}"),
+            _ => guest_debug!("ignored write of {data:x?} to port {port:#x}"),
         }
         Ok(Action::Continue)
     }
@@ -164,7 +164,7 @@ impl<W: Write> IoBus<W> {
             // Sleep status: nothing to report (no wake events).
             (acpi::SLEEP_STATUS_PORT | acpi::SLEEP_CONTROL_PORT, [value]) => *value = 0,
             _ => {
-                debug!("read of {} bytes from unhandled port {port:#x}", data.len());
+                guest_debug!("read of {} bytes from unhandled port {port:#x}", data.len());
                 data.fill(0xff);
             }
         }

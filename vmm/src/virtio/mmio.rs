@@ -25,8 +25,8 @@
 use std::sync::Arc;
 
 use kvm_ioctls::{IoEventAddress, VmFd};
-use log::{error, info, warn};
-use vhostkit_common::guest_error;
+use log::warn;
+use vhostkit_common::{guest_error, guest_info};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -262,12 +262,12 @@ pub enum MmioError {
 /// VMM's watch of the connection reports that as the run's error).
 fn log_backend_error(what: &str, e: &BackendError) {
     if e.is_disconnect() {
-        info!(
+        guest_info!(
             "virtio-mmio: {what}: backend gone: {}",
             crate::error_chain(e)
         );
     } else {
-        error!("virtio-mmio: {what}: {}", crate::error_chain(e));
+        guest_error!("virtio-mmio: {what}: {}", crate::error_chain(e));
     }
 }
 
@@ -654,7 +654,7 @@ impl MmioDevice {
         match self.queues.get(v as usize) {
             Some(q) if q.started => {
                 if let Err(e) = q.kick.write(1) {
-                    error!("virtio-mmio: cannot signal the kick eventfd of queue {v}: {e}");
+                    guest_error!("virtio-mmio: cannot signal the kick eventfd of queue {v}: {e}");
                 }
             }
             Some(_) => guest_error!("virtio-mmio: QueueNotify for queue {v}, which is not running"),
@@ -723,9 +723,10 @@ impl MmioDevice {
             return;
         }
         self.activated = true;
-        info!(
+        guest_info!(
             "virtio-mmio: device {} live, features {:#x}",
-            self.config.device_id, self.driver_features
+            self.config.device_id,
+            self.driver_features
         );
         for i in 0..self.queues.len() {
             if self.queues[i].ready {
@@ -751,13 +752,13 @@ impl MmioDevice {
     fn backend_failed(&mut self, e: &BackendError) {
         if e.is_disconnect() {
             // The VMM's watch of the connection reports this as the run's error.
-            info!(
+            guest_info!(
                 "virtio-mmio: device {}: backend gone: {}",
                 self.config.device_id,
                 crate::error_chain(e)
             );
         } else {
-            error!(
+            guest_error!(
                 "virtio-mmio: device {}: {}",
                 self.config.device_id,
                 crate::error_chain(e)
