@@ -19,7 +19,7 @@ use vhostkit_common::driver::net::{
     VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
     VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
 };
-use vhostkit_common::driver::{Buf, DriverConfig};
+use vhostkit_common::driver::{Buf, DriverConfig, RingEnable};
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::packet::{frame, PacketSocket};
 use vhostkit_tests::TempDir;
@@ -815,4 +815,135 @@ fn heads_outside_the_queue_are_dropped_before_the_used_ring() {
         .filter(|l| l.contains("outside the queue"))
         .count();
     assert!((1..=12).contains(&ours), "{ours} lines: {log}");
+}
+
+/// What QEMU 7.2 acks for a one-pair virtio-net (no `mq=on`): it keeps the
+/// control queue to itself and passes neither CTRL_VQ nor MQ to the backend.
+fn qemu_one_pair_features() -> u64 {
+    all_features() & !(1 << VIRTIO_NET_F_CTRL_VQ | 1 << VIRTIO_NET_F_MQ)
+}
+
+/// One frame each way on pair 0: a transmit frame comes out of the tap, and a
+/// frame sent into the tap reaches the receive buffers (posted if none are).
+fn check_pair_carries_frames(pair: &mut NetQueuePair, sock: &PacketSocket, tag: &str) {
+    let m = marker(&format!("{tag}-tx"));
+    let f = frame(BROADCAST, GUEST_MAC, 300, &m);
+    pair.send(&NetHdr::default(), &f).unwrap();
+    if let Err(e) = pair.reap_tx(TIMEOUT) {
+        panic!("{tag}: the transmit chain never came back ({e}): the ring is not served");
+    }
+    assert_eq!(
+        sock.recv_with(&m, TIMEOUT).as_deref(),
+        Some(&f[..]),
+        "{tag}: the transmitted frame did not come out of the tap"
+    );
+    if pair.rx_posted() == 0 {
+        pair.post_rx(8, 2048).unwrap();
+    }
+    let m = marker(&format!("{tag}-rx"));
+    let f = frame(GUEST_MAC, HOST_MAC, 300, &m);
+    sock.send(&f);
+    let got = recv_marked(pair, &m)
+        .unwrap_or_else(|| panic!("{tag}: a frame sent into the tap never reached the rx queue"));
+    assert_eq!(got.data, f, "{tag}");
+}
+
+/// QEMU 7.2 with one queue pair and no `mq=on` (the default device) enables the
+/// rings only before SET_FEATURES, while the guest negotiates features:
+/// SET_VRING_ENABLE 1 for rings 0 and 1, then SET_FEATURES (PROTOCOL_FEATURES
+/// acked), SET_MEM_TABLE, SET_VRING_NUM/BASE/ADDR/KICK/CALL, and no enable after.
+/// The daemon once acknowledged those early requests and forgot them, so the
+/// rings stayed disabled: no frame moved either way. (With `mq=on` QEMU enables
+/// the rings again after the guest's MQ command, which hid it.)
+#[test]
+fn rings_enabled_before_set_features_carry_frames() {
+    if !can_run() {
+        return;
+    }
+    let s = Setup::new(15, &[]);
+    let sock = PacketSocket::open(&s.tap, false);
+    let cfg = DriverConfig {
+        features: qemu_one_pair_features(),
+        ring_enable: RingEnable::BeforeFeatures(2),
+        ..DriverConfig::default()
+    };
+    let mut dev = NetDevice::connect(s.dir.join("net.sock"), &cfg).unwrap();
+    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    check_pair_carries_frames(&mut pairs[0], &sock, "qemu-one-pair");
+}
+
+/// Every order of SET_FEATURES, SET_VRING_KICK and SET_VRING_ENABLE the
+/// protocol allows works for both rings of a pair, each on a new connection to
+/// the same daemon: the rings are enabled before SET_FEATURES (QEMU, one pair),
+/// between SET_FEATURES and the kick, after the kick (the driver's default), after
+/// the kick with receive buffers already posted and a frame waiting in the tap,
+/// and disabled and enabled again after carrying frames, with a frame arriving
+/// while they are disabled (the daemon detaches the tap queue of a disabled
+/// receive ring and must attach it again).
+#[test]
+fn every_ring_enable_order_carries_frames() {
+    if !can_run() {
+        return;
+    }
+    let s = Setup::new(16, &[]);
+    let sock = PacketSocket::open(&s.tap, false);
+    let socket = s.dir.join("net.sock");
+    let connect = |ring_enable| {
+        let cfg = DriverConfig {
+            features: qemu_one_pair_features(),
+            ring_enable,
+            ..DriverConfig::default()
+        };
+        NetDevice::connect(&socket, &cfg).unwrap()
+    };
+    let enable_pair = |dev: &mut NetDevice, enable: bool| {
+        for ring in [0, 1] {
+            dev.driver.set_vring_enable(ring, enable).unwrap();
+        }
+    };
+    let waiting_frame = |tag: &str| {
+        let m = marker(tag);
+        sock.send(&frame(GUEST_MAC, HOST_MAC, 200, &m));
+        // Let the daemon see the tap readable while the ring is disabled.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut frontends = 1; // DaemonProcess::spawn's readiness probe
+    let mut next = |dev: NetDevice| {
+        drop(dev);
+        frontends += 1;
+        s.wait_for_log(&format!("frontend {frontends} disconnected"));
+    };
+
+    let mut dev = connect(RingEnable::BeforeFeatures(2));
+    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    check_pair_carries_frames(&mut pairs[0], &sock, "before-features");
+    next(dev);
+
+    let mut dev = connect(RingEnable::Manual);
+    enable_pair(&mut dev, true);
+    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    check_pair_carries_frames(&mut pairs[0], &sock, "before-kick");
+    next(dev);
+
+    let mut dev = connect(RingEnable::AfterKick);
+    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    check_pair_carries_frames(&mut pairs[0], &sock, "after-kick");
+    next(dev);
+
+    let mut dev = connect(RingEnable::Manual);
+    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    pairs[0].post_rx(8, 2048).unwrap();
+    waiting_frame("while-disabled");
+    enable_pair(&mut dev, true);
+    check_pair_carries_frames(&mut pairs[0], &sock, "after-kick-with-buffers");
+    next(dev);
+
+    let mut dev = connect(RingEnable::AfterKick);
+    let mut pairs = dev.setup_pairs(1, 256).unwrap();
+    check_pair_carries_frames(&mut pairs[0], &sock, "first-enable");
+    enable_pair(&mut dev, false);
+    waiting_frame("while-disabled-again");
+    enable_pair(&mut dev, true);
+    check_pair_carries_frames(&mut pairs[0], &sock, "enabled-again");
+    next(dev);
 }

@@ -8,15 +8,21 @@
 //! SET_VRING_CALL, SET_VRING_KICK, SET_VRING_ENABLE. With REPLY_ACK acked, every
 //! message that has no reply of its own asks for an ack, so a backend's refusal
 //! shows up as an error of the call that caused it.
+//!
+//! [`DriverConfig::ring_enable`] moves the SET_VRING_ENABLE requests elsewhere, to
+//! replay other orders the protocol allows: before SET_FEATURES as QEMU 7.2's
+//! virtio-net does with one queue pair ([`RingEnable::BeforeFeatures`]), or
+//! wherever the test sends them ([`RingEnable::Manual`]).
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VHOST_USER_MAX_VRINGS,
+    FrontendReq, VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserVringState,
+    VHOST_USER_MAX_VRINGS,
 };
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -24,6 +30,7 @@ use vhost::vhost_user::{
 use vhost::{VhostBackend, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::ByteValued;
 
 use super::memory::{GuestMem, DEFAULT_BASE};
 use super::virtq::Queue;
@@ -32,6 +39,28 @@ use crate::watchdog::ControlWatchdog;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30).
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// When the driver enables the rings (SET_VRING_ENABLE 1). Only with
+/// `VHOST_USER_F_PROTOCOL_FEATURES` acked: without it the backend enables every
+/// ring at SET_FEATURES and the driver sends no SET_VRING_ENABLE at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RingEnable {
+    /// After each queue's SET_VRING_KICK ([`Driver::attach_queue`]).
+    #[default]
+    AfterKick,
+    /// Rings `0..n`, during the handshake after SET_OWNER and before SET_FEATURES
+    /// (and not again): QEMU 7.2's virtio-net with one queue pair. It sends
+    /// SET_VRING_ENABLE for its rings while the guest negotiates features (because
+    /// the backend offered PROTOCOL_FEATURES), and after SET_FEATURES only when the
+    /// guest's MQ command changes the pairs in use, which a one-pair device never
+    /// sends. The vhost crate's frontend refuses to send the request before
+    /// SET_FEATURES, so the driver writes these messages itself.
+    BeforeFeatures(u16),
+    /// Never by itself: the test sends SET_VRING_ENABLE
+    /// ([`Driver::set_vring_enable`]) where it wants, e.g. before the rings are
+    /// set up or after they carry frames.
+    Manual,
+}
 
 /// What the driver asks for. Features are masks: the driver acks `offered & mask`.
 #[derive(Clone, Debug)]
@@ -52,6 +81,8 @@ pub struct DriverConfig {
     /// frontend at a time (qemu-storage-daemon) accepts a second connection but does
     /// not answer it, so without a timeout a second `connect` hangs.
     pub timeout: Option<Duration>,
+    /// When the rings are enabled (see [`RingEnable`]).
+    pub ring_enable: RingEnable,
 }
 
 impl DriverConfig {
@@ -90,6 +121,7 @@ impl Default for DriverConfig {
             protocol_features: Self::default_protocol_features(),
             max_indirect: 32,
             timeout: Some(Duration::from_secs(10)),
+            ring_enable: RingEnable::AfterKick,
         }
     }
 }
@@ -98,6 +130,10 @@ impl Default for DriverConfig {
 /// [module docs](self). Dropping it closes the socket.
 pub struct Driver {
     frontend: Frontend,
+    /// The same socket, for the messages the frontend will not send
+    /// ([`RingEnable::BeforeFeatures`]).
+    raw: UnixStream,
+    ring_enable: RingEnable,
     watchdog: Option<ControlWatchdog>,
     mem: Arc<GuestMem>,
     max_indirect: u16,
@@ -172,6 +208,7 @@ impl Driver {
                 Err(e) => return Err(connect_err(e)),
             }
         };
+        let raw = stream.try_clone().map_err(connect_err)?;
         let watchdog = match cfg.timeout {
             Some(t) => Some(
                 ControlWatchdog::new(stream.try_clone().map_err(connect_err)?, t)
@@ -181,6 +218,8 @@ impl Driver {
         };
         let mut d = Driver {
             frontend: Frontend::from_stream(stream, VHOST_USER_MAX_VRINGS),
+            raw,
+            ring_enable: cfg.ring_enable,
             watchdog,
             mem,
             max_indirect: cfg.max_indirect,
@@ -235,6 +274,13 @@ impl Driver {
             self.num_queues = self.request("GET_QUEUE_NUM", |f| f.get_queue_num())?;
         }
         self.request("SET_OWNER", |f| f.set_owner())?;
+        if let RingEnable::BeforeFeatures(rings) = self.ring_enable {
+            if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+                for index in 0..rings {
+                    self.early_vring_enable(index, true)?;
+                }
+            }
+        }
         let features = self.features;
         self.request("SET_FEATURES", |f| f.set_features(features))?;
         let region = self.mem.region_info()?;
@@ -285,7 +331,8 @@ impl Driver {
     /// Creates queue `index` with `size` entries in guest memory and hands it to the
     /// backend: SET_VRING_NUM, SET_VRING_ADDR (our virtual addresses), SET_VRING_BASE
     /// 0, SET_VRING_CALL, SET_VRING_KICK, and SET_VRING_ENABLE 1 when protocol
-    /// features were negotiated.
+    /// features were negotiated and [`DriverConfig::ring_enable`] is
+    /// [`RingEnable::AfterKick`].
     pub fn setup_queue(&mut self, index: u16, size: u16) -> Result<Queue> {
         if u64::from(index) >= self.num_queues {
             return Err(Error::BadQueueIndex {
@@ -324,7 +371,9 @@ impl Driver {
         self.request("SET_VRING_BASE", |f| f.set_vring_base(i, 0))?;
         self.request("SET_VRING_CALL", |f| f.set_vring_call(i, queue.call_fd()))?;
         self.request("SET_VRING_KICK", |f| f.set_vring_kick(i, queue.kick_fd()))?;
-        if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+        if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0
+            && self.ring_enable == RingEnable::AfterKick
+        {
             self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
         }
         Ok(())
@@ -339,6 +388,62 @@ impl Driver {
     pub fn set_vring_enable(&mut self, index: u16, enable: bool) -> Result<()> {
         self.request("SET_VRING_ENABLE", |f| {
             f.set_vring_enable(usize::from(index), enable)
+        })
+    }
+
+    /// SET_VRING_ENABLE before SET_FEATURES, written to the socket by hand (the
+    /// frontend refuses to send it before PROTOCOL_FEATURES is acked): the header
+    /// (request, flags with protocol version 1, body size; little-endian u32s), the
+    /// ring state and, with REPLY_ACK, the backend's ack (a header and a u64) read back.
+    fn early_vring_enable(&mut self, index: u16, enable: bool) -> Result<()> {
+        const REQUEST: &str = "SET_VRING_ENABLE (before SET_FEATURES)";
+        const VERSION_1: u32 = 0x1;
+        let need_reply = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        let mut flags = VERSION_1;
+        if need_reply {
+            flags |= VhostUserHeaderFlag::NEED_REPLY.bits();
+        }
+        let code = u32::from(FrontendReq::SET_VRING_ENABLE);
+        let body = VhostUserVringState::new(u32::from(index), u32::from(enable));
+        let mut msg = Vec::new();
+        for word in [code, flags, body.as_slice().len() as u32] {
+            msg.extend_from_slice(&word.to_le_bytes());
+        }
+        msg.extend_from_slice(body.as_slice());
+        if let Some(w) = &self.watchdog {
+            w.arm();
+        }
+        let raw = &mut self.raw;
+        let r = (|| -> io::Result<u64> {
+            raw.write_all(&msg)?;
+            if !need_reply {
+                return Ok(0);
+            }
+            let mut reply = [0u8; 12 + 8];
+            raw.read_exact(&mut reply)?;
+            let word = |i: usize| u32::from_le_bytes(reply[4 * i..4 * i + 4].try_into().unwrap());
+            if word(0) != code || word(1) & VhostUserHeaderFlag::REPLY.bits() == 0 || word(2) != 8 {
+                return Err(io::Error::other(format!(
+                    "unexpected reply header {:x?}",
+                    &reply[..12]
+                )));
+            }
+            Ok(u64::from_le_bytes(reply[12..].try_into().unwrap()))
+        })();
+        let fired = self.watchdog.as_ref().is_some_and(ControlWatchdog::disarm);
+        let source = match r {
+            Ok(0) => return Ok(()),
+            // What the frontend reports for a refusal (a non-zero ack).
+            Ok(_) => vhost::vhost_user::Error::BackendInternalError,
+            Err(e) => vhost::vhost_user::Error::SocketError(e),
+        };
+        Err(if fired {
+            Error::ControlTimeout { request: REQUEST }
+        } else {
+            Error::Vhost {
+                request: REQUEST,
+                source: vhost::Error::VhostUserProtocol(source),
+            }
         })
     }
 

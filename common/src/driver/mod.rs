@@ -15,7 +15,9 @@
 //!   handshake (GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_OWNER,
 //!   SET_FEATURES, SET_MEM_TABLE) with the feature masks of a [`DriverConfig`];
 //!   [`Driver::setup_queue`] sends SET_VRING_NUM/ADDR/BASE/CALL/KICK and
-//!   SET_VRING_ENABLE for one queue and returns its [`Queue`]; [`Driver::get_config`]
+//!   SET_VRING_ENABLE for one queue and returns its [`Queue`] (the enable goes
+//!   elsewhere, e.g. before SET_FEATURES as QEMU's one-pair virtio-net sends it, per
+//!   [`DriverConfig::ring_enable`]: [`RingEnable`]); [`Driver::get_config`]
 //!   reads device config space. Every control request runs under
 //!   [`DriverConfig::timeout`] (a watchdog shuts the socket down when a backend does
 //!   not answer, e.g. qemu-storage-daemon to a second frontend);
@@ -69,7 +71,7 @@ pub mod memory;
 pub mod net;
 pub mod virtq;
 
-pub use device::{Driver, DriverConfig};
+pub use device::{Driver, DriverConfig, RingEnable};
 pub use memory::{Allocator, GuestMem};
 pub use virtq::{Buf, Queue, QueueStats, RawDesc, RingAddrs, RingLayout, Used};
 

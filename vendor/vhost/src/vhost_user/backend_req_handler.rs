@@ -1,6 +1,7 @@
 // Copyright (C) 2019 Alibaba Cloud Computing. All rights reserved.
 // SPDX-License-Identifier: Apache-2.0
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::mem;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -385,6 +386,10 @@ pub struct BackendReqHandler<S: VhostUserBackendReqHandler> {
 
     // sending ack for messages without payload
     reply_ack_enabled: bool,
+    // vhostkit patch (VHOSTKIT-PATCH.md): the last SET_VRING_ENABLE state of each ring
+    // the frontend sent before any SET_FEATURES, applied once SET_FEATURES acks
+    // PROTOCOL_FEATURES
+    early_vring_enable: BTreeMap<u32, bool>,
     // postcopy state reached through the POSTCOPY_* requests
     #[cfg(feature = "postcopy")]
     postcopy_state: PostcopyState,
@@ -405,6 +410,7 @@ impl<S: VhostUserBackendReqHandler> BackendReqHandler<S> {
             acked_virtio_features: 0,
             acked_protocol_features: 0,
             reply_ack_enabled: false,
+            early_vring_enable: BTreeMap::new(),
             #[cfg(feature = "postcopy")]
             postcopy_state: PostcopyState::Inactive,
             error: None,
@@ -515,9 +521,22 @@ impl<S: VhostUserBackendReqHandler> BackendReqHandler<S> {
             }
             Ok(FrontendReq::SET_FEATURES) => {
                 let msg = self.extract_request_body::<VhostUserU64>(&hdr, size, &buf)?;
-                let res = self.backend.set_features(msg.value);
+                let mut res = self.backend.set_features(msg.value);
                 self.acked_virtio_features = msg.value;
                 self.update_reply_ack_flag();
+                // vhostkit patch (VHOSTKIT-PATCH.md): the ring states the frontend set
+                // before SET_FEATURES take effect now. Without PROTOCOL_FEATURES the
+                // back-end has just enabled every ring, as the spec asks.
+                let early = std::mem::take(&mut self.early_vring_enable);
+                let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+                if res.is_ok() && msg.value & protocol != 0 {
+                    for (index, enable) in early {
+                        res = self.backend.set_vring_enable(index, enable);
+                        if res.is_err() {
+                            break;
+                        }
+                    }
+                }
                 self.send_ack_message(&hdr, res)?;
             }
             Ok(FrontendReq::SET_MEM_TABLE) => {
@@ -621,19 +640,24 @@ impl<S: VhostUserBackendReqHandler> BackendReqHandler<S> {
             Ok(FrontendReq::SET_VRING_ENABLE) => {
                 let msg = self.extract_request_body::<VhostUserVringState>(&hdr, size, &buf)?;
                 // vhostkit patch (see VHOSTKIT-PATCH.md): QEMU's virtio-net sends
-                // SET_VRING_ENABLE for its queue pairs while it sets the device up,
-                // before any SET_FEATURES, once the back-end has offered
+                // SET_VRING_ENABLE for its queue pairs while the guest negotiates
+                // features, before any SET_FEATURES, once the back-end has offered
                 // PROTOCOL_FEATURES in GET_FEATURES. Upstream refuses it (here and in
-                // vhost-user-backend) and the connection ends. Before SET_FEATURES the
-                // rings are not running, and QEMU enables the rings it uses again
-                // after SET_FEATURES (vhost_dev_start): such an early request is
-                // acknowledged and has no effect.
+                // vhost-user-backend) and the connection ends. With one queue pair
+                // QEMU 7.2 sends no other: the rings must come up enabled. So the
+                // state is kept per ring and applied when SET_FEATURES acks
+                // PROTOCOL_FEATURES (the spec: a ring's enabled state is tracked
+                // whether or not it is started).
                 let offered = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
                 if self.acked_virtio_features == 0 && self.virtio_features & offered != 0 {
-                    if msg.num > 1 {
-                        return Err(Error::InvalidParam);
-                    }
-                    self.send_ack_message(&hdr, Ok(()))?;
+                    let res = match msg.num {
+                        0 | 1 if u64::from(msg.index) < self.backend.get_queue_num()? => {
+                            self.early_vring_enable.insert(msg.index, msg.num == 1);
+                            Ok(())
+                        }
+                        _ => Err(Error::InvalidParam),
+                    };
+                    self.send_ack_message(&hdr, res)?;
                     return Ok(());
                 }
                 self.check_feature(VhostUserVirtioFeatures::PROTOCOL_FEATURES)?;
