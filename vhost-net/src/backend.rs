@@ -119,6 +119,10 @@ impl VhostUserBackend for NetBackend {
 
     fn acked_features(&self, features: u64) {
         guest_debug!("frontend acked features {features:#x}");
+        // A frame held for the previous driver may carry another header size.
+        for pair in &self.inner.pairs {
+            lock(pair).drop_held_frame();
+        }
         self.inner.acked_features.store(features, Ordering::Relaxed);
         let device = &self.inner.device;
         let hdr_len = if features & (bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF)) != 0 {
@@ -158,6 +162,23 @@ impl VhostUserBackend for NetBackend {
         device.active_pairs.store(active, Ordering::Relaxed);
         if let Err(e) = device.tap.set_active_queues(usize::from(active)) {
             guest_warn!("{e}");
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // Receive queues are the even ones below the control queue.
+        let index = queue_index as usize;
+        if index % 2 == 0 {
+            if let Some(mut worker) = self.pair(index / 2) {
+                worker.drop_held_frame();
+            }
+        }
+        Ok(())
+    }
+
+    fn reset_device(&self) {
+        for pair in &self.inner.pairs {
+            lock(pair).drop_held_frame();
         }
     }
 

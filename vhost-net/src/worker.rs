@@ -105,6 +105,20 @@ impl PairWorker {
         }
     }
 
+    /// Drops a frame held back for the guest's receive buffers: it belongs to the
+    /// driver that posted the ring, with that driver's header size. Called when the
+    /// receive ring is stopped (GET_VRING_BASE: a driver reset, a reboot) and when
+    /// features are negotiated again.
+    pub fn drop_held_frame(&mut self) {
+        if let Some(frame) = self.pending.take() {
+            guest_debug!(
+                "pair {}: dropping a held {}-byte frame: the rings were reset",
+                self.pair,
+                frame.len()
+            );
+        }
+    }
+
     pub fn set_memory(&mut self, memory: GuestMemory) {
         self.memory = Some(memory);
     }
