@@ -168,7 +168,7 @@ impl VhostUserBackend for NetBackend {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // Receive queues are the even ones below the control queue.
         let index = queue_index as usize;
-        if index % 2 == 0 {
+        if index.is_multiple_of(2) {
             if let Some(mut worker) = self.pair(index / 2) {
                 worker.drop_held_frame();
             }
