@@ -30,10 +30,14 @@ const CONFIG_WRITEBACK_OFFSET: usize = 32;
 /// and its padding).
 const CONFIG_LEN: usize = 60;
 
-/// The most sectors one discard or write-zeroes segment may cover (4 GiB - 512).
-const MAX_SEGMENT_SECTORS: u32 = (u32::MAX >> 9) - 1;
+/// The most sectors one discard or write-zeroes segment may cover: 16 MiB, as
+/// qemu-storage-daemon's export. A Linux guest takes this as the limit of a whole
+/// request (discard_max_bytes) and splits a discard of the whole disk (mkfs,
+/// blkdiscard) into requests of this size, so the work one request asks for, and
+/// what GET_VRING_BASE waits for when it stops a queue, stays bounded.
+pub const MAX_SEGMENT_SECTORS: u32 = 1 << 15;
 /// The most segments in one discard or write-zeroes request.
-const MAX_SEGMENTS: u32 = 32;
+pub const MAX_SEGMENTS: u32 = 32;
 
 /// A block device for one frontend connection. Clones share everything.
 #[derive(Clone)]

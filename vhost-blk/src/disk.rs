@@ -16,7 +16,20 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKSSZGET: libc::c_ulong = 0x1268;
 const BLKPBSZGET: libc::c_ulong = 0x127b;
 const BLKDISCARD: libc::c_ulong = 0x1277;
-const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+/// fallocate modes of discard and write-zeroes ranges.
+pub const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+pub const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// How one discard or write-zeroes range reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentOp {
+    /// `fallocate` with this mode, through the I/O engine (asynchronously).
+    Fallocate(i32),
+    /// [`Disk::discard`] in the worker: a block device's BLKDISCARD, which has no
+    /// fallocate mode.
+    Inline,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskKind {
@@ -111,25 +124,17 @@ impl Disk {
         }
     }
 
-    /// Writes zeroes over a byte range; with `unmap` it may deallocate the range.
-    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        match self.kind {
-            DiskKind::File if unmap => self.discard(offset, len),
-            DiskKind::File => {
-                match self.fallocate(
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset,
-                    len,
-                ) {
-                    // tmpfs and some others lack ZERO_RANGE: punching a hole reads
-                    // back as zeroes too.
-                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                        self.discard(offset, len)
-                    }
-                    other => other,
-                }
-            }
-            DiskKind::BlockDevice => self.range_ioctl(BLKZEROOUT, offset, len),
+    /// How a discard (`write_zeroes` false) or write-zeroes range is done. A file:
+    /// a hole for a discard or an unmapping write-zeroes, ZERO_RANGE otherwise
+    /// (where the file system lacks it, the worker punches a hole instead: it reads
+    /// back as zeroes too). A block device: BLKDISCARD for a discard, and for
+    /// write-zeroes ZERO_RANGE, which the block layer turns into a zero-out.
+    pub fn segment_op(&self, write_zeroes: bool, unmap: bool) -> SegmentOp {
+        match (self.kind, write_zeroes) {
+            (DiskKind::File, false) => SegmentOp::Fallocate(PUNCH_HOLE),
+            (DiskKind::File, true) if unmap => SegmentOp::Fallocate(PUNCH_HOLE),
+            (_, true) => SegmentOp::Fallocate(ZERO_RANGE),
+            (DiskKind::BlockDevice, false) => SegmentOp::Inline,
         }
     }
 
@@ -194,7 +199,11 @@ mod tests {
         assert_eq!(disk.size, 1 << 20);
         assert_eq!(disk.sectors(), 2048);
         disk.discard(4096, 4096).unwrap();
-        disk.write_zeroes(0, 512, false).unwrap();
+        assert_eq!(
+            disk.segment_op(true, false),
+            SegmentOp::Fallocate(ZERO_RANGE)
+        );
+        disk.fallocate(ZERO_RANGE, 0, 512).unwrap();
         let mut back = vec![0u8; 8192];
         f.seek(SeekFrom::Start(0)).unwrap();
         f.read_exact(&mut back).unwrap();

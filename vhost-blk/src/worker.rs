@@ -1,6 +1,14 @@
-//! The per-queue worker: pops requests off one virtqueue, hands reads, writes and
-//! flushes to the queue's I/O engine without waiting for them, and completes them
-//! (status byte, used ring, guest notification) as the engine reports them done.
+//! The per-queue worker: pops requests off one virtqueue, hands reads, writes,
+//! flushes and the ranges of discards and write-zeroes to the queue's I/O engine
+//! without waiting for them, and completes them (status byte, used ring, guest
+//! notification) as the engine reports them done.
+//!
+//! A request may take several engine operations, one after the other under the
+//! same tag: a read or write the kernel moved only part of (a transfer over 2 GiB
+//! is cut at 2 GiB - 4 KiB per system call) continues where it stopped, and a
+//! discard or write-zeroes runs its segments in turn. Nothing a request does waits
+//! in the worker thread, so a large one never holds the queue (nor the vring lock
+//! that GET_VRING_BASE and SET_MEM_TABLE wait for) while it runs.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +22,7 @@ use vhostkit_common::{guest_debug, guest_error, guest_warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryMmap};
 
-use crate::disk::Disk;
+use crate::disk::{Disk, SegmentOp, PUNCH_HOLE, ZERO_RANGE};
 use crate::engine::{Completion, IoEngine, IoOp};
 use crate::request::{
     spans_to_iovecs, write_spans, Action, Limits, Request, ID_BYTES, STATUS_IOERR, STATUS_OK,
@@ -34,13 +42,68 @@ pub struct DeviceState {
 #[derive(Default)]
 struct Slot {
     request: Request,
+    /// The data buffers still to move (advanced past what a short transfer moved).
     iovecs: Vec<libc::iovec>,
-    /// Bytes the engine must move for the request to succeed.
-    expected: usize,
+    /// The ranges of a discard or write-zeroes, checked when the request started.
+    segments: Vec<Segment>,
+    progress: Progress,
     /// Used length to report on success: data written into the guest plus status.
     used_len: u32,
     /// Keeps the guest memory mapped while the kernel may still access it.
     memory: Option<Arc<GuestMemoryMmap<()>>>,
+}
+
+/// A checked discard or write-zeroes range, in bytes.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    offset: u64,
+    len: u64,
+    unmap: bool,
+}
+
+/// The engine operation a slot has in flight, and how far its request got.
+#[derive(Clone, Copy, Debug, Default)]
+enum Progress {
+    #[default]
+    Idle,
+    /// A read or write of `total` bytes at `offset`, `done` of them moved.
+    Transfer {
+        write: bool,
+        sync: bool,
+        offset: u64,
+        total: usize,
+        done: usize,
+    },
+    Flush,
+    /// Segment `index` of a discard or write-zeroes, as fallocate `mode`.
+    Segment {
+        write_zeroes: bool,
+        index: usize,
+        mode: i32,
+    },
+}
+
+/// The used length of a read of `len` bytes: the data and the status byte. A used
+/// length is 32 bits: a request of 4 GiB or more reports the most it can, never a
+/// wrapped (small) number.
+pub fn read_used_len(len: u64) -> u32 {
+    u32::try_from(len.saturating_add(1)).unwrap_or(u32::MAX)
+}
+
+/// Drops the first `n` bytes of `iovecs` (what a short transfer moved).
+fn advance_iovecs(iovecs: &mut Vec<libc::iovec>, mut n: usize) {
+    let mut consumed = 0;
+    for iov in iovecs.iter_mut() {
+        if n < iov.iov_len {
+            // SAFETY: n < iov_len, so the pointer stays inside the same buffer.
+            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+            iov.iov_len -= n;
+            break;
+        }
+        n -= iov.iov_len;
+        consumed += 1;
+    }
+    iovecs.drain(..consumed);
 }
 
 // SAFETY: the raw pointers in `iovecs` point into guest memory that `memory` keeps
@@ -269,11 +332,25 @@ impl QueueWorker {
                 write_zeroes,
                 count,
             } => {
-                let status = self.run_segments(slot_index, write_zeroes, count, mem);
-                return self.finish(slot_index, status, 1, queue, mem);
+                // Check every range before any is touched.
+                slot.segments.clear();
+                for i in 0..count {
+                    match slot
+                        .request
+                        .segment(&**mem, i, write_zeroes, &self.device.limits)
+                    {
+                        Ok((offset, len, unmap)) => {
+                            slot.segments.push(Segment { offset, len, unmap })
+                        }
+                        Err(status) => return self.finish(slot_index, status, 1, queue, mem),
+                    }
+                }
+                slot.used_len = 1;
+                slot.memory = Some(mem.clone());
+                return self.start_segment(slot_index, write_zeroes, 0, None, queue, mem);
             }
             Action::Flush => {
-                slot.expected = 0;
+                slot.progress = Progress::Flush;
                 slot.used_len = 1;
                 IoOp::Flush
             }
@@ -291,15 +368,21 @@ impl QueueWorker {
                     );
                     return self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
                 }
-                slot.expected = len as usize;
-                slot.used_len = if read { len as u32 + 1 } else { 1 };
+                let sync = !read && !self.device.writeback.load(Ordering::Relaxed);
+                slot.progress = Progress::Transfer {
+                    write: !read,
+                    sync,
+                    offset,
+                    total: len as usize,
+                    done: 0,
+                };
+                slot.used_len = if read { read_used_len(len) } else { 1 };
                 if read {
                     IoOp::Read {
                         offset,
                         iovecs: &slot.iovecs,
                     }
                 } else {
-                    let sync = !self.device.writeback.load(Ordering::Relaxed);
                     IoOp::Write {
                         offset,
                         iovecs: &slot.iovecs,
@@ -319,76 +402,181 @@ impl QueueWorker {
         }
     }
 
-    fn run_segments(
-        &self,
+    /// Starts segment `index` of the discard or write-zeroes in `slot_index` (with
+    /// fallocate `mode`, or the mode the disk uses for it); finishes the request
+    /// once every segment is done.
+    fn start_segment(
+        &mut self,
         slot_index: usize,
         write_zeroes: bool,
-        count: u32,
+        index: usize,
+        mode: Option<i32>,
+        queue: &mut Queue,
         mem: &Arc<GuestMemoryMmap<()>>,
-    ) -> u8 {
-        let request = &self.slots[slot_index].request;
-        let disk = &self.device.disk;
-        for i in 0..count {
-            let (offset, len, unmap) =
-                match request.segment(&**mem, i, write_zeroes, &self.device.limits) {
-                    Ok(segment) => segment,
-                    Err(status) => return status,
-                };
-            let result = if write_zeroes {
-                disk.write_zeroes(offset, len, unmap)
-            } else {
-                disk.discard(offset, len)
+    ) {
+        let disk = self.device.disk.clone();
+        let mut index = index;
+        loop {
+            let Some(&segment) = self.slots[slot_index].segments.get(index) else {
+                return self.finish(slot_index, STATUS_OK, 1, queue, mem);
             };
-            if let Err(e) = result {
-                // Discard is advisory; a backing that cannot punch holes still
-                // answers a failed discard with IOERR so the guest knows.
-                guest_warn!(
-                    "queue {}: {} at {offset}+{len} failed: {e}",
-                    self.index,
-                    if write_zeroes {
-                        "write-zeroes"
-                    } else {
-                        "discard"
+            let op = match mode
+                .map(SegmentOp::Fallocate)
+                .unwrap_or_else(|| disk.segment_op(write_zeroes, segment.unmap))
+            {
+                SegmentOp::Fallocate(mode) => mode,
+                SegmentOp::Inline => {
+                    // A block device's discard (an ioctl, which io_uring cannot
+                    // run): here, bounded by the per-request limit.
+                    if let Err(e) = disk.discard(segment.offset, segment.len) {
+                        guest_warn!(
+                            "queue {}: discard at {}+{} failed: {e}",
+                            self.index,
+                            segment.offset,
+                            segment.len
+                        );
+                        return self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
                     }
-                );
-                return STATUS_IOERR;
+                    index += 1;
+                    continue;
+                }
+            };
+            self.slots[slot_index].progress = Progress::Segment {
+                write_zeroes,
+                index,
+                mode: op,
+            };
+            let io = IoOp::Fallocate {
+                mode: op,
+                offset: segment.offset,
+                len: segment.len,
+            };
+            // SAFETY: a fallocate touches no guest memory.
+            if let Err(e) = unsafe { self.engine.submit(slot_index as u64, io) } {
+                guest_warn!("queue {}: submitting a segment failed: {e}", self.index);
+                return self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
             }
+            return;
         }
-        STATUS_OK
     }
 
     fn complete_ready(&mut self, queue: &mut Queue, mem: &Arc<GuestMemoryMmap<()>>) {
-        self.engine.reap(&mut self.completions);
-        let mut completions = std::mem::take(&mut self.completions);
-        for (tag, result) in completions.drain(..) {
-            let slot_index = tag as usize;
-            let Some(slot) = self.slots.get_mut(slot_index) else {
-                guest_warn!("queue {}: completion for unknown tag {tag}", self.index);
-                continue;
-            };
-            let (status, used_len) = match result {
-                Ok(n) if n == slot.expected => (STATUS_OK, slot.used_len),
-                Ok(n) => {
-                    guest_warn!(
-                        "queue {}: short transfer of request {}: {n} of {} bytes",
-                        self.index,
-                        slot.request.head,
-                        slot.expected
-                    );
-                    (STATUS_IOERR, 1)
+        // A completion may start the request's next operation, which an engine that
+        // runs operations at once (sync) completes straight away: reap until dry.
+        loop {
+            self.engine.reap(&mut self.completions);
+            if self.completions.is_empty() {
+                break;
+            }
+            let mut completions = std::mem::take(&mut self.completions);
+            for (tag, result) in completions.drain(..) {
+                let slot_index = tag as usize;
+                if slot_index >= self.slots.len() {
+                    guest_warn!("queue {}: completion for unknown tag {tag}", self.index);
+                    continue;
                 }
-                Err(e) => {
-                    guest_warn!(
-                        "queue {}: request {} failed: {e}",
-                        self.index,
-                        slot.request.head
-                    );
-                    (STATUS_IOERR, 1)
-                }
-            };
-            self.finish(slot_index, status, used_len, queue, mem);
+                self.completed(slot_index, result, queue, mem);
+            }
+            self.completions = completions;
         }
-        self.completions = completions;
+        // Start what the completions queued.
+        if let Err(e) = self.engine.commit() {
+            guest_warn!("queue {}: starting queued I/O failed: {e}", self.index);
+        }
+    }
+
+    /// The engine finished the operation of `slot_index`: continue the request
+    /// (the rest of a short transfer, its next segment) or finish it.
+    fn completed(
+        &mut self,
+        slot_index: usize,
+        result: io::Result<usize>,
+        queue: &mut Queue,
+        mem: &Arc<GuestMemoryMmap<()>>,
+    ) {
+        let head = self.slots[slot_index].request.head;
+        let index = self.index;
+        match (self.slots[slot_index].progress, result) {
+            (
+                Progress::Transfer {
+                    write,
+                    sync,
+                    offset,
+                    total,
+                    done,
+                },
+                Ok(n),
+            ) => {
+                let done = done.saturating_add(n);
+                if done == total {
+                    let used_len = self.slots[slot_index].used_len;
+                    return self.finish(slot_index, STATUS_OK, used_len, queue, mem);
+                }
+                if n == 0 || done > total {
+                    guest_warn!(
+                        "queue {index}: short transfer of request {head}: {done} of {total} bytes"
+                    );
+                    return self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
+                }
+                // The kernel moved part of it: go on from there.
+                let slot = &mut self.slots[slot_index];
+                advance_iovecs(&mut slot.iovecs, n);
+                slot.progress = Progress::Transfer {
+                    write,
+                    sync,
+                    offset,
+                    total,
+                    done,
+                };
+                let at = offset + done as u64;
+                let op = if write {
+                    IoOp::Write {
+                        offset: at,
+                        iovecs: &slot.iovecs,
+                        sync,
+                    }
+                } else {
+                    IoOp::Read {
+                        offset: at,
+                        iovecs: &slot.iovecs,
+                    }
+                };
+                // SAFETY: as in start: the iovecs live in the slot and point into
+                // guest memory that `slot.memory` keeps mapped until the tag's
+                // completion is reaped.
+                if let Err(e) = unsafe { self.engine.submit(slot_index as u64, op) } {
+                    guest_warn!("queue {index}: continuing request {head} failed: {e}");
+                    self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
+                }
+            }
+            (Progress::Flush, Ok(_)) => self.finish(slot_index, STATUS_OK, 1, queue, mem),
+            (
+                Progress::Segment {
+                    write_zeroes,
+                    index: segment,
+                    ..
+                },
+                Ok(_),
+            ) => self.start_segment(slot_index, write_zeroes, segment + 1, None, queue, mem),
+            (
+                Progress::Segment {
+                    write_zeroes: true,
+                    index: segment,
+                    mode,
+                },
+                Err(e),
+            ) if mode == ZERO_RANGE && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                // tmpfs and others lack ZERO_RANGE: a hole reads back as zeroes too.
+                self.start_segment(slot_index, true, segment, Some(PUNCH_HOLE), queue, mem);
+            }
+            (Progress::Idle, _) => {
+                guest_warn!("queue {index}: completion for idle slot {slot_index}");
+            }
+            (progress, Err(e)) => {
+                guest_warn!("queue {index}: request {head} ({progress:?}) failed: {e}");
+                self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
+            }
+        }
     }
 
     /// Writes the status, returns the chain to the guest and frees the slot.
@@ -402,6 +590,7 @@ impl QueueWorker {
     ) {
         let slot = &mut self.slots[slot_index];
         slot.memory = None;
+        slot.progress = Progress::Idle;
         let head = slot.request.head;
         let used_len = if let Err(e) = mem.write_obj(status, slot.request.status) {
             guest_error!(
@@ -416,5 +605,185 @@ impl QueueWorker {
             guest_error!("queue {}: cannot return request {head}: {e}", self.index);
         }
         self.free.push(slot_index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use vm_memory::{Address, GuestAddress, GuestMemoryAtomic};
+
+    #[test]
+    fn used_lengths_saturate() {
+        assert_eq!(read_used_len(4096), 4097);
+        assert_eq!(read_used_len(u64::from(u32::MAX) - 1), u32::MAX);
+        assert_eq!(read_used_len(u64::from(u32::MAX)), u32::MAX);
+        assert_eq!(read_used_len(5 << 30), u32::MAX);
+    }
+
+    #[test]
+    fn advancing_iovecs_drops_what_moved() {
+        let mut a = [0u8; 10];
+        let mut b = [0u8; 20];
+        let mut v = vec![
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: 10,
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 20,
+            },
+        ];
+        advance_iovecs(&mut v, 13);
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (v[0].iov_base.cast::<u8>(), v[0].iov_len),
+            (b[3..].as_mut_ptr(), 17)
+        );
+        advance_iovecs(&mut v, 17);
+        assert!(v.is_empty());
+    }
+
+    /// An engine that completes reads at once and holds every fallocate until the
+    /// test lets it go: a discard or write-zeroes that takes long.
+    #[derive(Default)]
+    struct SlowRanges {
+        state: Arc<Mutex<SlowState>>,
+    }
+
+    #[derive(Default)]
+    struct SlowState {
+        held: Vec<u64>,
+        done: Vec<Completion>,
+        released: bool,
+    }
+
+    impl IoEngine for SlowRanges {
+        unsafe fn submit(&mut self, tag: u64, op: IoOp<'_>) -> io::Result<()> {
+            let mut state = self.state.lock().unwrap();
+            match op {
+                IoOp::Fallocate { .. } if !state.released => state.held.push(tag),
+                IoOp::Read { iovecs, .. } | IoOp::Write { iovecs, .. } => {
+                    let len = iovecs.iter().map(|v| v.iov_len).sum();
+                    state.done.push((tag, Ok(len)));
+                }
+                _ => state.done.push((tag, Ok(0))),
+            }
+            Ok(())
+        }
+        fn commit(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn reap(&mut self, out: &mut Vec<Completion>) {
+            out.append(&mut self.state.lock().unwrap().done);
+        }
+        fn wait(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn in_flight(&self) -> usize {
+            let state = self.state.lock().unwrap();
+            state.held.len() + state.done.len()
+        }
+        fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+            None
+        }
+    }
+
+    const DESC: u64 = 0x0;
+    const AVAIL: u64 = 0x1000;
+    const USED: u64 = 0x2000;
+
+    fn desc(mem: &GuestMemoryMmap<()>, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(DESC + 16 * i);
+        mem.write_obj(addr, at).unwrap();
+        mem.write_obj(len, at.unchecked_add(8)).unwrap();
+        mem.write_obj(flags, at.unchecked_add(12)).unwrap();
+        mem.write_obj(next, at.unchecked_add(14)).unwrap();
+    }
+
+    /// A write-zeroes whose range the engine takes long over does not hold the
+    /// queue: the kick handler returns at once (releasing the vring), a read behind
+    /// it completes first, and the write-zeroes completes when the engine is done.
+    #[test]
+    fn a_long_write_zeroes_does_not_hold_the_queue() {
+        let path = std::env::temp_dir().join(format!("vhostkit-worker-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let disk = Arc::new(Disk::open(&path, false, false).unwrap());
+        let device = Arc::new(DeviceState {
+            disk: disk.clone(),
+            limits: Limits {
+                disk_size: disk.size,
+                readonly: false,
+                max_discard_sectors: 1 << 15,
+                max_discard_seg: 32,
+                max_write_zeroes_sectors: 1 << 15,
+                max_write_zeroes_seg: 32,
+            },
+            serial: [0; ID_BYTES],
+            writeback: AtomicBool::new(true),
+        });
+        let engine = SlowRanges::default();
+        let state = engine.state.clone();
+        let mut worker = QueueWorker::new(0, device, Box::new(engine), 16, Duration::ZERO);
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        worker.set_memory(atomic.clone());
+        let vring = Vring::new(atomic, 16).unwrap();
+        vring.set_queue_size(16);
+        vring.set_queue_info(DESC, AVAIL, USED).unwrap();
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        // Head 0: WRITE_ZEROES of 8 sectors; head 3: a 512-byte read.
+        let (n, w) = (1u16, 2u16); // VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+        mem.write_obj(13u32, GuestAddress(0x10000)).unwrap();
+        mem.write_obj([0u64, 8], GuestAddress(0x10100)).unwrap();
+        desc(&mem, 0, 0x10000, 16, n, 1);
+        desc(&mem, 1, 0x10100, 16, n, 2);
+        desc(&mem, 2, 0x10200, 1, w, 0);
+        mem.write_obj(0u32, GuestAddress(0x11000)).unwrap();
+        desc(&mem, 3, 0x11000, 16, n, 4);
+        desc(&mem, 4, 0x12000, 512, w | n, 5);
+        desc(&mem, 5, 0x11100, 1, w, 0);
+        mem.write_obj([0u16, 3], GuestAddress(AVAIL + 4)).unwrap();
+        mem.write_obj(2u16, GuestAddress(AVAIL + 2)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(0x10200)).unwrap();
+
+        worker.handle_kick(&vring).unwrap();
+        let used_idx =
+            |mem: &GuestMemoryMmap<()>| mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap();
+        assert_eq!(
+            state.lock().unwrap().held.len(),
+            1,
+            "the range went to the engine"
+        );
+        assert_eq!(used_idx(&mem), 1, "the read behind it completed");
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(USED + 4)).unwrap(), 3);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x10200)).unwrap(),
+            0xff,
+            "no status yet"
+        );
+        // The vring is free meanwhile (what GET_VRING_BASE and SET_MEM_TABLE take).
+        drop(vring.get_mut());
+
+        let tag = {
+            let mut s = state.lock().unwrap();
+            s.released = true;
+            s.held.pop().unwrap()
+        };
+        state.lock().unwrap().done.push((tag, Ok(0)));
+        worker.handle_completions(&vring).unwrap();
+        assert_eq!(used_idx(&mem), 2);
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(USED + 12)).unwrap(), 0);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x10200)).unwrap(),
+            STATUS_OK
+        );
+        std::fs::remove_file(path).unwrap();
     }
 }

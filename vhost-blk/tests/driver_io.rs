@@ -193,8 +193,8 @@ fn config_space_and_offered_features() {
     assert_eq!(c.min_io_size, 1);
     assert_eq!(c.writeback, 1, "write-back cache on by default");
     assert_eq!(c.num_queues, 2);
-    // The daemon's limits: 32 segments of at most 4 GiB - 512 bytes each.
-    let max_sectors = (u32::MAX >> 9) - 1;
+    // The daemon's limits: 32 segments of at most 16 MiB each.
+    let max_sectors = 1 << 15;
     assert_eq!(c.max_discard_sectors, max_sectors);
     assert_eq!(c.max_discard_seg, 32);
     assert_eq!(c.discard_sector_alignment, 8);
@@ -913,4 +913,100 @@ fn block_device_backing() {
     assert_eq!(read_at(q, &mem, buf, 0, 8192), zeroes, "discarded range");
     assert_eq!(read_at(q, &mem, buf, 64, 8192), zeroes, "zeroed range");
     assert_eq!(read_at(q, &mem, buf, 1024, 8192), data, "untouched range");
+}
+
+/// A read of 2.25 GiB (9 buffers of 256 MiB, all the same guest memory)
+/// completes with the whole length moved through either engine: the io_uring
+/// engine continues a transfer the kernel cut short (a read system call moves at
+/// most 2 GiB - 4 KiB). A chain of 4 GiB or more is one the spec forbids ("longer
+/// than 2^32 bytes"): it is dropped, and the queue goes on.
+fn read_of_4_gib_and_more(engine: &str) {
+    let dir = TempDir::new(&format!("huge-read-{engine}")).unwrap();
+    const BUF: u32 = 256 << 20;
+    let image = dir.image(17 * u64::from(BUF) + (1 << 20)).unwrap();
+    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--engine", engine]);
+    let mut dev = connect(&dir, u64::from(BUF) + (16 << 20));
+    let mut q = dev.setup_queues(1, 64, 4).unwrap().remove(0);
+    let mem = dev.driver.memory().clone();
+    let buf = mem.alloc(u64::from(BUF), 4096).unwrap();
+    let log = || std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+    let data: Vec<(u64, u32)> = (0..9).map(|_| (buf, BUF)).collect();
+    let total = 9 * u64::from(BUF);
+    let c = q
+        .run(&BlkRequest::read(0, &data), Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        (c.status, c.used_len),
+        (VIRTIO_BLK_S_OK, total as u32 + 1),
+        "{engine}: a {total}-byte read: {}",
+        log()
+    );
+    let data: Vec<(u64, u32)> = (0..17).map(|_| (buf, BUF)).collect();
+    let c = q
+        .run(&BlkRequest::read(0, &data), Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(c.used_len, 0, "{engine}: a chain over 4 GiB is dropped");
+    assert!(log().contains("dropping request"), "{}", log());
+    let c = q
+        .run(&BlkRequest::read(0, &[(buf, 4096)]), TIMEOUT)
+        .unwrap();
+    assert_ok(c, 4097, "the queue goes on");
+}
+
+#[test]
+fn read_of_4_gib_and_more_io_uring() {
+    read_of_4_gib_and_more("io_uring");
+}
+
+#[test]
+fn read_of_4_gib_and_more_sync() {
+    read_of_4_gib_and_more("sync");
+}
+
+/// Discard and write-zeroes ranges are limited to 16 MiB each (what the config
+/// space says): one of the largest size works, a larger one (such as the 4 GiB the
+/// daemon once allowed) is refused at once with IOERR and the disk is untouched.
+#[test]
+fn discard_and_write_zeroes_ranges_are_bounded() {
+    let dir = TempDir::new("bounded-discard").unwrap();
+    let image = dir.image(6 << 30).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .write_all_at(&[0x5a; 4096], 0)
+        .unwrap();
+    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &[]);
+    let mut dev = connect(&dir, 4 << 20);
+    let mut q = dev.setup_queues(1, 64, 4).unwrap().remove(0);
+    let max = 1u32 << 15;
+    for (kind, flags) in [
+        (VIRTIO_BLK_T_DISCARD, 0),
+        (VIRTIO_BLK_T_WRITE_ZEROES, 0),
+        (
+            VIRTIO_BLK_T_WRITE_ZEROES,
+            VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+        ),
+    ] {
+        fn zeroing(kind: u32, segments: &[DiscardSegment]) -> BlkRequest<'_> {
+            if kind == VIRTIO_BLK_T_DISCARD {
+                BlkRequest::discard(segments)
+            } else {
+                BlkRequest::write_zeroes(segments)
+            }
+        }
+        for too_big in [max + 1, (u32::MAX >> 9) - 1] {
+            let segments = [seg(0, too_big, flags)];
+            let c = q.run(&zeroing(kind, &segments), TIMEOUT).unwrap();
+            assert_eq!(
+                (c.status, c.used_len),
+                (blk::VIRTIO_BLK_S_IOERR, 1),
+                "type {kind} of {too_big} sectors"
+            );
+            assert_eq!(read_file(&image, 0, 4096), vec![0x5a; 4096], "untouched");
+        }
+        let segments = [seg(8, max, flags)];
+        let c = q.run(&zeroing(kind, &segments), TIMEOUT).unwrap();
+        assert_ok(c, 1, &format!("type {kind} of {max} sectors"));
+    }
 }

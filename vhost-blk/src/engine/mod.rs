@@ -32,6 +32,14 @@ pub enum IoOp<'a> {
         sync: bool,
     },
     Flush,
+    /// `fallocate(mode, offset, len)`: a discard or write-zeroes range (punching a
+    /// hole, zeroing a range), asynchronous like the others so that a large one
+    /// does not hold the queue.
+    Fallocate {
+        mode: i32,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// A finished operation: its tag and the bytes moved, or the error.

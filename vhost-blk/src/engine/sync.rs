@@ -36,7 +36,7 @@ impl SyncEngine {
                 IoOp::Read { iovecs, .. } | IoOp::Write { iovecs, .. } => {
                     iovecs.iter().map(|v| v.iov_len).sum()
                 }
-                IoOp::Flush => 0,
+                IoOp::Flush | IoOp::Fallocate { .. } => 0,
             });
         };
         let fd = file.as_raw_fd();
@@ -53,6 +53,19 @@ impl SyncEngine {
             IoOp::Flush => {
                 // SAFETY: fdatasync on an fd we own.
                 if unsafe { libc::fdatasync(fd) } == 0 {
+                    Ok(0)
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            }
+            IoOp::Fallocate { mode, offset, len } => {
+                let (offset, len) = (
+                    i64::try_from(offset)
+                        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+                    i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?,
+                );
+                // SAFETY: fallocate on an fd we own with plain integer arguments.
+                if unsafe { libc::fallocate64(fd, mode, offset, len) } == 0 {
                     Ok(0)
                 } else {
                     Err(io::Error::last_os_error())

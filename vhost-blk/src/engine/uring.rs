@@ -44,18 +44,31 @@ pub struct UringEngine {
     write_nowait: Nowait,
 }
 
+/// Most operations one engine keeps in flight: a split queue's largest size.
+pub const MAX_IN_FLIGHT: u32 = 32768;
+
 impl UringEngine {
+    /// A ring for `depth` operations in flight (the queue size).
     pub fn new(file: Arc<File>, depth: u32) -> io::Result<Self> {
-        let depth = depth.clamp(1, 4096);
+        // The completion ring holds every operation the queue can have in flight
+        // (one per descriptor chain, up to the queue size): a completion that does
+        // not fit would wait in the kernel's overflow list, and a submit could fail
+        // with EBUSY until it is reaped. The submission ring may be smaller: a full
+        // one is started (commit) to make room.
+        let depth = depth.clamp(1, MAX_IN_FLIGHT);
+        let sq_entries = depth.min(4096);
+        let cq_entries = depth.next_power_of_two().max(sq_entries * 2);
         // Cooperative task running saves an interrupt per completion (Linux 5.19+);
         // fall back to a plain ring on older kernels.
         let ring = IoUring::builder()
             .setup_coop_taskrun()
-            .setup_cqsize(depth * 2)
-            .build(depth)
+            .setup_cqsize(cq_entries)
+            .build(sq_entries)
             .or_else(|e| {
                 debug!("io_uring with COOP_TASKRUN refused ({e}); using a plain ring");
-                IoUring::builder().setup_cqsize(depth * 2).build(depth)
+                IoUring::builder()
+                    .setup_cqsize(cq_entries)
+                    .build(sq_entries)
             })?;
         let eventfd = EventFd::new(EFD_NONBLOCK)?;
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
@@ -171,6 +184,10 @@ impl IoEngine for UringEngine {
                 .build(),
             IoOp::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            IoOp::Fallocate { mode, offset, len } => opcode::Fallocate::new(fd, len)
+                .offset(offset)
+                .mode(mode)
                 .build(),
         };
         self.push(entry.user_data(tag))?;
@@ -342,6 +359,23 @@ mod tests {
     #[test]
     fn idle_read_inline_on_root_fs() {
         idle_inline_then_ring(&std::env::temp_dir());
+    }
+
+    /// Every request a queue of the largest size can have in flight has room in the
+    /// completion ring.
+    #[test]
+    fn the_completion_ring_holds_a_whole_queue() {
+        let dir = std::env::temp_dir();
+        let (path, file) = temp_file(&dir, "cq", &[0u8; 512]);
+        for depth in [1, 256, 1024, 4096, 16384, MAX_IN_FLIGHT] {
+            let mut engine = UringEngine::new(file.clone(), depth).unwrap();
+            let capacity = engine.ring.completion().capacity();
+            assert!(
+                capacity >= depth as usize,
+                "queue {depth}: {capacity} completions"
+            );
+        }
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
