@@ -51,6 +51,14 @@ pub const MAX_NET_QUEUE_PAIRS: u16 = 32;
 /// Most request queues of a virtio-fs device (`num-queues`): with the hiprio queue,
 /// 64 virtqueues.
 pub const MAX_FS_REQUEST_QUEUES: u16 = 63;
+/// QueueNumMax of a disk or network device unless `queue-size` says otherwise: our
+/// daemons' default `--queue-size`.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// QueueNumMax of a shared folder unless `queue-size` says otherwise, and the
+/// most our vhost-user-fs takes.
+pub const FS_QUEUE_SIZE: u16 = 1024;
+/// Largest split virtqueue.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Size of the virtio-fs config-space tag field: the longest tag.
 pub const FS_TAG_BYTES: usize = 36;
 /// Default kernel command line.
@@ -100,27 +108,32 @@ pub struct RunArgs {
     pub memory: Option<String>,
 
     /// A virtio-blk disk; repeat for more. Either a vhost-user backend already
-    /// listening: `socket=PATH[,num-queues=N]`, or an image file served by our
-    /// vhost-user-blk, started by vhostkit:
-    /// `path=IMG[,readonly=on|off][,num-queues=N][,direct=on|off]` (direct: O_DIRECT).
-    /// num-queues: 1 to 64.
+    /// listening: `socket=PATH[,num-queues=N][,queue-size=N]`, or an image file served
+    /// by our vhost-user-blk, started by vhostkit:
+    /// `path=IMG[,readonly=on|off][,num-queues=N][,queue-size=N][,direct=on|off]`
+    /// (direct: O_DIRECT). num-queues: 1 to 64. queue-size: the largest queue the
+    /// guest may set up, a power of two up to 32768 [default: 256]; with socket= it
+    /// must not exceed the backend's own limit (vhost-user cannot ask it), with
+    /// path= vhostkit gives it to the daemon.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
 
     /// A virtio-net device; repeat for more. Either a vhost-user backend already
-    /// listening: `socket=PATH[,mac=52:54:00:12:34:56][,num-queue-pairs=N]`, or a tap
-    /// device served by our vhost-user-net, started by vhostkit:
-    /// `tap=NAME[,host-ip=ADDR/PREFIX][,mac=MAC][,num-queue-pairs=N]` (host-ip: the
-    /// address given to the tap on the host). mac: unicast, six hex bytes with colons;
-    /// num-queue-pairs: 1 to 32.
+    /// listening: `socket=PATH[,mac=52:54:00:12:34:56][,num-queue-pairs=N][,queue-size=N]`,
+    /// or a tap device served by our vhost-user-net, started by vhostkit:
+    /// `tap=NAME[,host-ip=ADDR/PREFIX][,mac=MAC][,num-queue-pairs=N][,queue-size=N]`
+    /// (host-ip: the address given to the tap on the host). mac: unicast, six hex
+    /// bytes with colons; num-queue-pairs: 1 to 32; queue-size as for --disk.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
 
     /// A virtio-fs shared folder; repeat for more. Either a vhost-user backend
-    /// already listening: `socket=PATH,tag=TAG[,num-queues=N]`, or a host folder
-    /// served by our vhost-user-fs, started by vhostkit: `dir=DIR,tag=TAG[,num-queues=N]`.
-    /// tag: the name the guest mounts (mount -t virtiofs TAG /mnt), 1 to 36 bytes;
-    /// num-queues: request queues, 1 to 63 (plus the hiprio queue).
+    /// already listening: `socket=PATH,tag=TAG[,num-queues=N][,queue-size=N]`, or a
+    /// host folder served by our vhost-user-fs, started by vhostkit:
+    /// `dir=DIR,tag=TAG[,num-queues=N][,queue-size=N]`. tag: the name the guest
+    /// mounts (mount -t virtiofs TAG /mnt), 1 to 36 bytes; num-queues: request
+    /// queues, 1 to 63 (plus the hiprio queue); queue-size: a power of two up to
+    /// 1024 with dir= (our daemon's limit), up to 32768 with socket= [default: 1024].
     /// At most 8 devices (disks, nets and folders together).
     #[arg(long, value_name = "SPEC")]
     pub fs: Vec<String>,
@@ -134,10 +147,11 @@ pub struct RunArgs {
     ///   cpus = 2
     ///   memory = "1G"
     ///   [[disk]]   # socket = "PATH" or path = "IMG", readonly = true, direct = true,
-    ///              # num-queues = N
+    ///              # num-queues = N, queue-size = N
     ///   [[net]]    # socket = "PATH" or tap = "NAME", host-ip = "ADDR/PREFIX",
-    ///              # mac = "52:54:00:12:34:56", num-queue-pairs = N
-    ///   [[fs]]     # socket = "PATH" or dir = "DIR", tag = "TAG", num-queues = N
+    ///              # mac = "52:54:00:12:34:56", num-queue-pairs = N, queue-size = N
+    ///   [[fs]]     # socket = "PATH" or dir = "DIR", tag = "TAG", num-queues = N,
+    ///              # queue-size = N
     #[arg(long, value_name = "FILE", verbatim_doc_comment)]
     pub config: Option<PathBuf>,
 
@@ -200,6 +214,10 @@ pub struct DeviceConfig {
     /// `num_queues` is its config-space `num_request_queues`). None: the default
     /// (one queue, one pair).
     pub num_queues: Option<u16>,
+    /// QueueNumMax: the largest queue the guest may set up, one the backend takes
+    /// (vhost-user has no message to ask a backend its limit: a daemon vhostkit
+    /// starts is given it, a socket backend's is the user's `queue-size`).
+    pub queue_size: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,6 +328,7 @@ struct DiskSpec {
     path: Option<PathBuf>,
     readonly: Option<bool>,
     num_queues: Option<u16>,
+    queue_size: Option<u16>,
     direct: Option<bool>,
 }
 
@@ -322,6 +341,7 @@ struct NetSpec {
     host_ip: Option<String>,
     mac: Option<String>,
     num_queue_pairs: Option<u16>,
+    queue_size: Option<u16>,
 }
 
 /// A `--fs` spec or `[[fs]]` table, before validation.
@@ -332,6 +352,7 @@ struct FsSpec {
     dir: Option<PathBuf>,
     tag: Option<String>,
     num_queues: Option<u16>,
+    queue_size: Option<u16>,
 }
 
 /// The `--config` file.
@@ -393,6 +414,17 @@ fn number(key: &str, val: &str) -> std::result::Result<u16, String> {
         .map_err(|_| format!("{key}={val}: expected a number"))
 }
 
+/// `queue-size`: a power of two from 2 to `max`, or `default`.
+fn queue_size(n: Option<u16>, max: u16, default: u16) -> std::result::Result<u16, String> {
+    match n {
+        None => Ok(default),
+        Some(n) if (2..=max).contains(&n) && n.is_power_of_two() => Ok(n),
+        Some(n) => Err(format!(
+            "queue-size={n}: must be a power of two from 2 to {max}"
+        )),
+    }
+}
+
 fn check_range(key: &str, n: u16, max: u16) -> std::result::Result<u16, String> {
     if (1..=max).contains(&n) {
         Ok(n)
@@ -412,7 +444,14 @@ fn path_arg(key: &str, path: &Path) -> std::result::Result<String, String> {
 impl DiskSpec {
     fn parse(value: &str) -> std::result::Result<Self, String> {
         const FORMS: &str = "socket=PATH or path=IMG";
-        let known = ["socket", "path", "readonly", "num-queues", "direct"];
+        let known = [
+            "socket",
+            "path",
+            "readonly",
+            "num-queues",
+            "queue-size",
+            "direct",
+        ];
         let mut spec = DiskSpec::default();
         for (key, val) in split_kv(value, FORMS, &known)? {
             match key {
@@ -420,6 +459,7 @@ impl DiskSpec {
                 "path" => spec.path = Some(val.into()),
                 "readonly" => spec.readonly = Some(on_off(key, val)?),
                 "direct" => spec.direct = Some(on_off(key, val)?),
+                "queue-size" => spec.queue_size = Some(number(key, val)?),
                 _ => spec.num_queues = Some(number(key, val)?),
             }
         }
@@ -431,6 +471,7 @@ impl DiskSpec {
             .num_queues
             .map(|n| check_range("num-queues", n, MAX_BLK_QUEUES))
             .transpose()?;
+        let queue_size = queue_size(self.queue_size, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE)?;
         let backend = match (self.socket, self.path) {
             (Some(_), Some(_)) => return Err("give socket or path, not both".into()),
             (None, None) => {
@@ -463,6 +504,7 @@ impl DiskSpec {
                 if self.direct == Some(true) {
                     args.push("--direct".into());
                 }
+                args.extend(["--queue-size".into(), queue_size.to_string()]);
                 DeviceBackend::Daemon {
                     program: "vhost-user-blk".into(),
                     args,
@@ -473,6 +515,7 @@ impl DiskSpec {
             kind: DeviceKind::Block,
             backend,
             num_queues,
+            queue_size,
         })
     }
 
@@ -485,7 +528,14 @@ impl DiskSpec {
 impl NetSpec {
     fn parse(value: &str) -> std::result::Result<Self, String> {
         const FORMS: &str = "socket=PATH or tap=NAME";
-        let known = ["socket", "tap", "host-ip", "mac", "num-queue-pairs"];
+        let known = [
+            "socket",
+            "tap",
+            "host-ip",
+            "mac",
+            "num-queue-pairs",
+            "queue-size",
+        ];
         let mut spec = NetSpec::default();
         for (key, val) in split_kv(value, FORMS, &known)? {
             match key {
@@ -493,6 +543,7 @@ impl NetSpec {
                 "tap" => spec.tap = Some(val.into()),
                 "host-ip" => spec.host_ip = Some(val.into()),
                 "mac" => spec.mac = Some(val.into()),
+                "queue-size" => spec.queue_size = Some(number(key, val)?),
                 _ => spec.num_queue_pairs = Some(number(key, val)?),
             }
         }
@@ -505,6 +556,7 @@ impl NetSpec {
             .num_queue_pairs
             .map(|n| check_range("num-queue-pairs", n, MAX_NET_QUEUE_PAIRS))
             .transpose()?;
+        let queue_size = queue_size(self.queue_size, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE)?;
         let backend = match (self.socket, self.tap) {
             (Some(_), Some(_)) => return Err("give socket or tap, not both".into()),
             (None, None) => {
@@ -534,6 +586,7 @@ impl NetSpec {
                 if let Some(n) = pairs {
                     args.extend(["--num-queue-pairs".into(), n.to_string()]);
                 }
+                args.extend(["--queue-size".into(), queue_size.to_string()]);
                 DeviceBackend::Daemon {
                     program: "vhost-user-net".into(),
                     args,
@@ -544,6 +597,7 @@ impl NetSpec {
             kind: DeviceKind::Net { mac },
             backend,
             num_queues: pairs.map(|n| 2 * n),
+            queue_size,
         })
     }
 
@@ -568,13 +622,14 @@ fn check_host_ip(s: &str) -> std::result::Result<(), String> {
 impl FsSpec {
     fn parse(value: &str) -> std::result::Result<Self, String> {
         const FORMS: &str = "socket=PATH,tag=TAG or dir=DIR,tag=TAG";
-        let known = ["socket", "dir", "tag", "num-queues"];
+        let known = ["socket", "dir", "tag", "num-queues", "queue-size"];
         let mut spec = FsSpec::default();
         for (key, val) in split_kv(value, FORMS, &known)? {
             match key {
                 "socket" => spec.socket = Some(val.into()),
                 "dir" => spec.dir = Some(val.into()),
                 "tag" => spec.tag = Some(val.into()),
+                "queue-size" => spec.queue_size = Some(number(key, val)?),
                 _ => spec.num_queues = Some(number(key, val)?),
             }
         }
@@ -594,6 +649,13 @@ impl FsSpec {
             .num_queues
             .map(|n| check_range("num-queues", n, MAX_FS_REQUEST_QUEUES))
             .transpose()?;
+        // Our vhost-user-fs takes queues of up to 1024 entries.
+        let max = if self.dir.is_some() {
+            FS_QUEUE_SIZE
+        } else {
+            MAX_QUEUE_SIZE
+        };
+        let queue_size = queue_size(self.queue_size, max, FS_QUEUE_SIZE)?;
         let backend = match (self.socket, self.dir) {
             (Some(_), Some(_)) => return Err("give socket or dir, not both".into()),
             (None, None) => {
@@ -625,6 +687,7 @@ impl FsSpec {
             kind: DeviceKind::Fs { tag },
             backend,
             num_queues,
+            queue_size,
         })
     }
 
@@ -804,10 +867,16 @@ mod tests {
         parse(&v)
     }
 
+    /// Our daemon `program` with `args`; blk and net get the `--queue-size` vhostkit
+    /// always passes (the default unless a spec gave one).
     fn daemon(program: &str, args: &[&str]) -> DeviceBackend {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if program != "vhost-user-fs" && !args.iter().any(|a| a == "--queue-size") {
+            args.extend(["--queue-size".into(), DEFAULT_QUEUE_SIZE.to_string()]);
+        }
         DeviceBackend::Daemon {
             program: program.into(),
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args,
         }
     }
 
@@ -934,6 +1003,7 @@ mod tests {
             kind: DeviceKind::Block,
             backend,
             num_queues,
+            queue_size: DEFAULT_QUEUE_SIZE,
         };
         assert_eq!(
             c.devices,
@@ -1017,6 +1087,7 @@ mod tests {
             kind: DeviceKind::Net { mac },
             backend,
             num_queues,
+            queue_size: DEFAULT_QUEUE_SIZE,
         };
         assert_eq!(
             c.devices,
@@ -1044,6 +1115,49 @@ mod tests {
             ]
         );
         assert_eq!(c.devices[2].describe(), "--net tap=vk0");
+    }
+
+    /// QueueNumMax is what the backend takes: given to the daemons vhostkit starts,
+    /// the user's word for a socket backend, checked either way.
+    #[test]
+    fn queue_sizes() {
+        let dir = TempDir::new("cfg-qsize").unwrap();
+        let img = dir.image(4096).unwrap();
+        let img = img.to_str().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let c = with(&[
+            "--disk",
+            "socket=/a.sock,queue-size=64",
+            "--disk",
+            &format!("path={img},queue-size=1024"),
+            "--net",
+            "tap=vk0,queue-size=512",
+            "--fs",
+            &format!("dir={d},tag=t"),
+            "--fs",
+            "socket=/f.sock,tag=u,queue-size=4096",
+        ])
+        .unwrap();
+        let sizes: Vec<u16> = c.devices.iter().map(|d| d.queue_size).collect();
+        assert_eq!(sizes, [64, 1024, 512, FS_QUEUE_SIZE, 4096]);
+        assert_eq!(
+            c.devices[1].backend,
+            daemon("vhost-user-blk", &["--path", img, "--queue-size", "1024"])
+        );
+        assert_eq!(
+            c.devices[2].backend,
+            daemon("vhost-user-net", &["--tap", "vk0", "--queue-size", "512"])
+        );
+        let c = with(&["--disk", "socket=/a.sock"]).unwrap();
+        assert_eq!(c.devices[0].queue_size, DEFAULT_QUEUE_SIZE);
+        refused("--disk", "socket=/a,queue-size=100", "power of two");
+        refused("--disk", "socket=/a,queue-size=1", "power of two");
+        refused("--net", "tap=vk0,queue-size=0", "power of two");
+        refused(
+            "--fs",
+            &format!("dir={d},tag=t,queue-size=2048"),
+            "2 to 1024",
+        );
     }
 
     #[test]
@@ -1089,6 +1203,7 @@ mod tests {
                     },
                     backend: DeviceBackend::Socket("/f.sock".into()),
                     num_queues: None,
+                    queue_size: FS_QUEUE_SIZE,
                 },
                 DeviceConfig {
                     kind: DeviceKind::Fs { tag: tag36.clone() },
@@ -1104,6 +1219,7 @@ mod tests {
                         ]
                     ),
                     num_queues: Some(63),
+                    queue_size: FS_QUEUE_SIZE,
                 },
             ]
         );
@@ -1217,6 +1333,7 @@ num-queues = 1
                         kind: DeviceKind::Block,
                         backend: DeviceBackend::Socket("/run/blk.sock".into()),
                         num_queues: Some(2),
+                        queue_size: DEFAULT_QUEUE_SIZE,
                     },
                     DeviceConfig {
                         kind: DeviceKind::Block,
@@ -1225,6 +1342,7 @@ num-queues = 1
                             &["--path", &s("disk.img"), "--readonly"]
                         ),
                         num_queues: None,
+                        queue_size: DEFAULT_QUEUE_SIZE,
                     },
                     DeviceConfig {
                         kind: DeviceKind::Net {
@@ -1244,11 +1362,13 @@ num-queues = 1
                             ]
                         ),
                         num_queues: Some(4),
+                        queue_size: DEFAULT_QUEUE_SIZE,
                     },
                     DeviceConfig {
                         kind: DeviceKind::Net { mac: None },
                         backend: DeviceBackend::Socket(p("net.sock")),
                         num_queues: None,
+                        queue_size: DEFAULT_QUEUE_SIZE,
                     },
                     DeviceConfig {
                         kind: DeviceKind::Fs {
@@ -1266,6 +1386,7 @@ num-queues = 1
                             ]
                         ),
                         num_queues: Some(1),
+                        queue_size: FS_QUEUE_SIZE,
                     },
                 ],
                 log_level: "info".into(),

@@ -288,6 +288,7 @@ mod tests {
                 args: args.iter().map(|s| s.to_string()).collect(),
             },
             num_queues: None,
+            queue_size: crate::config::DEFAULT_QUEUE_SIZE,
         }
     }
 
@@ -320,6 +321,7 @@ mod tests {
                 kind: DeviceKind::Block,
                 backend: DeviceBackend::Socket("/elsewhere.sock".into()),
                 num_queues: None,
+                queue_size: crate::config::DEFAULT_QUEUE_SIZE,
             },
             blk(&["--path", image.to_str().unwrap()]),
         ];
@@ -377,6 +379,7 @@ mod tests {
                 args: vec!["--tap".into(), "vk0".into()],
             },
             num_queues: None,
+            queue_size: crate::config::DEFAULT_QUEUE_SIZE,
         };
         let e = Daemons::start_next_to(&exe, &[dev], "info")
             .err()

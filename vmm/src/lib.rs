@@ -103,14 +103,16 @@ pub fn run(config: &RunConfig) -> Result<()> {
             virtio::vhost_user::Backend::connect(socket).map_err(|e| dev_err(e.into()))?;
         let queues = backend.num_queues();
         let device_config = match &device.kind {
-            config::DeviceKind::Block => virtio::mmio::DeviceConfig::blk(queues, device.num_queues),
+            config::DeviceKind::Block => {
+                virtio::mmio::DeviceConfig::blk(queues, device.num_queues, device.queue_size)
+            }
             config::DeviceKind::Net { mac } => {
                 nets += 1;
                 let mac = mac.unwrap_or_else(|| default_mac(nets - 1));
-                virtio::mmio::DeviceConfig::net(queues, mac, device.num_queues)
+                virtio::mmio::DeviceConfig::net(queues, mac, device.num_queues, device.queue_size)
             }
             config::DeviceKind::Fs { tag } => {
-                virtio::mmio::DeviceConfig::fs(queues, tag, device.num_queues)
+                virtio::mmio::DeviceConfig::fs(queues, tag, device.num_queues, device.queue_size)
             }
         };
         let hangup = backend

@@ -51,10 +51,10 @@ fn help_lists_every_option() {
     }
     // The syntax of each device and of the file is spelled out.
     for syntax in [
-        "socket=PATH[,num-queues=N]",
-        "path=IMG[,readonly=on|off][,num-queues=N][,direct=on|off]",
-        "tap=NAME[,host-ip=ADDR/PREFIX][,mac=MAC][,num-queue-pairs=N]",
-        "dir=DIR,tag=TAG[,num-queues=N]",
+        "socket=PATH[,num-queues=N][,queue-size=N]",
+        "path=IMG[,readonly=on|off][,num-queues=N][,queue-size=N][,direct=on|off]",
+        "tap=NAME[,host-ip=ADDR/PREFIX][,mac=MAC][,num-queue-pairs=N][,queue-size=N]",
+        "dir=DIR,tag=TAG[,num-queues=N][,queue-size=N]",
         "[[disk]]",
         "[[net]]",
         "[[fs]]",

@@ -39,12 +39,22 @@ struct Setup {
 /// Starts the daemon and makes the device, or None (after printing SKIPPED) when the
 /// daemon binary is not built.
 fn setup(tag: &str) -> Option<Setup> {
-    setup_with(tag, 1, |queues| DeviceConfig::blk(queues, None))
+    setup_with(tag, 1, |queues| DeviceConfig::blk(queues, None, 256))
 }
 
 /// [`setup`] with a daemon of `queues` queues and the device config `config` makes
 /// from the backend's queue count.
 fn setup_with(tag: &str, queues: u16, config: impl Fn(u16) -> DeviceConfig) -> Option<Setup> {
+    setup_with_args(tag, queues, &[], config)
+}
+
+/// [`setup_with`], the daemon given `args` as well.
+fn setup_with_args(
+    tag: &str,
+    queues: u16,
+    args: &[&str],
+    config: impl Fn(u16) -> DeviceConfig,
+) -> Option<Setup> {
     let bin = workspace_bin("vhost-user-blk");
     if !bin.exists() {
         println!(
@@ -64,7 +74,8 @@ fn setup_with(tag: &str, queues: u16, config: impl Fn(u16) -> DeviceConfig) -> O
         .arg("--num-queues")
         .arg(queues.to_string())
         .arg("--log-level")
-        .arg("warn");
+        .arg("warn")
+        .args(args);
     let daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10))
         .expect("vhost-user-blk starts");
     let mem = Arc::new(memory::create(MEM_SIZE).unwrap());
@@ -433,7 +444,7 @@ fn config_u16(dev: &mut MmioDevice, off: u64) -> u16 {
 fn num_queues_caps_the_backends_queues() {
     const BLK_F_MQ: u64 = 1 << 12;
     // All four of the daemon's queues.
-    let Some(mut s) = setup_with("vmm-mq4", 4, |q| DeviceConfig::blk(q, None)) else {
+    let Some(mut s) = setup_with("vmm-mq4", 4, |q| DeviceConfig::blk(q, None, 256)) else {
         return;
     };
     assert_eq!(s.dev.num_queues(), 4);
@@ -444,7 +455,7 @@ fn num_queues_caps_the_backends_queues() {
     drop(s);
 
     // num-queues=2 of four: the guest sees two, and the config says two.
-    let Some(mut s) = setup_with("vmm-mq2", 4, |q| DeviceConfig::blk(q, Some(2))) else {
+    let Some(mut s) = setup_with("vmm-mq2", 4, |q| DeviceConfig::blk(q, Some(2), 256)) else {
         return;
     };
     assert_eq!(s.dev.num_queues(), 2);
@@ -462,12 +473,12 @@ fn num_queues_caps_the_backends_queues() {
     drop(s);
 
     // One queue: MQ is not offered at all.
-    let Some(mut s) = setup_with("vmm-mq1", 4, |q| DeviceConfig::blk(q, Some(1))) else {
+    let Some(mut s) = setup_with("vmm-mq1", 4, |q| DeviceConfig::blk(q, Some(1), 256)) else {
         return;
     };
     assert_eq!(offered_features(&mut s.dev) & BLK_F_MQ, 0, "MQ hidden");
     // Asking for more than the backend has gives the backend's count.
-    let c = DeviceConfig::blk(4, Some(9));
+    let c = DeviceConfig::blk(4, Some(9), 256);
     assert_eq!(c.num_queues, 4);
 }
 
@@ -476,7 +487,7 @@ fn vmm_held_config_spaces_for_net_and_fs() {
     // The transport part of net and fs devices (their own daemons are tested in
     // their issues): config space held by the VMM, queue layout, feature bits.
     let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-    let Some(mut s) = setup_with("vmm-netcfg", 4, |q| DeviceConfig::net(q, mac, None)) else {
+    let Some(mut s) = setup_with("vmm-netcfg", 4, |q| DeviceConfig::net(q, mac, None, 256)) else {
         return;
     };
     assert_eq!(r32(&mut s.dev, DEVICE_ID), 1, "network device");
@@ -501,7 +512,8 @@ fn vmm_held_config_spaces_for_net_and_fs() {
     assert_eq!(config_u16(&mut s.dev, 12), 0);
     drop(s);
 
-    let Some(mut s) = setup_with("vmm-fscfg", 4, |q| DeviceConfig::fs(q, "share", None)) else {
+    let Some(mut s) = setup_with("vmm-fscfg", 4, |q| DeviceConfig::fs(q, "share", None, 1024))
+    else {
         return;
     };
     assert_eq!(r32(&mut s.dev, DEVICE_ID), 26, "filesystem device");
@@ -514,7 +526,7 @@ fn vmm_held_config_spaces_for_net_and_fs() {
         "num_request_queues: the backend's queues after hiprio"
     );
     assert_eq!(s.dev.num_queues(), 4);
-    assert_eq!(DeviceConfig::fs(4, "t", Some(1)).num_queues, 2);
+    assert_eq!(DeviceConfig::fs(4, "t", Some(1), 1024).num_queues, 2);
 }
 
 #[test]
@@ -537,4 +549,39 @@ fn a_backend_that_never_answers_times_out() {
         "{waited:?}"
     );
     drop(held.join());
+}
+
+/// A backend that takes queues of at most 16 entries (`--queue-size 16`), and the
+/// VMM told so (`--disk socket=S,queue-size=16`): QueueNumMax says 16, and a driver
+/// that sets up the largest queue offered (as Linux's virtio_mmio does) gets a
+/// working device. Offering more than the backend takes (the fixed 256 of before)
+/// fails activation: the backend refuses SET_VRING_NUM.
+#[test]
+fn queue_num_max_is_what_the_backend_takes() {
+    use clap::Parser;
+    use vhostkit_vmm::config::{Cli, Command as VmmCommand, RunConfig};
+    let kernel = std::env::current_exe().unwrap();
+    let cli = Cli::try_parse_from([
+        "vhostkit",
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--disk",
+        "socket=/s.sock,queue-size=16",
+    ])
+    .unwrap();
+    let VmmCommand::Run(run) = cli.command;
+    let c = RunConfig::try_from(run).unwrap();
+    let queue_size = c.devices[0].queue_size;
+    assert_eq!(queue_size, QSIZE);
+    let Some(mut s) = setup_with_args("vmm-qsize", 1, &["--queue-size", "16"], |q| {
+        DeviceConfig::blk(q, None, queue_size)
+    }) else {
+        return;
+    };
+    w32(&mut s.dev, QUEUE_SEL, 0);
+    assert_eq!(r32(&mut s.dev, QUEUE_NUM_MAX), u32::from(QSIZE));
+    init(&mut s.dev, &s.mem);
+    let mut out = pattern(5);
+    assert_eq!(request(&mut s, 0, 1, 9, &mut out), 0, "write OK");
 }

@@ -137,15 +137,15 @@ pub struct DeviceConfig {
 
 impl DeviceConfig {
     /// virtio-blk: device ID 2, the 60-byte `virtio_blk_config` (up to
-    /// `write_zeroes_may_unmap` and its padding) from the backend, queues of up to 256
-    /// entries (vhost-user-blk's default). With `num_queues` below the backend's
-    /// count, the guest sees that many and the config's `num_queues` says so.
-    pub fn blk(backend_queues: u16, num_queues: Option<u16>) -> Self {
+    /// `write_zeroes_may_unmap` and its padding) from the backend, queues of up to
+    /// `queue_max_size` entries (what the backend takes). With `num_queues` below the
+    /// backend's count, the guest sees that many and the config's `num_queues` says so.
+    pub fn blk(backend_queues: u16, num_queues: Option<u16>, queue_max_size: u16) -> Self {
         let n = num_queues.map_or(backend_queues, |n| n.min(backend_queues));
         DeviceConfig {
             device_id: 2,
             config_size: 60,
-            queue_max_size: 256,
+            queue_max_size,
             num_queues: n,
             vmm_features: 0,
             masked_features: if n == 1 { BLK_F_MQ } else { 0 },
@@ -159,7 +159,12 @@ impl DeviceConfig {
     /// `max_virtqueue_pairs`) is the VMM's. The backend's queues are rx/tx pairs
     /// and, when it offers CTRL_VQ, a control queue after them (an odd count);
     /// `num_queues` (rx+tx queues) caps the pairs used.
-    pub fn net(backend_queues: u16, mac: [u8; 6], num_queues: Option<u16>) -> Self {
+    pub fn net(
+        backend_queues: u16,
+        mac: [u8; 6],
+        num_queues: Option<u16>,
+        queue_max_size: u16,
+    ) -> Self {
         let has_ctrl = backend_queues % 2 == 1 && backend_queues > 1;
         let backend_pairs = (backend_queues / 2).max(1);
         let pairs = num_queues.map_or(backend_pairs, |n| (n / 2).clamp(1, backend_pairs));
@@ -170,7 +175,7 @@ impl DeviceConfig {
         DeviceConfig {
             device_id: 1,
             config_size: config.len() as u32,
-            queue_max_size: 256,
+            queue_max_size,
             num_queues: 2 * pairs + u16::from(has_ctrl),
             vmm_features: NET_VMM_FEATURES,
             masked_features: if has_ctrl {
@@ -185,7 +190,12 @@ impl DeviceConfig {
     /// virtio-fs: device ID 26; the config (`tag`, NUL-padded to 36 bytes, and
     /// `num_request_queues`) is the VMM's. Queue 0 is the hiprio queue, the rest
     /// are request queues.
-    pub fn fs(backend_queues: u16, tag: &str, num_request_queues: Option<u16>) -> Self {
+    pub fn fs(
+        backend_queues: u16,
+        tag: &str,
+        num_request_queues: Option<u16>,
+        queue_max_size: u16,
+    ) -> Self {
         let backend_requests = backend_queues.saturating_sub(1).max(1);
         let requests =
             num_request_queues.map_or(backend_requests, |n| n.clamp(1, backend_requests));
@@ -197,7 +207,7 @@ impl DeviceConfig {
         DeviceConfig {
             device_id: 26,
             config_size: config.len() as u32,
-            queue_max_size: 1024,
+            queue_max_size,
             num_queues: 1 + requests,
             vmm_features: 0,
             masked_features: 0,
