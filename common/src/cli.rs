@@ -28,6 +28,17 @@ pub struct ListenArgs {
     pub socket_group: Option<String>,
 }
 
+/// `--seccomp`: the system call filter a daemon installs once its start-up is over.
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct SeccompArgs {
+    /// What a system call outside the daemon's allow-list gets: kill (the process),
+    /// log (allowed, and logged by the kernel's audit), trap (SIGSYS) or none (no
+    /// filter). The filter is installed once the image or tap is open, the socket
+    /// is bound and the capabilities are dropped.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = crate::seccomp::SeccompAction::None)]
+    pub seccomp: crate::seccomp::SeccompAction,
+}
+
 /// Logging options.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct LogArgs {

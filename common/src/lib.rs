@@ -5,10 +5,12 @@
 //! `driver` feature, a user-space vhost-user driver for tests and benchmarks.
 
 pub mod backend;
+pub mod caps;
 pub mod cli;
 pub mod daemon;
 pub mod lifecycle;
 pub mod logging;
+pub mod seccomp;
 pub mod socket;
 pub mod vring;
 pub mod watchdog;

@@ -40,8 +40,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("cannot prepare the listening socket")]
-    Listening(#[source] io::Error),
     #[error("cannot create the per-connection backend")]
     NewBackend(#[source] io::Error),
     // vhost_user_backend::Error implements Display but not std::error::Error.
@@ -248,6 +246,34 @@ fn is_plain_disconnect(e: &vhost_user_backend::Error) -> bool {
     )
 }
 
+/// A listening vhost-user socket. A daemon binds it ([`listen`]) before it drops
+/// its privileges (the socket's group needs CAP_CHOWN) and serves on it later
+/// ([`serve_on`]). Dropping it removes the socket file it created, if that is
+/// still its own.
+pub struct Listening {
+    listener: Listener,
+    addr: ListenAddr,
+    socket_file: Option<SocketFile>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        if let (ListenAddr::Path { path, .. }, Some(file)) = (&self.addr, self.socket_file) {
+            file.remove(path);
+        }
+    }
+}
+
+/// Creates (or takes, for `--fd`) the listening socket of `addr`.
+pub fn listen(addr: &ListenAddr) -> Result<Listening> {
+    let (listener, socket_file) = open_listener(addr)?;
+    Ok(Listening {
+        listener,
+        addr: addr.clone(),
+        socket_file,
+    })
+}
+
 /// Serves frontends on `addr` one after another until `stop` is requested.
 ///
 /// `new_backend` makes the backend for each connection (sharing whatever it
@@ -258,46 +284,29 @@ where
     B: ServedBackend,
     F: FnMut() -> io::Result<B>,
 {
-    serve_with_hook(name, addr, stop, || Ok(()), new_backend)
+    serve_on(name, listen(addr)?, stop, new_backend)
 }
 
-/// [`serve`], calling `on_listening` once the socket exists and before the first
-/// frontend is accepted (to set the socket's owner or mode, say); its error ends
-/// the loop.
-pub fn serve_with_hook<B, F, L>(
+/// [`serve`] on a socket bound before.
+pub fn serve_on<B, F>(
     name: &str,
-    addr: &ListenAddr,
+    mut listening: Listening,
     stop: &StopHandle,
-    on_listening: L,
     mut new_backend: F,
 ) -> Result<()>
 where
     B: ServedBackend,
     F: FnMut() -> io::Result<B>,
-    L: FnOnce() -> io::Result<()>,
 {
-    let (mut listener, socket_file) = open_listener(addr)?;
-    let remove_socket = || {
-        if let (ListenAddr::Path { path, .. }, Some(file)) = (addr, socket_file) {
-            file.remove(path);
-        }
-    };
-    if let Err(e) = on_listening() {
-        remove_socket();
-        return Err(Error::Listening(e));
-    }
-    match addr {
+    match &listening.addr {
         ListenAddr::Path { path, .. } => info!("{name}: listening on {}", path.display()),
         ListenAddr::Fd(fd) => info!("{name}: listening on inherited fd {fd}"),
     }
-    let result = serve_connections(name, &mut listener, stop, &mut new_backend);
-    drop(listener);
-    // The socket file it created (not an inherited fd's), if it is still ours.
-    remove_socket();
-    result
+    // Dropping `listening` afterwards removes the socket file it created.
+    serve_connections(name, &mut listening.listener, stop, &mut new_backend)
 }
 
-/// The accept loop of [`serve_with_hook`].
+/// The accept loop of [`serve_on`].
 fn serve_connections<B, F>(
     name: &str,
     listener: &mut Listener,

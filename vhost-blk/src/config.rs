@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use vhostkit_common::cli::{
-    check_queue_size, check_range, poll_duration, ListenAddr, ListenArgs, LogArgs,
+    check_queue_size, check_range, poll_duration, ListenAddr, ListenArgs, LogArgs, SeccompArgs,
 };
+use vhostkit_common::seccomp::SeccompAction;
 
 use crate::engine::EngineKind;
 use crate::request::ID_BYTES;
@@ -55,6 +56,9 @@ pub struct Args {
     pub poll_us: u64,
 
     #[command(flatten)]
+    pub seccomp: SeccompArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -70,6 +74,7 @@ pub struct BlkConfig {
     pub serial: [u8; ID_BYTES],
     pub engine: EngineKind,
     pub poll: Duration,
+    pub seccomp: SeccompAction,
     pub log_level: String,
 }
 
@@ -102,6 +107,7 @@ impl TryFrom<Args> for BlkConfig {
             serial: crate::backend::serial_bytes(&serial),
             engine: args.engine,
             poll,
+            seccomp: args.seccomp.seccomp,
             log_level: args.log.log_level,
         })
     }

@@ -15,7 +15,7 @@ pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKSSZGET: libc::c_ulong = 0x1268;
 const BLKPBSZGET: libc::c_ulong = 0x127b;
-const BLKDISCARD: libc::c_ulong = 0x1277;
+pub const BLKDISCARD: libc::c_ulong = 0x1277;
 
 /// fallocate modes of discard and write-zeroes ranges.
 pub const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;

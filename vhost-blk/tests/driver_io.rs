@@ -422,23 +422,20 @@ fn hammer_queue(mut q: BlkQueue, mem: Arc<GuestMem>, first_sector: u64, seed: u6
     lanes.into_iter().flat_map(|l| l.shadow).collect()
 }
 
-fn read_write_suite(engine: &str) {
+fn read_write_suite(engine: &str, extra: &[&str]) {
     let dir = TempDir::new(&format!("rw-{engine}")).unwrap();
     let region = LANES as u64 * LANE_BYTES;
     let image = dir.image(2 * region + (4 << 20)).unwrap();
-    let _daemon = spawn_daemon(
-        &dir,
-        &image,
-        "daemon.log",
-        &[
-            "--engine",
-            engine,
-            "--num-queues",
-            "2",
-            "--queue-size",
-            "256",
-        ],
-    );
+    let mut args = vec![
+        "--engine",
+        engine,
+        "--num-queues",
+        "2",
+        "--queue-size",
+        "256",
+    ];
+    args.extend_from_slice(extra);
+    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &args);
     wait_for_log(&dir, "daemon.log", &format!("engine {engine}"));
     let mut dev = connect(&dir, 48 << 20);
     let mut queues = dev.setup_queues(2, 256, LANES).unwrap();
@@ -473,12 +470,12 @@ fn read_write_suite(engine: &str) {
 
 #[test]
 fn read_write_io_uring() {
-    read_write_suite("io_uring");
+    read_write_suite("io_uring", &[]);
 }
 
 #[test]
 fn read_write_sync() {
-    read_write_suite("sync");
+    read_write_suite("sync", &[]);
 }
 
 // ---- FLUSH, GET_ID, DISCARD, WRITE_ZEROES ----------------------------------------
@@ -505,16 +502,13 @@ fn read_at(q: &mut BlkQueue, mem: &GuestMem, buf: u64, sector: u64, len: u32) ->
     mem.read_vec(buf, len as usize).unwrap()
 }
 
-fn flush_get_id_discard_write_zeroes(engine: &str) {
+fn flush_get_id_discard_write_zeroes(engine: &str, extra: &[&str]) {
     let dir = TempDir::new(&format!("cmds-{engine}")).unwrap();
     let image = dir.image(4 << 20).unwrap();
     let serial = "vhostkit-serial-01";
-    let _daemon = spawn_daemon(
-        &dir,
-        &image,
-        "daemon.log",
-        &["--engine", engine, "--serial", serial],
-    );
+    let mut args = vec!["--engine", engine, "--serial", serial];
+    args.extend_from_slice(extra);
+    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &args);
     wait_for_log(&dir, "daemon.log", &format!("engine {engine}"));
     let mut dev = connect(&dir, 4 << 20);
     let mut q = dev.setup_queues(1, 64, 4).unwrap().remove(0);
@@ -601,12 +595,12 @@ fn seg(sector: u64, num_sectors: u32, flags: u32) -> DiscardSegment {
 
 #[test]
 fn flush_get_id_discard_write_zeroes_io_uring() {
-    flush_get_id_discard_write_zeroes("io_uring");
+    flush_get_id_discard_write_zeroes("io_uring", &[]);
 }
 
 #[test]
 fn flush_get_id_discard_write_zeroes_sync() {
-    flush_get_id_discard_write_zeroes("sync");
+    flush_get_id_discard_write_zeroes("sync", &[]);
 }
 
 // ---- the null engine ---------------------------------------------------------------
@@ -868,6 +862,10 @@ impl Drop for LoopDevice {
 /// device, so in its backing file).
 #[test]
 fn block_device_backing() {
+    block_device_backing_with(&[]);
+}
+
+fn block_device_backing_with(extra: &[&str]) {
     let dir = TempDir::new("driver-io-blockdev").unwrap();
     let backing = dir.image(16 << 20).unwrap();
     let device = match LoopDevice::attach(&backing) {
@@ -877,7 +875,9 @@ fn block_device_backing() {
             return;
         }
     };
-    let _daemon = spawn_daemon(&dir, &device.0, "daemon.log", &["--engine", "io_uring"]);
+    let mut args = vec!["--engine", "io_uring"];
+    args.extend_from_slice(extra);
+    let _daemon = spawn_daemon(&dir, &device.0, "daemon.log", &args);
     let log = wait_for_log(&dir, "daemon.log", "serving");
     assert!(log.contains("16777216 bytes"), "{log}");
     let mut dev = connect(&dir, 1 << 20);
@@ -1009,4 +1009,62 @@ fn discard_and_write_zeroes_ranges_are_bounded() {
         let c = q.run(&zeroing(kind, &segments), TIMEOUT).unwrap();
         assert_ok(c, 1, &format!("type {kind} of {max} sectors"));
     }
+}
+
+/// `--seccomp kill`: every request type, both engines, a block device, many
+/// requests on two queues, all served with the filter on (a call outside the list
+/// would kill the daemon and time the test out).
+#[test]
+fn seccomp_kill_serves_every_request_type() {
+    let kill = ["--seccomp", "kill"];
+    for engine in ["io_uring", "sync"] {
+        flush_get_id_discard_write_zeroes(engine, &kill);
+        read_write_suite(engine, &kill);
+    }
+    block_device_backing_with(&kill);
+}
+
+/// With `--seccomp kill` every thread carries the filter, the daemon holds no
+/// capability once the image is open, a reconnect works, and SIGTERM still ends
+/// it cleanly (exit 0, socket removed).
+#[test]
+fn confined_daemon_runs_without_capabilities_and_stops_cleanly() {
+    let dir = TempDir::new("confined").unwrap();
+    let image = dir.image(1 << 20).unwrap();
+    let mut daemon = spawn_daemon(&dir, &image, "daemon.log", &["--seccomp", "kill"]);
+    let pid = daemon.pid();
+    for round in 0..2 {
+        let mut dev = connect(&dir, 1 << 20);
+        let mut q = dev.setup_queues(1, 64, 4).unwrap().remove(0);
+        let mem = dev.driver.memory().clone();
+        let buf = mem.alloc(4096, 4096).unwrap();
+        write_at(&mut q, &mem, buf, 8, &[round as u8 + 1; 4096]);
+        assert_eq!(
+            read_at(&mut q, &mem, buf, 8, 4096),
+            vec![round as u8 + 1; 4096]
+        );
+        let mut threads = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            assert!(status.contains("Seccomp:\t2"), "{status}");
+            threads += 1;
+        }
+        assert!(
+            threads > 2,
+            "main, signal and the queue's threads: {threads}"
+        );
+    }
+    let (effective, permitted, _) = vhostkit_common::caps::sets_of(pid).unwrap();
+    assert_eq!((effective, permitted), (0, 0), "capabilities dropped");
+    let status = daemon
+        .signal_and_wait(libc::SIGTERM, TIMEOUT)
+        .unwrap()
+        .expect("the daemon stops on SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    assert!(!dir.join("blk.sock").exists(), "the socket is removed");
 }

@@ -32,14 +32,7 @@ pub enum Sandbox {
     None,
 }
 
-/// Seccomp action for a system call outside the allow-list (see `seccomp`).
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SeccompAction {
-    Kill,
-    Log,
-    Trap,
-    None,
-}
+pub use vhostkit_common::seccomp::SeccompAction;
 
 /// Whether inodes are tracked by file handles rather than open descriptors.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

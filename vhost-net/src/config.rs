@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use vhostkit_common::cli::{
-    check_queue_size, check_range, poll_duration, ListenAddr, ListenArgs, LogArgs,
+    check_queue_size, check_range, poll_duration, ListenAddr, ListenArgs, LogArgs, SeccompArgs,
 };
+use vhostkit_common::seccomp::SeccompAction;
 
 use crate::net::{random_mac, MIN_MTU};
 use crate::tap::MAX_NAME_LEN;
@@ -55,6 +56,9 @@ pub struct Args {
     pub poll_us: u64,
 
     #[command(flatten)]
+    pub seccomp: SeccompArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -69,6 +73,7 @@ pub struct NetConfig {
     pub num_queue_pairs: u16,
     pub queue_size: u16,
     pub poll: Duration,
+    pub seccomp: SeccompAction,
     pub log_level: String,
 }
 
@@ -139,6 +144,7 @@ impl TryFrom<Args> for NetConfig {
             num_queue_pairs,
             queue_size,
             poll,
+            seccomp: args.seccomp.seccomp,
             log_level: args.log.log_level,
         })
     }

@@ -44,14 +44,29 @@ pub fn run(config: NetConfig, stop: &StopHandle) -> Result<(), String> {
         },
         m[0], m[1], m[2], m[3], m[4], m[5]
     );
+    let listening = lifecycle::listen(&config.listen).map_err(error_chain)?;
+    vhostkit_common::caps::drop_all().map_err(|e| format!("cannot drop capabilities: {e}"))?;
+    vhostkit_common::seccomp::install(config.seccomp, SECCOMP_CALLS, SECCOMP_IOCTLS)?;
     let tap = Arc::new(tap);
     let config = Arc::new(config);
-    let listen: ListenAddr = config.listen.clone();
-    lifecycle::serve("vhost-user-net", &listen, stop, || {
+    lifecycle::serve_on("vhost-user-net", listening, stop, || {
         NetBackend::new(config.clone(), tap.clone())
     })
     .map_err(error_chain)
 }
+
+/// Calls the daemon makes serving, on top of [`vhostkit_common::seccomp::BASE`]:
+/// none (frames move with readv and writev on the tap).
+pub const SECCOMP_CALLS: &[libc::c_long] = &[];
+
+/// The tap's ioctls of each new guest driver: which queues carry frames, the
+/// offloads it takes and its header size. None of them needs a capability (the
+/// tap has no owner set), so the daemon runs without any.
+pub const SECCOMP_IOCTLS: &[u64] = &[
+    libc::TUNSETQUEUE as u64,
+    libc::TUNSETOFFLOAD as u64,
+    libc::TUNSETVNETHDRSZ as u64,
+];
 
 /// What the shared daemon `main` ([`vhostkit_common::daemon::daemon_main`]) needs.
 impl Daemon for NetConfig {
@@ -71,5 +86,34 @@ impl Daemon for NetConfig {
 
     fn run(self, stop: &StopHandle) -> Result<(), String> {
         run(self, stop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vhostkit_common::seccomp::{
+        exited_cleanly, filter, killed_by_sigsys, status_of_call_under, SeccompAction,
+    };
+
+    /// The daemon's filter kills a call outside its list (getppid, TUNSETIFF,
+    /// opening a file) and lets the tap's queue, offload and header ioctls through.
+    #[test]
+    fn the_filter_allows_the_daemons_calls_only() {
+        let kill = filter(SeccompAction::Kill, SECCOMP_CALLS, SECCOMP_IOCTLS)
+            .unwrap()
+            .unwrap();
+        let run = |nr, args| status_of_call_under(&kill, nr, args);
+        assert!(killed_by_sigsys(run(libc::SYS_getppid, [0; 3])));
+        assert!(killed_by_sigsys(run(libc::SYS_openat, [0; 3])));
+        let tunsetiff = libc::TUNSETIFF as u64;
+        assert!(killed_by_sigsys(run(
+            libc::SYS_ioctl,
+            [u64::MAX, tunsetiff, 0]
+        )));
+        for ok in SECCOMP_IOCTLS {
+            assert!(exited_cleanly(run(libc::SYS_ioctl, [u64::MAX, *ok, 0])));
+        }
+        assert!(exited_cleanly(run(libc::SYS_readv, [u64::MAX, 0, 0])));
     }
 }

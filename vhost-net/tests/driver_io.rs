@@ -57,7 +57,7 @@ struct Setup {
     dir: TempDir,
     tap: String,
     /// Killed when the test ends.
-    _daemon: DaemonProcess,
+    daemon: DaemonProcess,
 }
 
 impl Setup {
@@ -77,11 +77,7 @@ impl Setup {
             .stderr(Stdio::from(File::create(dir.join("daemon.log")).unwrap()));
         let daemon = DaemonProcess::spawn("vhost-user-net", cmd, &sock, TIMEOUT).unwrap();
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1");
-        Setup {
-            dir,
-            tap,
-            _daemon: daemon,
-        }
+        Setup { dir, tap, daemon }
     }
 
     /// Connects a frontend and sets up queue pairs `0..count` of 256 entries; the
@@ -1001,4 +997,54 @@ fn a_held_frame_is_dropped_when_the_rings_are_reset() {
             break;
         }
     }
+}
+
+/// `--seccomp kill`: frames both ways on two pairs (a large GSO frame too), the
+/// control queue, a second frontend, all served with the filter on every thread and
+/// no capability left once the tap is set up; SIGTERM still ends the daemon cleanly.
+#[test]
+fn confined_daemon_serves_frames_without_capabilities() {
+    if !can_run() {
+        return;
+    }
+    let mut s = Setup::new(19, &["--seccomp", "kill", "--num-queue-pairs", "2"]);
+    let sock = PacketSocket::open(&s.tap, true);
+    for round in 0..2 {
+        let (mut dev, mut pairs) = s.connect_pairs(all_features(), 2);
+        let mut ctrl = dev.setup_ctrl(64).unwrap();
+        // One pair in use until the guest asks for more: the GSO frame lands on it.
+        pairs[0].post_rx(64, 1536).unwrap();
+        let m = marker(&format!("confined-gso-{round}"));
+        let f = send_host_gso(&sock, 60000, &m);
+        let got = recv_marked(&mut pairs[0], &m).expect("the GSO frame reached the guest");
+        assert_eq!(got.data.len(), f.len());
+        assert_eq!(mq_set(&mut ctrl, 2), VIRTIO_NET_OK);
+        for (i, pair) in pairs.iter_mut().enumerate() {
+            let m = marker(&format!("confined-tx-{round}-{i}"));
+            let f = frame(BROADCAST, GUEST_MAC, 300, &m);
+            pair.send(&NetHdr::default(), &f).unwrap();
+            assert_eq!(pair.reap_tx(TIMEOUT).unwrap().len(), 1);
+            assert!(sock.recv_with(&m, TIMEOUT).is_some(), "pair {i}: tx");
+        }
+        drop(dev);
+        s.wait_for_log(&format!("frontend {} disconnected", round + 2));
+    }
+    let pid = s.daemon.pid();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+            assert!(status.contains("Seccomp:\t2"), "{status}");
+        }
+    }
+    let (effective, permitted, _) = vhostkit_common::caps::sets_of(pid).unwrap();
+    assert_eq!((effective, permitted), (0, 0), "capabilities dropped");
+    let status = s
+        .daemon
+        .signal_and_wait(libc::SIGTERM, TIMEOUT)
+        .unwrap()
+        .expect("the daemon stops on SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", s.log());
+    assert!(!s.dir.join("net.sock").exists());
 }

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use vhostkit_common::cli::LogArgs;
+pub use vhostkit_common::seccomp::SeccompAction;
 
 /// Smallest guest memory: the boot area below 1 MiB plus room for a kernel.
 pub const MIN_MEMORY: u64 = 2 << 20;
@@ -155,6 +156,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", verbatim_doc_comment)]
     pub config: Option<PathBuf>,
 
+    /// What a system call outside the VMM's allow-list gets once the VM is set up
+    /// (the vCPU threads, the console, the watch of the backends run under it):
+    /// kill (the process), log (allowed, logged by the kernel's audit), trap
+    /// (SIGSYS) or none (no filter).
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = SeccompAction::Kill)]
+    pub seccomp: SeccompAction,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -199,6 +207,7 @@ pub struct RunConfig {
     /// Every virtio device, one virtio-mmio slot each: disks, then network devices,
     /// then shared folders, each kind in the order given (the --config file's first).
     pub devices: Vec<DeviceConfig>,
+    pub seccomp: SeccompAction,
     pub log_level: String,
 }
 
@@ -836,6 +845,7 @@ impl TryFrom<RunArgs> for RunConfig {
             cpus,
             memory,
             devices: devices_,
+            seccomp: args.seccomp,
             log_level: args.log.log_level,
         })
     }
@@ -1389,6 +1399,7 @@ num-queues = 1
                         queue_size: FS_QUEUE_SIZE,
                     },
                 ],
+                seccomp: SeccompAction::Kill,
                 log_level: "info".into(),
             }
         );

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::config::{DeviceBackend, DeviceConfig};
+use clap::ValueEnum;
+
+use crate::config::{DeviceBackend, DeviceConfig, SeccompAction};
 
 /// How long a daemon may take to listen on its socket.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,12 +98,14 @@ impl Daemons {
     /// The daemons get SIGTERM when the *thread* calling this exits (that is how
     /// `PR_SET_PDEATHSIG` works): call it from a thread that outlives the VM, such as
     /// the main thread.
+    /// Each daemon gets `--seccomp seccomp`: the filter the VMM runs under itself.
     pub fn start(
         devices: &[DeviceConfig],
         log_level: &str,
+        seccomp: SeccompAction,
     ) -> Result<(Daemons, Vec<PathBuf>), DaemonError> {
         let exe = std::env::current_exe().map_err(DaemonError::CurrentExe)?;
-        Self::start_next_to(&exe, devices, log_level)
+        Self::start_next_to(&exe, devices, log_level, seccomp)
     }
 
     /// [`Daemons::start`] with the binaries looked up in the folder of `exe`.
@@ -109,7 +113,12 @@ impl Daemons {
         exe: &Path,
         devices: &[DeviceConfig],
         log_level: &str,
+        seccomp: SeccompAction,
     ) -> Result<(Daemons, Vec<PathBuf>), DaemonError> {
+        let seccomp = seccomp
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_else(|| "none".into());
         let bin_dir = exe.parent().unwrap_or(Path::new("."));
         // Every binary first, so a missing one fails before anything starts.
         for dev in devices {
@@ -134,7 +143,9 @@ impl Daemons {
                     let socket = daemons.dir.join(format!("{i}-{program}.sock"));
                     let what = format!("{program} for {}", dev.describe());
                     // On error, dropping `daemons` stops those started so far.
-                    daemons.spawn(&bin_dir.join(program), args, log_level, &socket, what)?;
+                    let mut args = args.clone();
+                    args.extend(["--seccomp".into(), seccomp.clone()]);
+                    daemons.spawn(&bin_dir.join(program), &args, log_level, &socket, what)?;
                     sockets.push(socket);
                 }
             }
@@ -325,7 +336,8 @@ mod tests {
             },
             blk(&["--path", image.to_str().unwrap()]),
         ];
-        let (mut daemons, sockets) = Daemons::start_next_to(&exe, &devices, "warn").unwrap();
+        let (mut daemons, sockets) =
+            Daemons::start_next_to(&exe, &devices, "warn", SeccompAction::Kill).unwrap();
         assert_eq!(sockets.len(), 2);
         assert_eq!(sockets[0], PathBuf::from("/elsewhere.sock"));
         let socket_dir = daemons.socket_dir().to_path_buf();
@@ -350,7 +362,8 @@ mod tests {
         let image = dir.image(1 << 20).unwrap();
         let img = image.to_str().unwrap();
         let (mut daemons, _) =
-            Daemons::start_next_to(&exe, &[blk(&["--path", img])], "warn").unwrap();
+            Daemons::start_next_to(&exe, &[blk(&["--path", img])], "warn", SeccompAction::Kill)
+                .unwrap();
         let pid = daemons.pids()[0];
         // SAFETY: kill() on our child's pid; no memory is involved.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -381,7 +394,7 @@ mod tests {
             num_queues: None,
             queue_size: crate::config::DEFAULT_QUEUE_SIZE,
         };
-        let e = Daemons::start_next_to(&exe, &[dev], "info")
+        let e = Daemons::start_next_to(&exe, &[dev], "info", SeccompAction::Kill)
             .err()
             .expect("started without a binary")
             .to_string();
@@ -397,7 +410,7 @@ mod tests {
         let Some(exe) = exe_in_bin_dir() else { return };
         let devices = [blk(&["--path", "/nonexistent/x.img"])];
         let start = Instant::now();
-        let e = Daemons::start_next_to(&exe, &devices, "off")
+        let e = Daemons::start_next_to(&exe, &devices, "off", SeccompAction::Kill)
             .err()
             .expect("started with a missing image")
             .to_string();
@@ -418,11 +431,12 @@ mod tests {
         let dir = TempDir::new("daemons-pdeathsig").unwrap();
         let image = dir.image(1 << 20).unwrap();
         let devices = [blk(&["--path", image.to_str().unwrap()])];
-        let (mut daemons, _) =
-            std::thread::spawn(move || Daemons::start_next_to(&exe, &devices, "off"))
-                .join()
-                .unwrap()
-                .unwrap();
+        let (mut daemons, _) = std::thread::spawn(move || {
+            Daemons::start_next_to(&exe, &devices, "off", SeccompAction::Kill)
+        })
+        .join()
+        .unwrap()
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while daemons.exited().is_none() {
             assert!(Instant::now() < deadline, "daemon outlived its thread");

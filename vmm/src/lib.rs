@@ -8,6 +8,7 @@ pub mod daemons;
 pub mod devices;
 pub mod memory;
 pub mod mptable;
+pub mod seccomp;
 pub mod virtio;
 pub mod vm;
 
@@ -38,6 +39,8 @@ pub enum Error {
     BackendHangup(String),
     #[error("{0}")]
     DaemonExited(String),
+    #[error("{0}")]
+    Seccomp(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -77,7 +80,8 @@ fn default_mac(index: usize) -> [u8; 6] {
 pub fn run(config: &RunConfig) -> Result<()> {
     // Our daemons first (`--disk path=` and the like): their sockets are needed
     // below. On this thread, which outlives the VM: they die with it.
-    let (mut daemons, sockets) = daemons::Daemons::start(&config.devices, &config.log_level)?;
+    let (mut daemons, sockets) =
+        daemons::Daemons::start(&config.devices, &config.log_level, config.seccomp)?;
     let (kvm, vmfd) = vm::create()?;
     let mem = Arc::new(memory::create(config.memory)?);
     memory::register(&vmfd, &mem)?;
@@ -161,13 +165,18 @@ pub fn run(config: &RunConfig) -> Result<()> {
         serial_irq,
     )));
     forward_console_input(bus.clone());
+    let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+    for id in 0..config.cpus {
+        vcpus.push(vm::create_vcpu(&kvm, &vmfd, id, entry)?);
+    }
+    // Everything is set up: from here on guest code runs, under the filter.
+    seccomp::install(config.seccomp).map_err(Error::Seccomp)?;
     let mmio = Arc::new(Mutex::new(mmio));
     let stats = Arc::new(vm::ExitStats::default());
     let (done, results) = mpsc::channel();
     // Wakes the watch below when a vCPU thread has sent its outcome.
     let vcpu_done = EventFd::new(EFD_NONBLOCK).map_err(vm::VmError::EventFd)?;
-    for id in 0..config.cpus {
-        let vcpu = vm::create_vcpu(&kvm, &vmfd, id, entry)?;
+    for (id, vcpu) in (0..config.cpus).zip(vcpus) {
         let (bus, mmio, stats, done) = (bus.clone(), mmio.clone(), stats.clone(), done.clone());
         let wake = vcpu_done.try_clone().map_err(vm::VmError::EventFd)?;
         std::thread::Builder::new()

@@ -209,6 +209,21 @@ fn a_daemon_we_started_dying_ends_the_vm_with_an_error() {
         })
         .collect::<Vec<_>>();
     assert_eq!(pids.len(), 1, "one daemon for the disk");
+    // The VMM (every thread: vCPUs, console, watch) and the daemon it started run
+    // under their filters (--seccomp kill by default), the daemon without
+    // capabilities.
+    for pid in [vm.child.id(), pids[0]] {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+                assert!(status.contains("Seccomp:\t2"), "pid {pid}: {status}");
+            }
+        }
+    }
+    let (effective, _, _) = vhostkit_common::caps::sets_of(pids[0]).unwrap();
+    assert_eq!(effective, 0, "the daemon dropped its capabilities");
     // SAFETY: kill() with a pid and a signal number touches no memory of ours.
     assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) }, 0);
     let (code, stderr) = vm.finish(Duration::from_secs(10));

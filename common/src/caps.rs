@@ -1,0 +1,125 @@
+//! Dropping capabilities once start-up is over.
+//!
+//! vhost-user-blk needs its privileges only to open the image (a block device, a
+//! file of another user) and vhost-user-net only to create and configure the tap
+//! (CAP_NET_ADMIN). What they do afterwards (I/O on the open descriptors, the tap's
+//! per-queue ioctls, guest memory mappings) needs none, so they drop every
+//! capability from every set (effective, permitted, inheritable, ambient and the
+//! bounding set) and set no_new_privs: a compromised daemon keeps the root uid it
+//! may run as, but not root's powers (CAP_DAC_OVERRIDE, CAP_SYS_ADMIN, ...).
+
+use std::io;
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The highest capability number this kernel knows.
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+/// Drops every capability from every set of the process's threads started from
+/// now on and of the calling thread, and sets no_new_privs. Call it while the
+/// process has one thread, or before the threads that must lose them start
+/// (capabilities are per thread: threads started earlier keep theirs).
+pub fn drop_all() -> io::Result<()> {
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes below.
+    for cap in 0..=last_cap() {
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // EPERM: no CAP_SETPCAP (an unprivileged daemon has nothing to drop);
+            // EINVAL: a capability this kernel does not have.
+            if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) {
+                return Err(e);
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: capset reads the header and two CapData structs (version 3 layout),
+    // all valid for the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The effective, permitted and bounding sets of process `pid`, from
+/// /proc/PID/status (for tests and logs).
+pub fn sets_of(pid: u32) -> io::Result<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> io::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .ok_or_else(|| io::Error::other(format!("no {name} in /proc/{pid}/status")))
+    };
+    Ok((field("CapEff:")?, field("CapPrm:")?, field("CapBnd:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a forked child (capabilities are the thread's): after drop_all every set
+    /// is empty and no_new_privs is set.
+    #[test]
+    fn drop_all_empties_every_set() {
+        // SAFETY: the child only makes system calls and reads /proc before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = drop_all().is_ok()
+                && sets_of(std::process::id()).is_ok_and(|(e, p, b)| {
+                    // An unprivileged run cannot empty the bounding set.
+                    // SAFETY: geteuid has no preconditions.
+                    e == 0 && p == 0 && (b == 0 || unsafe { libc::geteuid() } != 0)
+                })
+                // SAFETY: prctl with integer arguments only.
+                && unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) } == 1;
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+}
