@@ -78,7 +78,7 @@ pub const SECCOMP_CALLS: &[libc::c_long] = &[
 ];
 
 /// The one ioctl: BLKDISCARD, a block device's discard.
-pub const SECCOMP_IOCTLS: &[u64] = &[disk::BLKDISCARD as u64];
+pub const SECCOMP_IOCTLS: &[u64] = &[disk::BLKDISCARD];
 
 /// Once the image is open and the socket bound: drops every capability and
 /// installs the `--seccomp` filter.
