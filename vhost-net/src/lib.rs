@@ -62,6 +62,8 @@ pub const SECCOMP_CALLS: &[libc::c_long] = &[];
 /// The tap's ioctls of each new guest driver: which queues carry frames, the
 /// offloads it takes and its header size. None of them needs a capability (the
 /// tap has no owner set), so the daemon runs without any.
+// libc's ioctl request type is u64 here but 32 bits on some targets.
+#[allow(clippy::unnecessary_cast)]
 pub const SECCOMP_IOCTLS: &[u64] = &[
     libc::TUNSETQUEUE as u64,
     libc::TUNSETOFFLOAD as u64,
@@ -106,6 +108,7 @@ mod tests {
         let run = |nr, args| status_of_call_under(&kill, nr, args);
         assert!(killed_by_sigsys(run(libc::SYS_getppid, [0; 3])));
         assert!(killed_by_sigsys(run(libc::SYS_openat, [0; 3])));
+        #[allow(clippy::unnecessary_cast)]
         let tunsetiff = libc::TUNSETIFF as u64;
         assert!(killed_by_sigsys(run(
             libc::SYS_ioctl,
