@@ -28,9 +28,11 @@ pub struct Args {
     #[arg(long)]
     pub readonly: bool,
 
-    /// Number of request queues (one worker thread each), 1 to 64.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub num_queues: u16,
+    /// Number of request queues (one worker thread each), 1 to 64 [default: one
+    /// per host CPU, at most 64]. QEMU's vhost-user-blk-pci asks for one per guest
+    /// vCPU unless given num-queues=, and refuses a backend that offers fewer.
+    #[arg(long, value_name = "N")]
+    pub num_queues: Option<u16>,
 
     /// Largest queue size the frontend may configure: a power of two, 2 to 32768.
     #[arg(long, default_value_t = 256, value_name = "N")]
@@ -78,12 +80,24 @@ pub struct BlkConfig {
     pub log_level: String,
 }
 
+/// One queue per host CPU, 1 to 64: what QEMU's default device asks of a guest
+/// with as many vCPUs.
+pub fn default_num_queues() -> u16 {
+    std::thread::available_parallelism()
+        .map(|n| u16::try_from(n.get()).unwrap_or(64))
+        .unwrap_or(1)
+        .clamp(1, 64)
+}
+
 impl TryFrom<Args> for BlkConfig {
     type Error = String;
 
     fn try_from(args: Args) -> Result<Self, String> {
         let listen = ListenAddr::try_from(args.listen)?;
-        let num_queues = check_range("--num-queues", args.num_queues, 1..=64)?;
+        let num_queues = match args.num_queues {
+            Some(n) => check_range("--num-queues", n, 1..=64)?,
+            None => default_num_queues(),
+        };
         let queue_size = check_queue_size(args.queue_size)?;
         let poll = poll_duration(args.poll_us)?;
         let serial = match &args.serial {
@@ -127,7 +141,8 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&["--socket-path", "/tmp/b.sock", "--path", "/tmp/disk.img"]).unwrap();
-        assert_eq!(c.num_queues, 1);
+        assert_eq!(c.num_queues, default_num_queues());
+        assert!((1..=64).contains(&c.num_queues));
         assert_eq!(c.queue_size, 256);
         assert_eq!(c.engine, EngineKind::IoUring);
         assert!(!c.readonly && !c.direct);

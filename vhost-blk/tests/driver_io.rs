@@ -224,7 +224,11 @@ fn readonly_disk_offers_ro_and_no_discard() {
         assert_ne!(offered & bit(b), 0, "feature bit {b}");
     }
     assert_eq!(dev.config.capacity, (1 << 20) / SECTOR);
-    assert_eq!(dev.config.num_queues, 1);
+    // One queue per host CPU unless --num-queues says otherwise.
+    assert_eq!(
+        dev.config.num_queues,
+        vhost_blk::config::default_num_queues()
+    );
 }
 
 // ---- reads and writes --------------------------------------------------------------
