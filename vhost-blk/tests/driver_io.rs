@@ -1072,3 +1072,63 @@ fn confined_daemon_runs_without_capabilities_and_stops_cleanly() {
     assert_eq!(status.code(), Some(0));
     assert!(!dir.join("blk.sock").exists(), "the socket is removed");
 }
+
+/// Log lines a guest causes per request are rate-limited per call site: 200
+/// write-cache toggles (SET_CONFIG), 200 writes to a read-only field, and 200 reads
+/// that fail on the host (the image cut short under the daemon: short reads) give
+/// each a burst of lines, not 200.
+#[test]
+fn per_request_log_lines_are_rate_limited() {
+    use vhost::vhost_user::message::VhostUserConfigFlags;
+    use vhost::vhost_user::VhostUserFrontend;
+    let dir = TempDir::new("driver-io-logflood").unwrap();
+    let image = dir.image(1 << 20).unwrap();
+    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--engine", "sync"]);
+    let mut dev = connect(&dir, 1 << 20);
+    let started = Instant::now();
+    for i in 0..200u8 {
+        dev.driver
+            .frontend()
+            .set_config(32, VhostUserConfigFlags::WRITABLE, &[i % 2])
+            .unwrap();
+        dev.driver
+            .frontend()
+            .set_config(0, VhostUserConfigFlags::WRITABLE, &[0xff; 8])
+            .unwrap();
+    }
+    let mut q = dev.setup_queues(1, 64, 8).unwrap().remove(0);
+    let mem = dev.driver.memory().clone();
+    let buf = mem.alloc(4096, 4096).unwrap();
+    // The host cuts the image to half: reads of the second half come up short.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(512 << 10)
+        .unwrap();
+    for _ in 0..200 {
+        let c = q
+            .run(&BlkRequest::read(1536, &[(buf, 4096)]), TIMEOUT)
+            .unwrap();
+        assert_eq!(c.status, blk::VIRTIO_BLK_S_IOERR);
+    }
+    let elapsed = started.elapsed().as_secs() as usize;
+    let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let bound = 10 + elapsed + 1;
+    for needle in ["write cache to", "SET_CONFIG ignored", "short transfer"] {
+        let n = count(needle);
+        assert!(
+            (1..=bound).contains(&n),
+            "{n} lines of {needle:?} (at most {bound})"
+        );
+    }
+    // After a quiet second the next one is logged, with the count of the others.
+    std::thread::sleep(Duration::from_millis(1100));
+    dev.driver
+        .frontend()
+        .set_config(0, VhostUserConfigFlags::WRITABLE, &[0xff; 8])
+        .unwrap();
+    let log = wait_for_log(&dir, "daemon.log", "similar lines suppressed");
+    assert!(log.contains("SET_CONFIG ignored"), "{log}");
+}

@@ -781,3 +781,23 @@ fn heads_outside_the_queue_are_dropped_before_the_used_ring() {
         .count();
     assert!((1..=12).contains(&ours), "{ours} lines: {log}");
 }
+
+/// INIT is logged rate-limited: a guest that sends 200 of them (each one starts a
+/// session) gets a burst of lines, not 200.
+#[test]
+fn init_log_lines_are_rate_limited() {
+    let fx = Fixture::new("fs-init-flood", &[]);
+    let mut s = fx.session();
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        assert_eq!(init(&mut s.q).error, 0);
+    }
+    let elapsed = started.elapsed().as_secs() as usize;
+    let log = fx.log();
+    let n = log
+        .lines()
+        .filter(|l| l.contains("FUSE session initialised"))
+        .count();
+    let bound = 10 + elapsed + 1;
+    assert!((1..=bound).contains(&n), "{n} lines (at most {bound})");
+}

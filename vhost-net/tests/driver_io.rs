@@ -1048,3 +1048,27 @@ fn confined_daemon_serves_frames_without_capabilities() {
     assert_eq!(status.code(), Some(0), "{}", s.log());
     assert!(!s.dir.join("net.sock").exists());
 }
+
+/// Control commands are logged rate-limited: 200 queue-pair changes give a burst of
+/// "guest uses N queue pair(s)" lines, not 200.
+#[test]
+fn control_command_log_lines_are_rate_limited() {
+    if !can_run() {
+        return;
+    }
+    let s = Setup::new(20, &["--num-queue-pairs", "2"]);
+    let (mut dev, _pairs) = s.connect_pairs(all_features(), 2);
+    let mut ctrl = dev.setup_ctrl(64).unwrap();
+    let started = Instant::now();
+    for i in 0..200 {
+        assert_eq!(mq_set(&mut ctrl, 1 + i % 2), VIRTIO_NET_OK);
+    }
+    let elapsed = started.elapsed().as_secs() as usize;
+    let log = s.log();
+    let n = log.lines().filter(|l| l.contains("guest uses")).count();
+    let bound = 10 + elapsed + 1;
+    assert!(
+        (1..=bound).contains(&n),
+        "{n} lines (at most {bound}): {log}"
+    );
+}
