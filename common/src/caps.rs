@@ -80,10 +80,31 @@ pub fn drop_all() -> io::Result<()> {
     Ok(())
 }
 
-/// The effective, permitted and bounding sets of process `pid`, from
+/// The effective, permitted and bounding sets of process `pid`'s main thread, from
 /// /proc/PID/status (for tests and logs).
 pub fn sets_of(pid: u32) -> io::Result<(u64, u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    sets_in(&format!("/proc/{pid}/status"))
+}
+
+/// The effective, permitted and bounding sets of every thread of process `pid`
+/// (capabilities are per thread: one that kept them is where they are).
+pub fn sets_of_threads(pid: u32) -> io::Result<Vec<(u64, u64, u64)>> {
+    let mut sets = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("status");
+        match sets_in(&path.to_string_lossy()) {
+            Ok(s) => sets.push(s),
+            // A thread that ended meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sets)
+}
+
+fn sets_in(status_path: &str) -> io::Result<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(status_path)?;
+    let pid = status_path;
     let field = |name: &str| -> io::Result<u64> {
         status
             .lines()

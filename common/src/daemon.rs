@@ -4,8 +4,8 @@
 //! implementing [`Daemon`] on its config type.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::error;
@@ -13,6 +13,7 @@ use log::error;
 use crate::cli::{ListenAddr, LogArgs};
 use crate::lifecycle::{install_signal_handler, StopHandle};
 use crate::logging;
+use crate::socket::SocketFile;
 
 /// Exit code for a command line that parses but does not validate (clap itself exits
 /// with 2 on a syntax error, so both kinds of usage error look alike to a caller).
@@ -54,13 +55,10 @@ pub trait Daemon: Sized {
         Ok(())
     }
 
-    /// The socket file the signal handler removes if a stop takes too long: by
-    /// default the `--socket-path`, none for an inherited socket.
-    fn socket_to_remove(&self) -> Option<PathBuf> {
-        match self.listen() {
-            ListenAddr::Path { path, .. } => Some(path.clone()),
-            ListenAddr::Fd(_) => None,
-        }
+    /// The socket file the signal handler removes if a stop takes too long (the
+    /// one [`Daemon::start`] created; none for an inherited socket).
+    fn socket_to_remove(&self) -> Option<Arc<SocketFile>> {
+        None
     }
 }
 

@@ -128,10 +128,11 @@ impl StopHandle {
 /// it from `main` before anything starts threads.
 ///
 /// If the serve loop has not finished `grace` after the signal (a stuck frontend or
-/// I/O), the signal thread removes `socket_to_remove` and exits the process itself.
+/// I/O), the signal thread removes `socket_to_remove` (if it is still ours) and
+/// exits the process itself.
 pub fn install_signal_handler(
     stop: StopHandle,
-    socket_to_remove: Option<std::path::PathBuf>,
+    socket_to_remove: Option<Arc<SocketFile>>,
     grace: Duration,
 ) -> Result<()> {
     // SAFETY: sigset_t is plain data that sigemptyset initialises before use.
@@ -162,8 +163,8 @@ pub fn install_signal_handler(
             stop.stop();
             std::thread::sleep(grace);
             warn!("shutdown did not finish within {grace:?}; exiting now");
-            if let Some(path) = socket_to_remove {
-                let _ = std::fs::remove_file(path);
+            if let Some(socket) = socket_to_remove {
+                socket.remove();
             }
             std::process::exit(0);
         })
@@ -172,10 +173,10 @@ pub fn install_signal_handler(
 }
 
 /// The listener for `addr`, and for a socket it created, the file to remove at the end.
-fn open_listener(addr: &ListenAddr) -> Result<(Listener, Option<SocketFile>)> {
+fn open_listener(addr: &ListenAddr) -> Result<(Listener, Option<Arc<SocketFile>>)> {
     match addr {
         ListenAddr::Path { path, group } => crate::socket::bind(path, *group)
-            .map(|(listener, file)| (Listener::from(listener), Some(file)))
+            .map(|(listener, file)| (Listener::from(listener), Some(Arc::new(file))))
             .map_err(|source| Error::Listen {
                 path: path.display().to_string(),
                 source,
@@ -253,13 +254,21 @@ fn is_plain_disconnect(e: &vhost_user_backend::Error) -> bool {
 pub struct Listening {
     listener: Listener,
     addr: ListenAddr,
-    socket_file: Option<SocketFile>,
+    socket_file: Option<Arc<SocketFile>>,
+}
+
+impl Listening {
+    /// The socket file this daemon created (None for an inherited one), for the
+    /// signal handler that removes it if a stop takes too long.
+    pub fn socket_file(&self) -> Option<Arc<SocketFile>> {
+        self.socket_file.clone()
+    }
 }
 
 impl Drop for Listening {
     fn drop(&mut self) {
-        if let (ListenAddr::Path { path, .. }, Some(file)) = (&self.addr, self.socket_file) {
-            file.remove(path);
+        if let Some(file) = &self.socket_file {
+            file.remove();
         }
     }
 }

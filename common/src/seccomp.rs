@@ -29,7 +29,10 @@ pub enum SeccompAction {
     None,
 }
 
-/// Every process's calls while serving (see the module doc).
+/// Every process's calls while serving (see the module doc). `clone` is allowed
+/// only without `CLONE_NEW*` flags, `clone3` answers ENOSYS (its flags sit in
+/// memory a filter cannot read; glibc then falls back to `clone`), and `tgkill`
+/// only for the process's own threads: see [`Policy::new`].
 pub const BASE: &[libc::c_long] = &[
     // Memory: the allocator, guest memory mappings, thread stacks.
     libc::SYS_brk,
@@ -39,8 +42,6 @@ pub const BASE: &[libc::c_long] = &[
     libc::SYS_mprotect,
     libc::SYS_madvise,
     // Threads (each connection's workers), synchronisation, time.
-    libc::SYS_clone,
-    libc::SYS_clone3,
     libc::SYS_exit,
     libc::SYS_exit_group,
     libc::SYS_futex,
@@ -61,10 +62,9 @@ pub const BASE: &[libc::c_long] = &[
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
     libc::SYS_rt_sigtimedwait,
+    libc::SYS_sigaltstack,
     // A sleep or wait a signal interrupted, resumed by the kernel.
     libc::SYS_restart_syscall,
-    libc::SYS_sigaltstack,
-    libc::SYS_tgkill,
     // Event loops and the vhost-user socket.
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
@@ -101,68 +101,156 @@ pub const BASE: &[libc::c_long] = &[
     libc::SYS_geteuid,
     libc::SYS_getgid,
     libc::SYS_getegid,
-    // The socket file, removed at a stop.
-    libc::SYS_unlinkat,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_unlink,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_poll,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_epoll_wait,
 ];
 
-/// The filter for `action` (None for `--seccomp none`): `BASE`, `extra`, and
-/// `ioctl` for the request numbers in `ioctls` only (not at all when empty).
+/// The namespace flags a thread of ours never needs: `clone` with any of them is
+/// refused (a new user namespace would hand the process every capability in it).
+pub const CLONE_NEW_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64
+    | 0x80; // CLONE_NEWTIME
+
+/// A process's allow-list: [`BASE`], its own calls, and calls allowed only with
+/// given argument values (`ioctl` request numbers, the descriptor of a folder
+/// `unlinkat` may work in, the pids `kill` may signal).
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    calls: Vec<libc::c_long>,
+    /// (system call, argument index, value): allowed when that argument equals
+    /// the value; several entries for one call are alternatives.
+    with_args: Vec<(libc::c_long, u8, u64)>,
+}
+
+impl Policy {
+    /// [`BASE`] and `extra`, `clone` without namespaces, `tgkill` of this process.
+    pub fn new(extra: &[libc::c_long]) -> Self {
+        let mut calls = BASE.to_vec();
+        calls.extend_from_slice(extra);
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() } as u64;
+        Policy {
+            calls,
+            with_args: vec![(libc::SYS_tgkill, 0, pid)],
+        }
+    }
+
+    /// Allows `ioctl` with these request numbers (argument 1).
+    pub fn ioctls(mut self, requests: &[u64]) -> Self {
+        for &request in requests {
+            // The request is an unsigned int in the kernel: the low 32 bits.
+            self.with_args
+                .push((libc::SYS_ioctl, 1, request & 0xffff_ffff));
+        }
+        self
+    }
+
+    /// Allows `nr` when argument `arg` is `value`.
+    pub fn call_with_arg(mut self, nr: libc::c_long, arg: u8, value: u64) -> Self {
+        self.with_args.push((nr, arg, value));
+        self
+    }
+
+    /// The allow-list program for `action` (None for `--seccomp none`).
+    pub fn program(&self, action: SeccompAction) -> Result<Option<BpfProgram>, String> {
+        let mismatch = match action {
+            SeccompAction::None => return Ok(None),
+            SeccompAction::Kill => Action::KillProcess,
+            SeccompAction::Log => Action::Log,
+            SeccompAction::Trap => Action::Trap,
+        };
+        let err = |e: &dyn std::fmt::Display| format!("seccomp: {e}");
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+            self.calls.iter().map(|&nr| (nr, Vec::new())).collect();
+        // clone3 is allowed here; the program of `clone3_enosys` turns it into ENOSYS.
+        rules.insert(libc::SYS_clone3, Vec::new());
+        let no_namespaces = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(CLONE_NEW_FLAGS),
+            0,
+        )
+        .map_err(|e| err(&e))?;
+        rules.insert(
+            libc::SYS_clone,
+            vec![SeccompRule::new(vec![no_namespaces]).map_err(|e| err(&e))?],
+        );
+        for &(nr, arg, value) in &self.with_args {
+            let len = if nr == libc::SYS_ioctl {
+                SeccompCmpArgLen::Dword
+            } else {
+                SeccompCmpArgLen::Qword
+            };
+            let condition =
+                SeccompCondition::new(arg, len, SeccompCmpOp::Eq, value).map_err(|e| err(&e))?;
+            let rule = SeccompRule::new(vec![condition]).map_err(|e| err(&e))?;
+            match rules.get_mut(&nr) {
+                // An unconditional entry already allows the call.
+                Some(existing) if existing.is_empty() && !self.is_conditional(nr) => {}
+                Some(existing) => existing.push(rule),
+                None => {
+                    rules.insert(nr, vec![rule]);
+                }
+            }
+        }
+        compile(rules, mismatch, Action::Allow)
+    }
+
+    fn is_conditional(&self, nr: libc::c_long) -> bool {
+        !self.calls.contains(&nr)
+    }
+
+    /// Installs the programs for `action` on every thread of the process; threads
+    /// started later inherit them.
+    pub fn install(&self, action: SeccompAction) -> Result<(), String> {
+        let Some(program) = self.program(action)? else {
+            return Ok(());
+        };
+        let apply = |p: &BpfProgram| {
+            seccompiler::apply_filter_all_threads(p)
+                .map_err(|e| format!("cannot install the seccomp filter: {e}"))
+        };
+        apply(&clone3_enosys()?)?;
+        apply(&program)
+    }
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: Action,
+    matched: Action,
+) -> Result<Option<BpfProgram>, String> {
+    let err = |e: &dyn std::fmt::Display| format!("seccomp: {e}");
+    let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
+    let filter = SeccompFilter::new(rules, mismatch, matched, arch).map_err(|e| err(&e))?;
+    let program: BpfProgram = filter.try_into().map_err(|e| err(&e))?;
+    Ok(Some(program))
+}
+
+/// A program that answers `clone3` with ENOSYS and allows everything else: stacked
+/// under the allow-list (the kernel takes the stricter answer), it makes glibc
+/// start threads with `clone`, whose flags the allow-list can check.
+pub fn clone3_enosys() -> Result<BpfProgram, String> {
+    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    compile(rules, Action::Allow, Action::Errno(libc::ENOSYS as u32))?
+        .ok_or_else(|| "seccomp: empty clone3 program".to_string())
+}
+
+/// The allow-list program for `action` of [`BASE`], `extra` and `ioctl` with the
+/// request numbers in `ioctls` (a shorthand of [`Policy`]).
 pub fn filter(
     action: SeccompAction,
     extra: &[libc::c_long],
     ioctls: &[u64],
 ) -> Result<Option<BpfProgram>, String> {
-    let mismatch = match action {
-        SeccompAction::None => return Ok(None),
-        SeccompAction::Kill => Action::KillProcess,
-        SeccompAction::Log => Action::Log,
-        SeccompAction::Trap => Action::Trap,
-    };
-    let err = |e: &dyn std::fmt::Display| format!("seccomp: {e}");
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BASE
-        .iter()
-        .chain(extra)
-        .map(|&nr| (nr, Vec::new()))
-        .collect();
-    if !ioctls.is_empty() {
-        let mut allowed = Vec::new();
-        for &request in ioctls {
-            // The request is an unsigned int in the kernel: compare the low 32 bits.
-            let condition = SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                request & 0xffff_ffff,
-            )
-            .map_err(|e| err(&e))?;
-            allowed.push(SeccompRule::new(vec![condition]).map_err(|e| err(&e))?);
-        }
-        rules.insert(libc::SYS_ioctl, allowed);
-    }
-    let arch = std::env::consts::ARCH.try_into().map_err(|e| err(&e))?;
-    let filter = SeccompFilter::new(rules, mismatch, Action::Allow, arch).map_err(|e| err(&e))?;
-    let program: BpfProgram = filter.try_into().map_err(|e| err(&e))?;
-    Ok(Some(program))
-}
-
-/// Installs the filter for `action` (see [`filter`]) on every thread of the
-/// process; threads started later inherit it.
-pub fn install(
-    action: SeccompAction,
-    extra: &[libc::c_long],
-    ioctls: &[u64],
-) -> Result<(), String> {
-    let Some(program) = filter(action, extra, ioctls)? else {
-        return Ok(());
-    };
-    seccompiler::apply_filter_all_threads(&program)
-        .map_err(|e| format!("cannot install the seccomp filter: {e}"))
+    Policy::new(extra).ioctls(ioctls).program(action)
 }
 
 /// For tests of each daemon's list: forks a child that installs `program`, makes
@@ -206,6 +294,32 @@ pub fn exited_cleanly(status: libc::c_int) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// clone without namespace flags (how threads start) passes; with one it is
+    /// refused; tgkill only for our own process.
+    #[test]
+    fn clone_and_tgkill_are_checked() {
+        let kill = filter(SeccompAction::Kill, &[], &[]).unwrap().unwrap();
+        // clone with an invalid flag combination fails with EINVAL, but is made.
+        let thread_flags = (libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+        assert!(exited_cleanly(status_of_call_under(
+            &kill,
+            libc::SYS_clone,
+            [thread_flags, 0, 0]
+        )));
+        let new_user = libc::CLONE_NEWUSER as u64 | thread_flags;
+        assert!(killed_by_sigsys(status_of_call_under(
+            &kill,
+            libc::SYS_clone,
+            [new_user, 0, 0]
+        )));
+        // tgkill of another process (pid 1) with signal 0.
+        assert!(killed_by_sigsys(status_of_call_under(
+            &kill,
+            libc::SYS_tgkill,
+            [1, 1, 0]
+        )));
+    }
 
     #[test]
     fn every_action_compiles_and_none_installs_nothing() {

@@ -20,9 +20,10 @@ use vmm_sys_util::event::{
 
 use crate::config::BlkConfig;
 use crate::disk::Disk;
-use crate::engine::new_engine;
+use crate::engine::SyncEngine;
 use crate::request::{Limits, ID_BYTES};
 use crate::worker::{DeviceState, QueueWorker};
+use crate::EnginePool;
 
 /// Offset of the `writeback` byte in `struct virtio_blk_config`.
 const CONFIG_WRITEBACK_OFFSET: usize = 32;
@@ -50,11 +51,18 @@ struct Inner {
     device: Arc<DeviceState>,
     workers: Vec<Mutex<QueueWorker>>,
     acked_features: AtomicU64,
+    /// Where the workers' engines go back when the connection ends.
+    engines: Arc<EnginePool>,
 }
 
 impl BlkBackend {
-    /// Makes the device for a new connection on an already opened disk.
-    pub fn new(config: Arc<BlkConfig>, disk: Arc<Disk>) -> io::Result<Self> {
+    /// Makes the device for a new connection on an already opened disk, with the
+    /// engines of `engines` (given back when the connection ends).
+    pub fn new(
+        config: Arc<BlkConfig>,
+        disk: Arc<Disk>,
+        engines: Arc<EnginePool>,
+    ) -> io::Result<Self> {
         let limits = Limits {
             disk_size: disk.size,
             readonly: disk.readonly,
@@ -69,10 +77,19 @@ impl BlkBackend {
             serial: config.serial,
             writeback: AtomicBool::new(true),
         });
-        let file = Arc::new(disk.file.try_clone()?);
         let mut workers = Vec::with_capacity(config.num_queues as usize);
         for index in 0..config.num_queues as usize {
-            let engine = new_engine(config.engine, file.clone(), u32::from(config.queue_size))?;
+            // The pool holds one engine per queue, and the previous connection's
+            // backend is gone before the next is made: a missing engine is a bug,
+            // served without io_uring rather than with a ring made under seccomp.
+            let engine = engines.take(index).unwrap_or_else(|| {
+                log::error!("queue {index}: no engine left; using the sync engine");
+                Box::new(SyncEngine::new(Arc::new(
+                    disk.file
+                        .try_clone()
+                        .expect("duplicate the disk descriptor"),
+                )))
+            });
             workers.push(Mutex::new(QueueWorker::new(
                 index,
                 device.clone(),
@@ -87,6 +104,7 @@ impl BlkBackend {
                 device,
                 workers,
                 acked_features: AtomicU64::new(0),
+                engines,
             }),
         })
     }
@@ -298,9 +316,12 @@ impl ServedBackend for BlkBackend {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Complete whatever is in flight before the engines and memory go away.
-        for worker in &self.workers {
-            worker.lock().unwrap_or_else(|p| p.into_inner()).drain();
+        // Complete whatever is in flight, then hand each engine back, idle, for the
+        // next connection.
+        for (index, worker) in self.workers.iter_mut().enumerate() {
+            let worker = worker.get_mut().unwrap_or_else(|p| p.into_inner());
+            worker.drain();
+            self.engines.give_back(index, worker.take_engine());
         }
     }
 }

@@ -15,18 +15,71 @@ pub mod engine;
 pub mod request;
 pub mod worker;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::{info, warn};
 use vhostkit_common::cli::{ListenAddr, LogArgs};
 use vhostkit_common::daemon::{error_chain, Daemon};
-use vhostkit_common::lifecycle::{self, StopHandle};
+use vhostkit_common::lifecycle::{self, Listening, StopHandle};
+use vhostkit_common::seccomp::Policy;
+use vhostkit_common::socket::SocketFile;
 
 pub use backend::BlkBackend;
 pub use config::{Args, BlkConfig};
 
-/// Opens the disk and serves frontends until `stop` is requested.
-pub fn run(mut config: BlkConfig, stop: &StopHandle) -> Result<(), String> {
+/// Each queue's I/O engine, made once at start-up (an io_uring ring cannot be made
+/// under the seccomp filter: a ring of its own would let code that took over the
+/// daemon run operations seccomp does not see) and lent to each connection in turn.
+#[derive(Default)]
+pub struct EnginePool {
+    engines: Mutex<Vec<Option<Box<dyn engine::IoEngine>>>>,
+}
+
+impl EnginePool {
+    /// `count` engines of `kind` on `file`, for queues of `depth` entries.
+    pub fn new(
+        kind: engine::EngineKind,
+        file: &Arc<std::fs::File>,
+        count: u16,
+        depth: u32,
+    ) -> std::io::Result<Self> {
+        let engines = (0..count)
+            .map(|_| engine::new_engine(kind, file.clone(), depth).map(Some))
+            .collect::<std::io::Result<_>>()?;
+        Ok(EnginePool {
+            engines: Mutex::new(engines),
+        })
+    }
+
+    /// Queue `index`'s engine for a connection.
+    pub fn take(&self, index: usize) -> Option<Box<dyn engine::IoEngine>> {
+        self.lock().get_mut(index).and_then(Option::take)
+    }
+
+    /// Queue `index`'s engine back, idle, when its connection ends.
+    pub fn give_back(&self, index: usize, engine: Box<dyn engine::IoEngine>) {
+        if let Some(slot) = self.lock().get_mut(index) {
+            *slot = Some(engine);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Box<dyn engine::IoEngine>>>> {
+        self.engines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What start-up leaves for serving.
+pub struct Prepared {
+    config: Arc<BlkConfig>,
+    disk: Arc<disk::Disk>,
+    engines: Arc<EnginePool>,
+    listening: Listening,
+}
+
+/// Start-up, while the process has one thread (before the signal thread, which
+/// must not keep capabilities the rest drops): opens the disk, makes the engines,
+/// binds the socket, drops every capability and installs the `--seccomp` filter.
+pub fn start(mut config: BlkConfig) -> Result<Prepared, String> {
     if config.engine == engine::EngineKind::IoUring {
         if let Err(e) = engine::io_uring_available() {
             warn!("io_uring is not available here ({e}); using the sync engine");
@@ -49,29 +102,49 @@ pub fn run(mut config: BlkConfig, stop: &StopHandle) -> Result<(), String> {
         config.queue_size,
         config.engine
     );
+    let file = Arc::new(
+        disk.file
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate the disk descriptor: {e}"))?,
+    );
+    let engines = EnginePool::new(
+        config.engine,
+        &file,
+        config.num_queues,
+        u32::from(config.queue_size),
+    )
+    .map_err(|e| format!("cannot set up the {} engine: {e}", config.engine))?;
     let listening = lifecycle::listen(&config.listen).map_err(error_chain)?;
-    confine(config.seccomp)?;
-    if config.engine == engine::EngineKind::IoUring {
-        // kernel.io_uring_disabled = 1 lets only privileged processes make rings.
-        if let Err(e) = engine::io_uring_available() {
-            warn!("io_uring is refused without privileges ({e}); using the sync engine");
-            config.engine = engine::EngineKind::Sync;
-        }
-    }
-    let disk = Arc::new(disk);
-    let config = Arc::new(config);
+    vhostkit_common::caps::drop_all().map_err(|e| format!("cannot drop capabilities: {e}"))?;
+    policy(listening.socket_file().as_deref()).install(config.seccomp)?;
+    Ok(Prepared {
+        config: Arc::new(config),
+        disk: Arc::new(disk),
+        engines: Arc::new(engines),
+        listening,
+    })
+}
+
+/// Serves frontends until `stop` is requested.
+pub fn serve(prepared: Prepared, stop: &StopHandle) -> Result<(), String> {
+    let Prepared {
+        config,
+        disk,
+        engines,
+        listening,
+    } = prepared;
     lifecycle::serve_on("vhost-user-blk", listening, stop, || {
-        BlkBackend::new(config.clone(), disk.clone())
+        BlkBackend::new(config.clone(), disk.clone(), engines.clone())
     })
     .map_err(error_chain)
 }
 
 /// Calls the daemon makes serving, on top of [`vhostkit_common::seccomp::BASE`]:
-/// io_uring, flushes and the fallocate of discards and write-zeroes.
+/// running its io_uring rings (made at start-up: no io_uring_setup, and no
+/// io_uring_register, after it), flushes and the fallocate of discards and
+/// write-zeroes.
 pub const SECCOMP_CALLS: &[libc::c_long] = &[
-    libc::SYS_io_uring_setup,
     libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
     libc::SYS_fallocate,
     libc::SYS_fdatasync,
     libc::SYS_fsync,
@@ -80,15 +153,24 @@ pub const SECCOMP_CALLS: &[libc::c_long] = &[
 /// The one ioctl: BLKDISCARD, a block device's discard.
 pub const SECCOMP_IOCTLS: &[u64] = &[disk::BLKDISCARD];
 
-/// Once the image is open and the socket bound: drops every capability and
-/// installs the `--seccomp` filter.
-fn confine(seccomp: vhostkit_common::seccomp::SeccompAction) -> Result<(), String> {
-    vhostkit_common::caps::drop_all().map_err(|e| format!("cannot drop capabilities: {e}"))?;
-    vhostkit_common::seccomp::install(seccomp, SECCOMP_CALLS, SECCOMP_IOCTLS)
+/// The daemon's allow-list; with a socket of its own, `unlinkat` in the socket's
+/// folder (removing it at exit).
+pub fn policy(socket: Option<&SocketFile>) -> Policy {
+    let policy = Policy::new(SECCOMP_CALLS).ioctls(SECCOMP_IOCTLS);
+    match socket {
+        Some(s) => policy.call_with_arg(libc::SYS_unlinkat, 0, s.dir_fd() as u64),
+        None => policy,
+    }
 }
 
-/// What the shared daemon `main` ([`vhostkit_common::daemon::daemon_main`]) needs.
-impl Daemon for BlkConfig {
+/// The daemon for [`vhostkit_common::daemon::daemon_main`]: the validated
+/// configuration, then what [`start`] prepared.
+pub struct BlkDaemon {
+    config: BlkConfig,
+    prepared: Option<Prepared>,
+}
+
+impl Daemon for BlkDaemon {
     type Args = Args;
 
     fn log_args(args: &Args) -> &LogArgs {
@@ -96,15 +178,33 @@ impl Daemon for BlkConfig {
     }
 
     fn from_args(args: Args) -> Result<Self, String> {
-        BlkConfig::try_from(args)
+        Ok(BlkDaemon {
+            config: BlkConfig::try_from(args)?,
+            prepared: None,
+        })
     }
 
     fn listen(&self) -> &ListenAddr {
-        &self.listen
+        &self.config.listen
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        self.prepared = Some(start(self.config.clone())?);
+        Ok(())
+    }
+
+    fn socket_to_remove(&self) -> Option<Arc<SocketFile>> {
+        self.prepared
+            .as_ref()
+            .and_then(|p| p.listening.socket_file())
     }
 
     fn run(self, stop: &StopHandle) -> Result<(), String> {
-        run(self, stop)
+        let prepared = match self.prepared {
+            Some(prepared) => prepared,
+            None => start(self.config)?,
+        };
+        serve(prepared, stop)
     }
 }
 
@@ -112,16 +212,14 @@ impl Daemon for BlkConfig {
 mod tests {
     use super::*;
     use vhostkit_common::seccomp::{
-        exited_cleanly, filter, killed_by_sigsys, status_of_call_under, SeccompAction,
+        exited_cleanly, killed_by_sigsys, status_of_call_under, SeccompAction,
     };
 
     /// The daemon's filter kills a call outside its list (getppid, an ioctl other
     /// than BLKDISCARD, opening a file) and lets its own through.
     #[test]
     fn the_filter_allows_the_daemons_calls_only() {
-        let kill = filter(SeccompAction::Kill, SECCOMP_CALLS, SECCOMP_IOCTLS)
-            .unwrap()
-            .unwrap();
+        let kill = policy(None).program(SeccompAction::Kill).unwrap().unwrap();
         let run = |nr, args| status_of_call_under(&kill, nr, args);
         assert!(killed_by_sigsys(run(libc::SYS_getppid, [0; 3])));
         assert!(killed_by_sigsys(run(libc::SYS_openat, [0; 3])));

@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
-use vhost_blk::BlkConfig;
+use vhost_blk::BlkDaemon;
 use vhostkit_common::daemon::daemon_main;
 
 fn main() -> ExitCode {
-    daemon_main::<BlkConfig>()
+    daemon_main::<BlkDaemon>()
 }

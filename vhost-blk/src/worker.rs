@@ -144,6 +144,17 @@ impl QueueWorker {
         }
     }
 
+    /// The engine, for the next connection (this worker keeps a null engine). Call
+    /// it after [`Self::drain`]: nothing is in flight then.
+    pub fn take_engine(&mut self) -> Box<dyn IoEngine> {
+        self.memory = None;
+        self.vring = None;
+        std::mem::replace(
+            &mut self.engine,
+            Box::new(crate::engine::SyncEngine::null()),
+        )
+    }
+
     pub fn set_memory(&mut self, memory: GuestMemory) {
         self.memory = Some(memory);
     }

@@ -24,7 +24,7 @@ pub use config::{Args, FsConfig};
 
 use std::ffi::OsString;
 use std::os::fd::IntoRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -33,6 +33,7 @@ use vhostkit_common::cli::ListenAddr;
 use vhostkit_common::cli::LogArgs;
 use vhostkit_common::daemon::{Daemon, EXIT_USAGE};
 use vhostkit_common::lifecycle::{self, StopHandle};
+use vhostkit_common::socket::SocketFile;
 
 /// What start-up leaves for serving: the bound socket, the shared folder as the
 /// (possibly sandboxed) process sees it.
@@ -41,14 +42,14 @@ pub struct Started {
     /// The listening socket (owned; handed to the serve loop).
     listener: std::os::fd::RawFd,
     share: Arc<Share>,
-    socket_to_remove: Option<PathBuf>,
+    socket_to_remove: Option<Arc<SocketFile>>,
 }
 
 impl Started {
     /// The socket file this process removes at a stop: None for an inherited
     /// socket, and in a sandbox, where the supervising parent removes it.
-    pub fn socket_to_remove(&self) -> Option<&Path> {
-        self.socket_to_remove.as_deref()
+    pub fn socket_to_remove(&self) -> Option<Arc<SocketFile>> {
+        self.socket_to_remove.clone()
     }
 }
 
@@ -76,10 +77,10 @@ pub fn start(config: FsConfig) -> Result<Started, String> {
     config.inode_file_handles = check_file_handles(config.inode_file_handles, &shared_dir)?;
     let (listener, mut socket_to_remove) = match &config.listen {
         ListenAddr::Path { path, group } => {
-            let (listener, _) = vhostkit_common::socket::bind(path, *group)
+            let (listener, file) = vhostkit_common::socket::bind(path, *group)
                 .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
             info!("listening on {}", path.display());
-            (listener.into_raw_fd(), Some(path.clone()))
+            (listener.into_raw_fd(), Some(Arc::new(file)))
         }
         ListenAddr::Fd(fd) => (*fd, None),
     };
@@ -100,7 +101,10 @@ pub fn start(config: FsConfig) -> Result<Started, String> {
     let root = passthrough::open_shared_dir(&confined.root)
         .map_err(|e| format!("--shared-dir {}: {e}", config.shared_dir.display()))?;
     passthrough::reserve_fd_table(std::os::fd::AsRawFd::as_raw_fd(&confined.proc_self_fd));
-    seccomp::install(config.seccomp)?;
+    seccomp::install(
+        config.seccomp,
+        config.inode_file_handles != config::InodeFileHandles::Never,
+    )?;
     Ok(Started {
         share: Arc::new(Share {
             root,
@@ -125,8 +129,8 @@ pub fn serve(started: Started, stop: &StopHandle) -> Result<(), String> {
         FsBackend::new(config.clone(), &share)
     })
     .map_err(vhostkit_common::daemon::error_chain);
-    if let Some(path) = socket_to_remove {
-        let _ = std::fs::remove_file(path);
+    if let Some(socket) = socket_to_remove {
+        socket.remove();
     }
     result
 }
@@ -176,10 +180,8 @@ impl Daemon for FsDaemon {
         Ok(())
     }
 
-    fn socket_to_remove(&self) -> Option<PathBuf> {
-        self.started
-            .as_ref()
-            .and_then(|s| s.socket_to_remove().map(Path::to_path_buf))
+    fn socket_to_remove(&self) -> Option<Arc<SocketFile>> {
+        self.started.as_ref().and_then(Started::socket_to_remove)
     }
 
     fn run(self, stop: &StopHandle) -> Result<(), String> {

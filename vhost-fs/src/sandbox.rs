@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 
 use log::{error, info};
 
+use vhostkit_common::socket::SocketFile;
+
 use crate::config::Sandbox;
 
 /// Capability numbers (linux/capability.h).
@@ -127,7 +129,7 @@ fn mount(
 pub fn enter(
     mode: Sandbox,
     shared_dir: &Path,
-    socket_to_remove: Option<&Path>,
+    socket_to_remove: Option<&SocketFile>,
     keep_fds: &[libc::c_int],
 ) -> Result<Confined, String> {
     let proc_self_fd_path = c"/proc/self/fd".to_owned();
@@ -237,7 +239,7 @@ fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
 /// socket and exits with the child's status.
 fn supervise(
     child: libc::pid_t,
-    socket_to_remove: Option<&Path>,
+    socket_to_remove: Option<&SocketFile>,
     signals: &libc::sigset_t,
     _lifeline: OwnedFd,
 ) -> ! {
@@ -247,8 +249,8 @@ fn supervise(
         let rc = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
         if rc == child || (rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR))
         {
-            if let Some(path) = socket_to_remove {
-                let _ = std::fs::remove_file(path);
+            if let Some(socket) = socket_to_remove {
+                socket.remove();
             }
             let code = if rc < 0 {
                 1

@@ -6,14 +6,13 @@
 //! the actions.
 
 use seccompiler::BpfProgram;
-use vhostkit_common::seccomp::{self, SeccompAction};
+use vhostkit_common::seccomp::{Policy, SeccompAction};
 
 /// The file system calls the daemon makes serving a guest, on top of the base list.
 pub const FS_CALLS: &[libc::c_long] = &[
     // The file system.
     libc::SYS_openat,
     libc::SYS_openat2,
-    libc::SYS_open_by_handle_at,
     libc::SYS_name_to_handle_at,
     libc::SYS_fstatfs,
     libc::SYS_getdents64,
@@ -51,14 +50,25 @@ pub const FS_CALLS: &[libc::c_long] = &[
     libc::SYS_renameat,
 ];
 
+/// The daemon's allow-list. `open_by_handle_at` only with `--inode-file-handles`:
+/// with CAP_DAC_READ_SEARCH it opens any inode of the file system from a handle
+/// made up, so it is allowed only where the daemon needs it.
+pub fn policy(file_handles: bool) -> Policy {
+    let mut calls = FS_CALLS.to_vec();
+    if file_handles {
+        calls.push(libc::SYS_open_by_handle_at);
+    }
+    Policy::new(&calls)
+}
+
 /// The filter for `action` (None for `--seccomp none`).
-pub fn filter(action: SeccompAction) -> Result<Option<BpfProgram>, String> {
-    seccomp::filter(action, FS_CALLS, &[])
+pub fn filter(action: SeccompAction, file_handles: bool) -> Result<Option<BpfProgram>, String> {
+    policy(file_handles).program(action)
 }
 
 /// Installs the filter for `action` on every thread of the process.
-pub fn install(action: SeccompAction) -> Result<(), String> {
-    seccomp::install(action, FS_CALLS, &[])
+pub fn install(action: SeccompAction, file_handles: bool) -> Result<(), String> {
+    policy(file_handles).install(action)
 }
 
 #[cfg(test)]
@@ -68,15 +78,15 @@ mod tests {
 
     #[test]
     fn every_action_compiles_and_none_installs_nothing() {
-        assert!(filter(SeccompAction::None).unwrap().is_none());
+        assert!(filter(SeccompAction::None, false).unwrap().is_none());
         for action in [SeccompAction::Kill, SeccompAction::Log, SeccompAction::Trap] {
-            assert!(!filter(action).unwrap().unwrap().is_empty());
+            assert!(!filter(action, true).unwrap().unwrap().is_empty());
         }
     }
 
     #[test]
     fn a_call_outside_the_list_gets_the_action() {
-        let kill = filter(SeccompAction::Kill).unwrap().unwrap();
+        let kill = filter(SeccompAction::Kill, false).unwrap().unwrap();
         // getppid and ioctl are not on the list; getpid and fsync are.
         assert!(killed_by_sigsys(status_of_call_under(
             &kill,
@@ -98,13 +108,20 @@ mod tests {
             libc::SYS_fsync,
             [u64::MAX, 0, 0]
         )));
-        let trap = filter(SeccompAction::Trap).unwrap().unwrap();
+        let trap = filter(SeccompAction::Trap, false).unwrap().unwrap();
         assert!(killed_by_sigsys(status_of_call_under(
             &trap,
             libc::SYS_getppid,
             [0; 3]
         )));
-        let log = filter(SeccompAction::Log).unwrap().unwrap();
+        let log = filter(SeccompAction::Log, false).unwrap().unwrap();
+        // open_by_handle_at only with file handles.
+        let run =
+            |p: &BpfProgram| status_of_call_under(p, libc::SYS_open_by_handle_at, [u64::MAX, 0, 0]);
+        assert!(killed_by_sigsys(run(&kill)));
+        assert!(exited_cleanly(run(&filter(SeccompAction::Kill, true)
+            .unwrap()
+            .unwrap())));
         assert!(exited_cleanly(status_of_call_under(
             &log,
             libc::SYS_getppid,

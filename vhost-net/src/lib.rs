@@ -21,13 +21,24 @@ use std::sync::Arc;
 use log::info;
 use vhostkit_common::cli::{ListenAddr, LogArgs};
 use vhostkit_common::daemon::{error_chain, Daemon};
-use vhostkit_common::lifecycle::{self, StopHandle};
+use vhostkit_common::lifecycle::{self, Listening, StopHandle};
+use vhostkit_common::seccomp::Policy;
+use vhostkit_common::socket::SocketFile;
 
 pub use backend::NetBackend;
 pub use config::{Args, NetConfig};
 
-/// Opens the tap and serves frontends until `stop` is requested.
-pub fn run(config: NetConfig, stop: &StopHandle) -> Result<(), String> {
+/// What start-up leaves for serving.
+pub struct Prepared {
+    config: Arc<NetConfig>,
+    tap: Arc<tap::Tap>,
+    listening: Listening,
+}
+
+/// Start-up, while the process has one thread (before the signal thread, which
+/// must not keep capabilities the rest drops): opens and configures the tap, binds
+/// the socket, drops every capability and installs the `--seccomp` filter.
+pub fn start(config: NetConfig) -> Result<Prepared, String> {
     let tap = tap::Tap::open(&config.tap, config.num_queue_pairs).map_err(error_chain)?;
     tap.configure_host(config.host_ip, Some(config.mtu))
         .map_err(error_chain)?;
@@ -46,9 +57,21 @@ pub fn run(config: NetConfig, stop: &StopHandle) -> Result<(), String> {
     );
     let listening = lifecycle::listen(&config.listen).map_err(error_chain)?;
     vhostkit_common::caps::drop_all().map_err(|e| format!("cannot drop capabilities: {e}"))?;
-    vhostkit_common::seccomp::install(config.seccomp, SECCOMP_CALLS, SECCOMP_IOCTLS)?;
-    let tap = Arc::new(tap);
-    let config = Arc::new(config);
+    policy(listening.socket_file().as_deref()).install(config.seccomp)?;
+    Ok(Prepared {
+        config: Arc::new(config),
+        tap: Arc::new(tap),
+        listening,
+    })
+}
+
+/// Serves frontends until `stop` is requested.
+pub fn serve(prepared: Prepared, stop: &StopHandle) -> Result<(), String> {
+    let Prepared {
+        config,
+        tap,
+        listening,
+    } = prepared;
     lifecycle::serve_on("vhost-user-net", listening, stop, || {
         NetBackend::new(config.clone(), tap.clone())
     })
@@ -70,8 +93,24 @@ pub const SECCOMP_IOCTLS: &[u64] = &[
     libc::TUNSETVNETHDRSZ as u64,
 ];
 
-/// What the shared daemon `main` ([`vhostkit_common::daemon::daemon_main`]) needs.
-impl Daemon for NetConfig {
+/// The daemon's allow-list; with a socket of its own, `unlinkat` in the socket's
+/// folder (removing it at exit).
+pub fn policy(socket: Option<&SocketFile>) -> Policy {
+    let policy = Policy::new(SECCOMP_CALLS).ioctls(SECCOMP_IOCTLS);
+    match socket {
+        Some(s) => policy.call_with_arg(libc::SYS_unlinkat, 0, s.dir_fd() as u64),
+        None => policy,
+    }
+}
+
+/// The daemon for [`vhostkit_common::daemon::daemon_main`]: the validated
+/// configuration, then what [`start`] prepared.
+pub struct NetDaemon {
+    config: NetConfig,
+    prepared: Option<Prepared>,
+}
+
+impl Daemon for NetDaemon {
     type Args = Args;
 
     fn log_args(args: &Args) -> &LogArgs {
@@ -79,15 +118,33 @@ impl Daemon for NetConfig {
     }
 
     fn from_args(args: Args) -> Result<Self, String> {
-        NetConfig::try_from(args)
+        Ok(NetDaemon {
+            config: NetConfig::try_from(args)?,
+            prepared: None,
+        })
     }
 
     fn listen(&self) -> &ListenAddr {
-        &self.listen
+        &self.config.listen
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        self.prepared = Some(start(self.config.clone())?);
+        Ok(())
+    }
+
+    fn socket_to_remove(&self) -> Option<Arc<SocketFile>> {
+        self.prepared
+            .as_ref()
+            .and_then(|p| p.listening.socket_file())
     }
 
     fn run(self, stop: &StopHandle) -> Result<(), String> {
-        run(self, stop)
+        let prepared = match self.prepared {
+            Some(prepared) => prepared,
+            None => start(self.config)?,
+        };
+        serve(prepared, stop)
     }
 }
 
@@ -95,16 +152,14 @@ impl Daemon for NetConfig {
 mod tests {
     use super::*;
     use vhostkit_common::seccomp::{
-        exited_cleanly, filter, killed_by_sigsys, status_of_call_under, SeccompAction,
+        exited_cleanly, killed_by_sigsys, status_of_call_under, SeccompAction,
     };
 
     /// The daemon's filter kills a call outside its list (getppid, TUNSETIFF,
     /// opening a file) and lets the tap's queue, offload and header ioctls through.
     #[test]
     fn the_filter_allows_the_daemons_calls_only() {
-        let kill = filter(SeccompAction::Kill, SECCOMP_CALLS, SECCOMP_IOCTLS)
-            .unwrap()
-            .unwrap();
+        let kill = policy(None).program(SeccompAction::Kill).unwrap().unwrap();
         let run = |nr, args| status_of_call_under(&kill, nr, args);
         assert!(killed_by_sigsys(run(libc::SYS_getppid, [0; 3])));
         assert!(killed_by_sigsys(run(libc::SYS_openat, [0; 3])));

@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
-use vhost_net::NetConfig;
+use vhost_net::NetDaemon;
 use vhostkit_common::daemon::daemon_main;
 
 fn main() -> ExitCode {
-    daemon_main::<NetConfig>()
+    daemon_main::<NetDaemon>()
 }

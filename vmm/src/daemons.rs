@@ -7,7 +7,10 @@
 //! log lines are seen; it gets SIGTERM if the thread that started it dies
 //! (`PR_SET_PDEATHSIG`), and dropping [`Daemons`] stops and reaps them all.
 
+use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -58,7 +61,7 @@ struct Running {
 pub struct Daemons {
     running: Vec<Running>,
     /// The private folder of their sockets, removed on drop.
-    dir: PathBuf,
+    dir: PrivateDir,
 }
 
 /// "status 2" or "signal 9".
@@ -70,24 +73,97 @@ fn status_text(status: ExitStatus) -> String {
     }
 }
 
-/// A fresh folder under the system temporary folder, mode 0700.
-fn private_dir() -> Result<PathBuf, DaemonError> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let parent = std::env::temp_dir();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = parent.join(format!(
-        "vhostkit-daemons-{}-{}-{nanos:08x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| DaemonError::TempDir(parent, e))?;
-    Ok(dir)
+/// The private folder of the daemons' sockets: a fresh folder under the system
+/// temporary folder, mode 0700, held open (with its parent) from its creation, so
+/// that removing it at the end needs neither its path nor a general `unlinkat`
+/// (the VMM's seccomp filter allows `unlinkat` on these two descriptors only).
+struct PrivateDir {
+    path: PathBuf,
+    parent: OwnedFd,
+    fd: OwnedFd,
+    name: CString,
+    /// The entries the daemons may leave in it (their sockets).
+    entries: Vec<CString>,
+}
+
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("path contains NUL"))?;
+    // SAFETY: a NUL-terminated path; open returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl PrivateDir {
+    fn create() -> Result<PrivateDir, DaemonError> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let parent_path = std::env::temp_dir();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "vhostkit-daemons-{}-{}-{nanos:08x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = parent_path.join(&name);
+        let err = |e| DaemonError::TempDir(parent_path.clone(), e);
+        let parent = open_dir(&parent_path).map_err(err)?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(err)?;
+        let fd = open_dir(&path).map_err(err)?;
+        Ok(PrivateDir {
+            path,
+            parent,
+            fd,
+            name: CString::new(name).expect("no NUL in the name"),
+            entries: Vec::new(),
+        })
+    }
+
+    /// A socket path in the folder, remembered for the removal.
+    fn socket(&mut self, name: String) -> PathBuf {
+        let path = self.path.join(&name);
+        self.entries
+            .push(CString::new(name).expect("no NUL in socket names"));
+        path
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        for entry in &self.entries {
+            // SAFETY: a NUL-terminated name relative to the folder's descriptor.
+            if unsafe { libc::unlinkat(self.fd.as_raw_fd(), entry.as_ptr(), 0) } != 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(e);
+                }
+            }
+        }
+        // SAFETY: a NUL-terminated name relative to the parent's descriptor.
+        let rc = unsafe {
+            libc::unlinkat(
+                self.parent.as_raw_fd(),
+                self.name.as_ptr(),
+                libc::AT_REMOVEDIR,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 impl Daemons {
@@ -133,14 +209,14 @@ impl Daemons {
         }
         let mut daemons = Daemons {
             running: Vec::new(),
-            dir: private_dir()?,
+            dir: PrivateDir::create()?,
         };
         let mut sockets = Vec::with_capacity(devices.len());
         for (i, dev) in devices.iter().enumerate() {
             match &dev.backend {
                 DeviceBackend::Socket(path) => sockets.push(path.clone()),
                 DeviceBackend::Daemon { program, args } => {
-                    let socket = daemons.dir.join(format!("{i}-{program}.sock"));
+                    let socket = daemons.dir.socket(format!("{i}-{program}.sock"));
                     let what = format!("{program} for {}", dev.describe());
                     // On error, dropping `daemons` stops those started so far.
                     let mut args = args.clone();
@@ -253,7 +329,13 @@ impl Daemons {
 
     /// The private folder holding the daemons' sockets.
     pub fn socket_dir(&self) -> &Path {
-        &self.dir
+        &self.dir.path
+    }
+
+    /// The descriptors `unlinkat` works on to remove the socket folder at the end:
+    /// the folder's and its parent's.
+    pub fn dir_fds(&self) -> [RawFd; 2] {
+        [self.dir.fd.as_raw_fd(), self.dir.parent.as_raw_fd()]
     }
 }
 
@@ -278,8 +360,8 @@ impl Drop for Daemons {
             let _ = daemon.child.kill();
             let _ = daemon.child.wait();
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            warn!("cannot remove {}: {e}", self.dir.display());
+        if let Err(e) = self.dir.remove() {
+            warn!("cannot remove {}: {e}", self.dir.path.display());
         }
     }
 }

@@ -170,7 +170,7 @@ pub fn run(config: &RunConfig) -> Result<()> {
         vcpus.push(vm::create_vcpu(&kvm, &vmfd, id, entry)?);
     }
     // Everything is set up: from here on guest code runs, under the filter.
-    seccomp::install(config.seccomp).map_err(Error::Seccomp)?;
+    seccomp::install(config.seccomp, &daemons).map_err(Error::Seccomp)?;
     let mmio = Arc::new(Mutex::new(mmio));
     let stats = Arc::new(vm::ExitStats::default());
     let (done, results) = mpsc::channel();

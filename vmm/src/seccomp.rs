@@ -6,32 +6,41 @@
 //! which talk vhost-user to the backends), and at the end stops the daemons it
 //! started and removes their socket folder.
 
-use vhostkit_common::seccomp::{self, SeccompAction};
+use vhostkit_common::seccomp::{Policy, SeccompAction};
+
+use crate::daemons::Daemons;
 
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)`.
 pub const KVM_RUN: u64 = 0xae80;
 
 /// Calls the VMM makes once the VM runs, on top of
-/// [`vhostkit_common::seccomp::BASE`].
-pub const VMM_CALLS: &[libc::c_long] = &[
-    // Watching and stopping the daemons it started.
-    libc::SYS_pidfd_open,
-    libc::SYS_kill,
-    libc::SYS_wait4,
-    libc::SYS_waitid,
-    // Removing their socket folder.
-    libc::SYS_openat,
-    libc::SYS_getdents64,
-    #[cfg(target_arch = "x86_64")]
-    libc::SYS_rmdir,
-];
+/// [`vhostkit_common::seccomp::BASE`]: reaping the daemons it started.
+pub const VMM_CALLS: &[libc::c_long] = &[libc::SYS_wait4, libc::SYS_waitid];
 
 /// The only ioctl: running a vCPU.
 pub const VMM_IOCTLS: &[u64] = &[KVM_RUN];
 
+/// The VMM's allow-list: [`VMM_CALLS`], KVM_RUN, and for the daemons it started
+/// `kill` and `pidfd_open` of their pids only and `unlinkat` in their socket folder
+/// only. No call that opens or creates a file is on it: the VMM keeps root's
+/// capabilities (it starts the daemons), so the filter is what stops a guest that
+/// took over a vCPU thread from reaching the host's files.
+pub fn policy(daemons: &Daemons) -> Policy {
+    let mut policy = Policy::new(VMM_CALLS).ioctls(VMM_IOCTLS);
+    for pid in daemons.pids() {
+        policy = policy
+            .call_with_arg(libc::SYS_kill, 0, u64::from(pid))
+            .call_with_arg(libc::SYS_pidfd_open, 0, u64::from(pid));
+    }
+    for fd in daemons.dir_fds() {
+        policy = policy.call_with_arg(libc::SYS_unlinkat, 0, fd as u64);
+    }
+    policy
+}
+
 /// Installs the filter for `action` on every thread of the process.
-pub fn install(action: SeccompAction) -> Result<(), String> {
-    seccomp::install(action, VMM_CALLS, VMM_IOCTLS)
+pub fn install(action: SeccompAction, daemons: &Daemons) -> Result<(), String> {
+    policy(daemons).install(action)
 }
 
 #[cfg(test)]

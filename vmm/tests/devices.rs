@@ -222,8 +222,9 @@ fn a_daemon_we_started_dying_ends_the_vm_with_an_error() {
             }
         }
     }
-    let (effective, _, _) = vhostkit_common::caps::sets_of(pids[0]).unwrap();
-    assert_eq!(effective, 0, "the daemon dropped its capabilities");
+    for (effective, permitted, _) in vhostkit_common::caps::sets_of_threads(pids[0]).unwrap() {
+        assert_eq!((effective, permitted), (0, 0), "the daemon's every thread");
+    }
     // SAFETY: kill() with a pid and a signal number touches no memory of ours.
     assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) }, 0);
     let (code, stderr) = vm.finish(Duration::from_secs(10));
