@@ -26,9 +26,9 @@ pub const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SI
 pub enum SegmentOp {
     /// `fallocate` with this mode, through the I/O engine (asynchronously).
     Fallocate(i32),
-    /// [`Disk::discard`] in the worker: a block device's BLKDISCARD, which has no
-    /// fallocate mode.
-    Inline,
+    /// BLKDISCARD, a block device's discard, which has no fallocate mode: an ioctl
+    /// the io_uring engine runs on a thread of its own.
+    Discard,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,7 +134,7 @@ impl Disk {
             (DiskKind::File, false) => SegmentOp::Fallocate(PUNCH_HOLE),
             (DiskKind::File, true) if unmap => SegmentOp::Fallocate(PUNCH_HOLE),
             (_, true) => SegmentOp::Fallocate(ZERO_RANGE),
-            (DiskKind::BlockDevice, false) => SegmentOp::Inline,
+            (DiskKind::BlockDevice, false) => SegmentOp::Discard,
         }
     }
 

@@ -75,11 +75,11 @@ enum Progress {
         done: usize,
     },
     Flush,
-    /// Segment `index` of a discard or write-zeroes, as fallocate `mode`.
+    /// Segment `index` of a discard or write-zeroes, done as `op`.
     Segment {
         write_zeroes: bool,
         index: usize,
-        mode: i32,
+        op: SegmentOp,
     },
 }
 
@@ -414,8 +414,9 @@ impl QueueWorker {
     }
 
     /// Starts segment `index` of the discard or write-zeroes in `slot_index` (with
-    /// fallocate `mode`, or the mode the disk uses for it); finishes the request
-    /// once every segment is done.
+    /// fallocate `mode`, or how the disk does it: a fallocate, or on a block device
+    /// a BLKDISCARD the engine runs off this thread); finishes the request once
+    /// every segment is done.
     fn start_segment(
         &mut self,
         slot_index: usize,
@@ -425,49 +426,32 @@ impl QueueWorker {
         queue: &mut Queue,
         mem: &Arc<GuestMemoryMmap<()>>,
     ) {
-        let disk = self.device.disk.clone();
-        let mut index = index;
-        loop {
-            let Some(&segment) = self.slots[slot_index].segments.get(index) else {
-                return self.finish(slot_index, STATUS_OK, 1, queue, mem);
-            };
-            let op = match mode
-                .map(SegmentOp::Fallocate)
-                .unwrap_or_else(|| disk.segment_op(write_zeroes, segment.unmap))
-            {
-                SegmentOp::Fallocate(mode) => mode,
-                SegmentOp::Inline => {
-                    // A block device's discard (an ioctl, which io_uring cannot
-                    // run): here, bounded by the per-request limit.
-                    if let Err(e) = disk.discard(segment.offset, segment.len) {
-                        guest_warn!(
-                            "queue {}: discard at {}+{} failed: {e}",
-                            self.index,
-                            segment.offset,
-                            segment.len
-                        );
-                        return self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
-                    }
-                    index += 1;
-                    continue;
-                }
-            };
-            self.slots[slot_index].progress = Progress::Segment {
-                write_zeroes,
-                index,
-                mode: op,
-            };
-            let io = IoOp::Fallocate {
-                mode: op,
+        let Some(&segment) = self.slots[slot_index].segments.get(index) else {
+            return self.finish(slot_index, STATUS_OK, 1, queue, mem);
+        };
+        let op = mode
+            .map(SegmentOp::Fallocate)
+            .unwrap_or_else(|| self.device.disk.segment_op(write_zeroes, segment.unmap));
+        self.slots[slot_index].progress = Progress::Segment {
+            write_zeroes,
+            index,
+            op,
+        };
+        let io = match op {
+            SegmentOp::Fallocate(mode) => IoOp::Fallocate {
+                mode,
                 offset: segment.offset,
                 len: segment.len,
-            };
-            // SAFETY: a fallocate touches no guest memory.
-            if let Err(e) = unsafe { self.engine.submit(slot_index as u64, io) } {
-                guest_warn!("queue {}: submitting a segment failed: {e}", self.index);
-                return self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
-            }
-            return;
+            },
+            SegmentOp::Discard => IoOp::Discard {
+                offset: segment.offset,
+                len: segment.len,
+            },
+        };
+        // SAFETY: a fallocate or a discard touches no guest memory.
+        if let Err(e) = unsafe { self.engine.submit(slot_index as u64, io) } {
+            guest_warn!("queue {}: submitting a segment failed: {e}", self.index);
+            self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
         }
     }
 
@@ -573,10 +557,10 @@ impl QueueWorker {
                 Progress::Segment {
                     write_zeroes: true,
                     index: segment,
-                    mode,
+                    op: SegmentOp::Fallocate(ZERO_RANGE),
                 },
                 Err(e),
-            ) if mode == ZERO_RANGE && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            ) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 // tmpfs and others lack ZERO_RANGE: a hole reads back as zeroes too.
                 self.start_segment(slot_index, true, segment, Some(PUNCH_HOLE), queue, mem);
             }

@@ -276,6 +276,9 @@ fn cstring(bytes: &[u8]) -> FsResult<CString> {
 
 const EMPTY: &CStr = c"";
 
+/// The most bytes one COPY_FILE_RANGE copies.
+const MAX_COPY: usize = 64 << 20;
+
 /// The bit of `O_TMPFILE` that is not `O_DIRECTORY` (`__O_TMPFILE`).
 const O_TMPFILE_ONLY: i32 = libc::O_TMPFILE & !libc::O_DIRECTORY;
 
@@ -1436,9 +1439,13 @@ impl PassthroughFs {
     /// CREATE: makes a regular file and opens it. The file is created
     /// exclusively, so the open is of the new regular file; if the name exists and
     /// the guest did not ask for `O_EXCL`, the existing node is looked up and opened
-    /// through [`Self::reopen`], which refuses anything but a regular file or
-    /// folder (as virtiofsd does). A plain `O_CREAT` open would open whatever node
-    /// sits at the name, a device node or a FIFO included.
+    /// through [`Self::reopen`] (as virtiofsd does), which refuses anything but a
+    /// regular file or folder, and here a folder too (EISDIR): a CREATE answers a
+    /// regular file. That open runs with the requester's credentials, as the
+    /// creating open does: the guest kernel skips its own permission check for a
+    /// file its CREATE made, so the host must check that this one may be opened
+    /// (and truncated) by that user. A plain `O_CREAT` open would open whatever
+    /// node sits at the name, a device node or a FIFO included.
     fn create(&self, header: &InHeader, body: &mut Body<'_>) -> FsResult<Vec<u8>> {
         let create = body.take::<CreateIn>()?;
         let name = body.take_name()?;
@@ -1462,9 +1469,13 @@ impl PassthroughFs {
             Ok(fd) => (self.do_lookup(header.nodeid, name)?, File::from(fd)),
             Err(Errno(libc::EEXIST)) if guest_flags & libc::O_EXCL == 0 => {
                 let entry = self.do_lookup(header.nodeid, name)?;
-                let opened = self
-                    .inode(entry.nodeid)
-                    .and_then(|node| self.reopen(&node, guest_flags & !libc::O_EXCL));
+                let opened = self.inode(entry.nodeid).and_then(|node| {
+                    if entry.attr.mode & libc::S_IFMT == libc::S_IFDIR {
+                        return Err(Errno(libc::EISDIR));
+                    }
+                    let _creds = Credentials::switch(header);
+                    self.reopen(&node, guest_flags & !(libc::O_EXCL | libc::O_DIRECTORY))
+                });
                 match opened {
                     Ok(file) => (entry, file),
                     Err(e) => {
@@ -1519,7 +1530,12 @@ impl PassthroughFs {
         let (input, output) = (self.handle(copy.fh_in)?, self.handle(copy.fh_out)?);
         let mut off_in = i64::try_from(copy.off_in).map_err(|_| Errno::EINVAL)?;
         let mut off_out = i64::try_from(copy.off_out).map_err(|_| Errno::EINVAL)?;
-        let len = usize::try_from(copy.len).map_err(|_| Errno::EINVAL)?;
+        // At most MAX_COPY per request: the guest's copy_file_range goes on from
+        // where a short copy stopped, and the queue thread never copies gigabytes
+        // in one request.
+        let len = usize::try_from(copy.len)
+            .map_err(|_| Errno::EINVAL)?
+            .min(MAX_COPY);
         // SAFETY: both offsets are valid locals; both descriptors are ours.
         let n = cvt_size(unsafe {
             libc::copy_file_range(

@@ -801,3 +801,57 @@ fn init_log_lines_are_rate_limited() {
     let bound = 10 + elapsed + 1;
     assert!((1..=bound).contains(&n), "{n} lines (at most {bound})");
 }
+
+/// A CREATE whose name exists opens the existing file with the requester's
+/// credentials: the guest kernel does not check permissions for a file its CREATE
+/// made, so the host must. A user's CREATE (O_TRUNC) landing on root's 0600 file is
+/// refused and the file keeps its contents; a folder at the name is EISDIR.
+#[test]
+fn create_on_an_existing_name_checks_the_requesters_permissions() {
+    if !is_root() {
+        println!("SKIPPED: switching to the requester's credentials needs root");
+        return;
+    }
+    let fx = Fixture::new("fs-create-existing", &[]);
+    let secret = fx.share.join("roots-file");
+    std::fs::write(&secret, b"root only").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::create_dir(fx.share.join("a-folder")).unwrap();
+    let mut s = fx.session();
+    let create_as = |s: &mut Session, uid: u32, name: &str| -> i32 {
+        let body = vhostkit_common::driver::fs::body::create(
+            (libc::O_RDWR | libc::O_TRUNC) as u32,
+            0o644,
+            0,
+            name,
+        );
+        let header = InHeader {
+            len: (IN_HEADER_LEN + body.len()) as u32,
+            opcode: Opcode::Create as u32,
+            unique: 77,
+            nodeid: 1,
+            uid,
+            gid: uid,
+            pid: 1,
+            ..Default::default()
+        };
+        let mut request = header.as_bytes().to_vec();
+        request.extend_from_slice(&body);
+        let (_, reply) = s.q.send_raw(&request, ROOM).unwrap();
+        i32::from_le_bytes(reply[4..8].try_into().unwrap())
+    };
+    assert_eq!(create_as(&mut s, 1000, "roots-file"), -libc::EACCES);
+    assert_eq!(
+        std::fs::read(&secret).unwrap(),
+        b"root only",
+        "not truncated"
+    );
+    assert_eq!(create_as(&mut s, 1000, "a-folder"), -libc::EISDIR);
+    assert_eq!(create_as(&mut s, 0, "a-folder"), -libc::EISDIR);
+    // Root may, as on the host.
+    assert_eq!(create_as(&mut s, 0, "roots-file"), 0);
+    assert!(
+        std::fs::read(&secret).unwrap().is_empty(),
+        "truncated by root"
+    );
+}

@@ -81,7 +81,15 @@ pub struct PairWorker {
     /// A frame (vnet header included) read from the tap while the guest's receive
     /// buffers held less than a largest frame, and too long for them: delivered
     /// first once the guest has posted enough.
-    pending: Option<Vec<u8>>,
+    pending: Option<HeldFrame>,
+}
+
+/// A frame held for the guest's receive buffers, with the header size it was read
+/// with: a frame whose header size is not the guest's current one (features acked
+/// again while it waited) is dropped, not delivered.
+struct HeldFrame {
+    frame: Vec<u8>,
+    hdr_len: usize,
 }
 
 // SAFETY: the raw pointers in `iovecs` are scratch, only valid (and only used)
@@ -110,7 +118,7 @@ impl PairWorker {
     /// receive ring is stopped (GET_VRING_BASE: a driver reset, a reboot) and when
     /// features are negotiated again.
     pub fn drop_held_frame(&mut self) {
-        if let Some(frame) = self.pending.take() {
+        if let Some(HeldFrame { frame, .. }) = self.pending.take() {
             guest_debug!(
                 "pair {}: dropping a held {}-byte frame: the rings were reset",
                 self.pair,
@@ -321,7 +329,14 @@ impl PairWorker {
     fn receive_frame(&mut self, queue: &mut Queue, mem: &Mem) -> RxOutcome {
         let mergeable = self.device.mergeable_rx.load(Ordering::Relaxed);
         let hdr_len = self.hdr_len();
-        let pending_len = self.pending.as_ref().map(Vec::len);
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|held| held.hdr_len != hdr_len)
+        {
+            self.drop_held_frame();
+        }
+        let pending_len = self.pending.as_ref().map(|held| held.frame.len());
         let wanted =
             pending_len.unwrap_or(hdr_len + self.device.rx_frame_max.load(Ordering::Relaxed));
         self.iovecs.clear();
@@ -379,7 +394,7 @@ impl PairWorker {
                 None => RxOutcome::NoBuffers,
             };
         }
-        if let Some(frame) = self.pending.take() {
+        if let Some(HeldFrame { frame, .. }) = self.pending.take() {
             if capacity < frame.len() {
                 if self.rx_chains.len() >= usize::from(queue.size()) {
                     // The whole ring cannot hold it: no more buffers can come.
@@ -391,7 +406,7 @@ impl PairWorker {
                     self.give_back_chains(queue);
                     return RxOutcome::Progress;
                 }
-                self.pending = Some(frame);
+                self.pending = Some(HeldFrame { frame, hdr_len });
                 self.give_back_chains(queue);
                 return RxOutcome::WaitForBuffers;
             }
@@ -415,7 +430,7 @@ impl PairWorker {
             }
             frame.truncate(n as usize);
             if frame.len() > capacity {
-                self.pending = Some(frame);
+                self.pending = Some(HeldFrame { frame, hdr_len });
                 self.give_back_chains(queue);
                 return RxOutcome::WaitForBuffers;
             }

@@ -40,6 +40,23 @@ pub enum IoOp<'a> {
         offset: u64,
         len: u64,
     },
+    /// BLKDISCARD of a block device's range: an ioctl, which io_uring cannot run,
+    /// so the io_uring engine runs it on a thread of its own.
+    Discard {
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// BLKDISCARD of `len` bytes at `offset` on the block device `fd`.
+pub fn blkdiscard(fd: RawFd, offset: u64, len: u64) -> io::Result<usize> {
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: BLKDISCARD reads a [u64; 2] from the pointer, a live local array.
+    if unsafe { libc::ioctl(fd, crate::disk::BLKDISCARD, range.as_ptr()) } == 0 {
+        Ok(0)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A finished operation: its tag and the bytes moved, or the error.

@@ -36,7 +36,7 @@ impl SyncEngine {
                 IoOp::Read { iovecs, .. } | IoOp::Write { iovecs, .. } => {
                     iovecs.iter().map(|v| v.iov_len).sum()
                 }
-                IoOp::Flush | IoOp::Fallocate { .. } => 0,
+                IoOp::Flush | IoOp::Fallocate { .. } | IoOp::Discard { .. } => 0,
             });
         };
         let fd = file.as_raw_fd();
@@ -58,6 +58,7 @@ impl SyncEngine {
                     Err(io::Error::last_os_error())
                 }
             }
+            IoOp::Discard { offset, len } => super::blkdiscard(fd, offset, len),
             IoOp::Fallocate { mode, offset, len } => {
                 let (offset, len) = (
                     i64::try_from(offset)

@@ -42,6 +42,69 @@ pub struct UringEngine {
     direct: bool,
     read_nowait: Nowait,
     write_nowait: Nowait,
+    /// The thread that runs block-device discards (started at the first one).
+    discards: Option<DiscardThread>,
+}
+
+/// Runs BLKDISCARD ioctls, which io_uring cannot, off the queue's worker: the
+/// worker goes on serving while a discard runs, and learns of its end through the
+/// engine's completion eventfd, as of any other completion.
+struct DiscardThread {
+    requests: Option<std::sync::mpsc::Sender<(u64, u64, u64)>>,
+    done: Arc<std::sync::Mutex<Vec<Completion>>>,
+    in_flight: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DiscardThread {
+    fn start(file: Arc<File>, eventfd: &EventFd) -> io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, u64, u64)>();
+        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let wake = eventfd.try_clone()?;
+        let results = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("blk-discard".into())
+            .spawn(move || {
+                for (tag, offset, len) in rx {
+                    let result = super::blkdiscard(file.as_raw_fd(), offset, len);
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((tag, result));
+                    let _ = wake.write(1);
+                }
+            })?;
+        Ok(DiscardThread {
+            requests: Some(tx),
+            done,
+            in_flight: 0,
+            thread: Some(thread),
+        })
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        self.in_flight -= done.len();
+        out.append(&mut done);
+    }
+
+    fn finished(&self) -> bool {
+        !self
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+}
+
+impl Drop for DiscardThread {
+    fn drop(&mut self) {
+        // The thread ends once it has run what it was sent.
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The only operations the ring runs. io_uring's operations are not system calls,
@@ -121,6 +184,7 @@ impl UringEngine {
             direct: flags >= 0 && flags & libc::O_DIRECT != 0,
             read_nowait: Nowait::Unknown,
             write_nowait: Nowait::Unknown,
+            discards: None,
         })
     }
 
@@ -200,6 +264,21 @@ impl UringEngine {
 
 impl IoEngine for UringEngine {
     unsafe fn submit(&mut self, tag: u64, op: IoOp<'_>) -> io::Result<()> {
+        if let IoOp::Discard { offset, len } = op {
+            if self.discards.is_none() {
+                self.discards = Some(DiscardThread::start(self.file.clone(), &self.eventfd)?);
+            }
+            let discards = self.discards.as_mut().expect("started above");
+            let sent = discards
+                .requests
+                .as_ref()
+                .is_some_and(|tx| tx.send((tag, offset, len)).is_ok());
+            if !sent {
+                return Err(io::Error::other("the discard thread is gone"));
+            }
+            discards.in_flight += 1;
+            return Ok(());
+        }
         if let Some(n) = self.try_inline(&op) {
             self.ready.push((tag, Ok(n)));
             return Ok(());
@@ -226,6 +305,7 @@ impl IoEngine for UringEngine {
                 .offset(offset)
                 .mode(mode)
                 .build(),
+            IoOp::Discard { .. } => unreachable!("handled above"),
         };
         self.push(entry.user_data(tag))?;
         self.ring_in_flight += 1;
@@ -252,6 +332,9 @@ impl IoEngine for UringEngine {
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
         out.append(&mut self.ready);
+        if let Some(discards) = &mut self.discards {
+            discards.reap(out);
+        }
         for cqe in self.ring.completion() {
             self.ring_in_flight = self.ring_in_flight.saturating_sub(1);
             let result = cqe.result();
@@ -266,6 +349,23 @@ impl IoEngine for UringEngine {
 
     fn wait(&mut self) -> io::Result<()> {
         if self.ring_in_flight == 0 {
+            // Only discards (if anything) in flight: sleep until the thread says one
+            // ended. Clear the eventfd first, then look: the thread posts a result
+            // before it writes the eventfd, so none is missed.
+            if let Some(discards) = &self.discards {
+                if discards.in_flight > 0 {
+                    let _ = self.eventfd.read();
+                    if !discards.finished() {
+                        let mut pfd = libc::pollfd {
+                            fd: self.eventfd.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd for the length given.
+                        unsafe { libc::poll(&mut pfd, 1, -1) };
+                    }
+                }
+            }
             return Ok(());
         }
         loop {
@@ -281,7 +381,7 @@ impl IoEngine for UringEngine {
     }
 
     fn in_flight(&self) -> usize {
-        self.ring_in_flight + self.ready.len()
+        self.ring_in_flight + self.ready.len() + self.discards.as_ref().map_or(0, |d| d.in_flight)
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
@@ -458,6 +558,40 @@ mod tests {
         }
         assert!(done.iter().all(|(_, r)| r.is_ok()), "{done:?}");
         assert_eq!(buf, vec![7u8; 4096]);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// A discard runs on the engine's thread: submit returns at once, wait sleeps
+    /// until it ended, the eventfd says so, and reap hands its result (here ENOTTY:
+    /// BLKDISCARD on a file) with its tag.
+    #[test]
+    fn discards_run_off_the_worker() {
+        let dir = std::env::temp_dir();
+        let (path, file) = temp_file(&dir, "discard", &[0u8; 4096]);
+        let mut engine = UringEngine::new(file, 8).unwrap();
+        // SAFETY: a discard touches no memory of ours.
+        unsafe {
+            engine.submit(
+                5,
+                IoOp::Discard {
+                    offset: 0,
+                    len: 4096,
+                },
+            )
+        }
+        .unwrap();
+        assert_eq!(engine.in_flight(), 1);
+        let mut done = Vec::new();
+        while done.is_empty() {
+            engine.wait().unwrap();
+            engine.reap(&mut done);
+        }
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].0, 5);
+        let err = done[0].1.as_ref().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTTY), "{err}");
+        assert_eq!(engine.in_flight(), 0);
+        drop(engine);
         std::fs::remove_file(path).unwrap();
     }
 
