@@ -68,6 +68,58 @@ pub trait ServedBackend: VhostUserBackend<Bitmap = (), Vring = Vring> + Clone + 
     }
 }
 
+/// The exit events of one connection's worker threads (the backend's
+/// `exit_event`), closed when the connection's backend goes.
+///
+/// vhost-user-backend 0.24 keeps the consumer end of each exit event only as a raw
+/// descriptor (`VringEpollHandler::new` calls `into_raw_fd` on it) and never closes
+/// it: one descriptor leaked per worker thread per connection, so a frontend that
+/// reconnects long enough would exhaust the daemon's descriptor table. A backend
+/// makes its pairs here; once the connection's threads are joined and the backend
+/// dropped (the library's last use of the descriptor was registering it with the
+/// thread's epoll, gone with the thread), the consumers are closed.
+#[derive(Debug, Default)]
+pub struct ExitEvents {
+    consumers: Mutex<Vec<std::os::fd::RawFd>>,
+}
+
+impl ExitEvents {
+    /// A new pair for one worker thread.
+    pub fn new_pair(
+        &self,
+    ) -> Option<(
+        vmm_sys_util::event::EventConsumer,
+        vmm_sys_util::event::EventNotifier,
+    )> {
+        let (consumer, notifier) = vmm_sys_util::event::new_event_consumer_and_notifier(
+            vmm_sys_util::event::EventFlag::NONBLOCK,
+        )
+        .ok()?;
+        self.consumers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(consumer.as_raw_fd());
+        Some((consumer, notifier))
+    }
+}
+
+impl Drop for ExitEvents {
+    fn drop(&mut self) {
+        for fd in self
+            .consumers
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            // SAFETY: the library turned this descriptor into a raw one and never
+            // closes it; its only use, the connection's epoll, is gone with the
+            // connection's threads, which were joined before the backend (and
+            // this) was dropped. Nothing else owns the number.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 struct StopState {
     stopped: AtomicBool,
     wake: EventFd,

@@ -8,15 +8,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vhostkit_common::backend::{bit, config_slice, protocol_features};
-use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
+use vhostkit_common::lifecycle::{ExitEvents, GuestMemory, ServedBackend, Vring};
 use vhostkit_common::{guest_debug, guest_error, guest_info};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::BlkConfig;
 use crate::disk::Disk;
@@ -53,6 +51,7 @@ struct Inner {
     acked_features: AtomicU64,
     /// Where the workers' engines go back when the connection ends.
     engines: Arc<EnginePool>,
+    exit_events: ExitEvents,
 }
 
 impl BlkBackend {
@@ -105,6 +104,7 @@ impl BlkBackend {
                 workers,
                 acked_features: AtomicU64::new(0),
                 engines,
+                exit_events: ExitEvents::default(),
             }),
         })
     }
@@ -247,7 +247,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        self.inner.exit_events.new_pair()
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {

@@ -1138,3 +1138,37 @@ fn per_request_log_lines_are_rate_limited() {
     let log = wait_for_log(&dir, "daemon.log", "similar lines suppressed");
     assert!(log.contains("SET_CONFIG ignored"), "{log}");
 }
+
+/// A frontend that connects again and again costs the daemon no descriptors: the
+/// per-connection ones (exit events of the worker threads, which
+/// vhost-user-backend leaves open, the memory table, the rings' eventfds) all go
+/// with the connection.
+#[test]
+fn reconnecting_frontends_leak_no_descriptors() {
+    let dir = TempDir::new("driver-io-fdleak").unwrap();
+    let image = dir.image(1 << 20).unwrap();
+    let daemon = spawn_daemon(&dir, &image, "daemon.log", &["--num-queues", "4"]);
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+            .unwrap()
+            .count()
+    };
+    let mut counts = Vec::new();
+    for round in 0..40u32 {
+        // The daemon serves one frontend at a time: this one is accepted once the
+        // last one's connection is over. Count while it is set up (the same state
+        // every round).
+        let mut dev = connect(&dir, 4 << 20);
+        let mut q = dev.setup_queues(4, 64, 4).unwrap().remove(0);
+        let mem = dev.driver.memory().clone();
+        let buf = mem.alloc(4096, 4096).unwrap();
+        write_at(&mut q, &mem, buf, 8, &[round as u8; 4096]);
+        counts.push(open_fds());
+    }
+    assert!(
+        counts[39] <= counts[9],
+        "descriptors grow with connections: after 10 {}, after 40 {}",
+        counts[9],
+        counts[39]
+    );
+}

@@ -10,14 +10,12 @@ use std::sync::{Arc, Mutex};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::VhostUserBackend;
 use vhostkit_common::backend::{bit, config_slice};
-use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
+use vhostkit_common::lifecycle::{ExitEvents, GuestMemory, ServedBackend, Vring};
 use vhostkit_common::{guest_debug, guest_error};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::{FsConfig, InodeFileHandles, TAG_BYTES};
 use crate::passthrough::{FsOptions, PassthroughFs};
@@ -51,6 +49,7 @@ struct Inner {
     memory: Mutex<Option<GuestMemory>>,
     /// Each queue's adaptive polling (only its own worker thread locks it).
     polls: Vec<Mutex<AdaptivePoll>>,
+    exit_events: ExitEvents,
 }
 
 impl FsBackend {
@@ -77,6 +76,7 @@ impl FsBackend {
                     .map(|_| Mutex::new(AdaptivePoll::new(config.poll)))
                     .collect(),
                 config,
+                exit_events: ExitEvents::default(),
             }),
         })
     }
@@ -156,7 +156,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        self.inner.exit_events.new_pair()
     }
 
     fn handle_event(

@@ -9,14 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler};
 use vhostkit_common::backend::{config_slice, protocol_features};
-use vhostkit_common::lifecycle::{GuestMemory, ServedBackend, Vring};
+use vhostkit_common::lifecycle::{ExitEvents, GuestMemory, ServedBackend, Vring};
 use vhostkit_common::{guest_debug, guest_error, guest_warn};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::NetConfig;
 use crate::net::{self, bit, VNET_HDR_LEN};
@@ -45,6 +43,7 @@ struct Inner {
     pairs: Vec<Mutex<PairWorker>>,
     ctrl: Mutex<ControlWorker>,
     acked_features: AtomicU64,
+    exit_events: ExitEvents,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,6 +79,7 @@ impl NetBackend {
                 device,
                 pairs,
                 acked_features: AtomicU64::new(0),
+                exit_events: ExitEvents::default(),
             }),
         })
     }
@@ -230,7 +230,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        self.inner.exit_events.new_pair()
     }
 
     fn handle_event(
