@@ -106,9 +106,9 @@ for t in $targets; do
         exit 2
     fi
     out="fuzz/out/$t"
-    rm -rf "$out" "$out.log"
+    rm -rf "$out" "$out.log" "$out.panics"
     echo "== $t: ${seconds} s (log: $out.log)" >&2
-    if ! nice -n 10 cargo afl fuzz -i "fuzz/corpus/$t" -o "$out" -V "$seconds" -t 1000 \
+    if ! VHOSTKIT_FUZZ_PANIC_LOG="$PWD/$out.panics" nice -n 10 cargo afl fuzz -i "fuzz/corpus/$t" -o "$out" -V "$seconds" -t 1000 \
         "$bin_dir/$t" >"$out.log" 2>&1; then
         tail -n 20 "$out.log" | sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g' >&2
         echo "fuzz.sh: afl-fuzz failed on $t" >&2
@@ -124,12 +124,14 @@ for t in $targets; do
     rows+=("$t $execs $rate $crashes $hangs")
     if [ "${crashes:-0}" != 0 ]; then
         crashed=1
-        echo "fuzz.sh: $t crashed; inputs in $out/default/crashes/" >&2
+        echo "fuzz.sh: $t crashed; inputs in $out/default/crashes/, panics in $out.panics:" >&2
+        grep -E '^pid [0-9]+ thread' "$out.panics" 2>/dev/null | sed 's/^pid [0-9]* //' |
+            sort | uniq -c | sort -rn | head -5 >&2 || true
     fi
     if [ "${hangs:-0}" != 0 ]; then
         echo "fuzz.sh: $t hung; inputs in $out/default/hangs/" >&2
     fi
-    rm -rf "${scratch:?}/$t"
+    rm -rf "${scratch:?}/vhostkit-fuzz-$t-"*
 done
 
 printf '\n%-12s %12s %10s %8s %6s\n' target execs execs/s crashes hangs

@@ -47,10 +47,41 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// line (every file of a named folder), or on stdin without arguments; for
 /// reproducing a crash (`target/debug/fuse fuzz/regressions/fuse/*`).
 pub fn main(target: Target) {
+    log_panics();
     #[cfg(feature = "afl")]
     afl::fuzz!(|data: &[u8]| target(data));
     #[cfg(not(feature = "afl"))]
     replay_main(target);
+}
+
+/// With `VHOSTKIT_FUZZ_PANIC_LOG` set (scripts/fuzz.sh sets it to
+/// `fuzz/out/<target>.panics`), appends every panic's message, thread and
+/// backtrace to that file: afl-fuzz keeps a crashing input but not what the
+/// target printed, and a crash that needs the state earlier inputs left (the
+/// targets keep a daemon or a folder across inputs) may not replay alone.
+fn log_panics() {
+    let Some(path) = std::env::var_os("VHOSTKIT_FUZZ_PANIC_LOG") else {
+        return;
+    };
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        use std::io::Write;
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            let _ = writeln!(
+                file,
+                "pid {} thread {}: {info}\n{backtrace}\n",
+                std::process::id(),
+                thread.name().unwrap_or("?"),
+            );
+        }
+        default(info);
+    }));
 }
 
 #[cfg(not(feature = "afl"))]
