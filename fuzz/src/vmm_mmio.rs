@@ -11,6 +11,7 @@
 //! with a device reset (status 0: started queues are stopped on the daemon) and
 //! zeroed guest memory; the device is made again, on a new connection, when the
 //! input asks for another kind or after the backend failed (DEVICE_NEEDS_RESET).
+//! Under afl-fuzz the process ends after [`CONNECTIONS_PER_PROCESS`] connections.
 //!
 //! Input layout:
 //!
@@ -49,11 +50,17 @@ pub const DAEMON_QUEUES: u16 = 2;
 pub const MAX_ACCESSES: usize = 512;
 /// DEVICE_NEEDS_RESET in the status register.
 const S_NEEDS_RESET: u32 = 0x40;
+/// Under afl-fuzz, the process ends (afl-fuzz forks a fresh one) after this many
+/// connections to the daemon: vhost-user-backend 0.24 leaks two descriptors of the
+/// daemon per connection (the exit-event consumer of each worker thread,
+/// `VringEpollHandler::new`), and the process would run out.
+pub const CONNECTIONS_PER_PROCESS: u32 = 200;
 
 struct State {
     socket: PathBuf,
     mem: Arc<GuestMemory>,
     device: Option<(u8, MmioDevice)>,
+    connections: u32,
     _stop: StopHandle,
 }
 
@@ -63,6 +70,9 @@ pub fn run(data: &[u8]) {
     let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
     let state = guard.get_or_insert_with(State::new);
     state.run(data);
+    if cfg!(feature = "afl") && state.connections >= CONNECTIONS_PER_PROCESS {
+        std::process::exit(0);
+    }
 }
 
 fn device_config(kind: u8, backend_queues: u16) -> DeviceConfig {
@@ -115,6 +125,7 @@ impl State {
             socket,
             mem: Arc::new(memory::create(MEM_SIZE).expect("guest memory")),
             device: None,
+            connections: 0,
             _stop: stop,
         }
     }
@@ -127,6 +138,7 @@ impl State {
             self.device = None;
             let backend = Backend::connect(&self.socket)
                 .unwrap_or_else(|e| panic!("vhost-user handshake with the daemon: {e}"));
+            self.connections += 1;
             let config = device_config(kind, backend.num_queues());
             let dev = MmioDevice::new(backend, self.mem.clone(), config).expect("device");
             self.device = Some((kind, dev));
