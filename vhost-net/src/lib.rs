@@ -16,6 +16,10 @@ pub mod net;
 pub mod tap;
 pub mod worker;
 
+/// Entry points for the fuzz targets (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::sync::Arc;
 
 use log::info;

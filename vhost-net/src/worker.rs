@@ -200,29 +200,7 @@ impl PairWorker {
     where
         C: Iterator<Item = Descriptor>,
     {
-        self.iovecs.clear();
-        let mut total = 0usize;
-        let mut descriptors = 0usize;
-        for desc in chain {
-            if desc.is_write_only() {
-                return Err(TxDrop::Shape(TxError::WritableDescriptor));
-            }
-            descriptors += 1;
-            total = total.saturating_add(desc.len() as usize);
-            // Check as we go, so a huge chain is refused before it is all mapped.
-            if descriptors > MAX_IOVECS {
-                return Err(TxDrop::Shape(TxError::TooManyDescriptors(descriptors)));
-            }
-            if total > MAX_TX_LEN {
-                return Err(TxDrop::Shape(TxError::TooLong(total)));
-            }
-            push_iovecs(&**mem, desc.addr(), desc.len() as usize, &mut self.iovecs)
-                .map_err(TxDrop::OutsideMemory)?;
-            if self.iovecs.len() > MAX_IOVECS {
-                return Err(TxDrop::Shape(TxError::TooManyDescriptors(descriptors)));
-            }
-        }
-        check_tx(total, descriptors, self.hdr_len()).map_err(TxDrop::Shape)?;
+        tx_iovecs(chain, &**mem, self.hdr_len(), &mut self.iovecs)?;
         // SAFETY: the iovecs point into guest memory that `mem` keeps mapped for the
         // whole call; writev only reads them.
         let n = unsafe {
@@ -551,7 +529,7 @@ impl PairWorker {
 
 /// Why a transmit chain was dropped.
 #[derive(Debug, thiserror::Error)]
-enum TxDrop {
+pub(crate) enum TxDrop {
     #[error("{0}")]
     Shape(TxError),
     #[error("buffer at {:#x} outside guest memory", .0 .0)]
@@ -562,7 +540,7 @@ enum TxDrop {
 
 /// Why a receive chain cannot take frames.
 #[derive(Debug, thiserror::Error)]
-enum RxChainError {
+pub(crate) enum RxChainError {
     #[error("device-readable descriptor in a receive chain")]
     ReadableDescriptor,
     #[error("buffer at {:#x} outside guest memory", .0 .0)]
@@ -571,6 +549,45 @@ enum RxChainError {
     NoRoomForHeader(usize),
     #[error("more than {MAX_IOVECS} descriptors")]
     TooManyDescriptors,
+}
+
+/// Maps a transmit chain (virtio-net header of `hdr_len` bytes, then the frame) to
+/// the iovecs of one writev into `iovecs`, checking its shape as it goes; returns
+/// its length.
+pub(crate) fn tx_iovecs<C, M>(
+    chain: C,
+    mem: &M,
+    hdr_len: usize,
+    iovecs: &mut Vec<libc::iovec>,
+) -> Result<usize, TxDrop>
+where
+    C: Iterator<Item = Descriptor>,
+    M: GuestMemoryBackend + ?Sized,
+{
+    iovecs.clear();
+    let mut total = 0usize;
+    let mut descriptors = 0usize;
+    for desc in chain {
+        if desc.is_write_only() {
+            return Err(TxDrop::Shape(TxError::WritableDescriptor));
+        }
+        descriptors += 1;
+        total = total.saturating_add(desc.len() as usize);
+        // Check as we go, so a huge chain is refused before it is all mapped.
+        if descriptors > MAX_IOVECS {
+            return Err(TxDrop::Shape(TxError::TooManyDescriptors(descriptors)));
+        }
+        if total > MAX_TX_LEN {
+            return Err(TxDrop::Shape(TxError::TooLong(total)));
+        }
+        push_iovecs(mem, desc.addr(), desc.len() as usize, iovecs)
+            .map_err(TxDrop::OutsideMemory)?;
+        if iovecs.len() > MAX_IOVECS {
+            return Err(TxDrop::Shape(TxError::TooManyDescriptors(descriptors)));
+        }
+    }
+    check_tx(total, descriptors, hdr_len).map_err(TxDrop::Shape)?;
+    Ok(total)
 }
 
 /// How many chains, of these capacities in order, a frame of `len` bytes fills.
@@ -589,7 +606,7 @@ fn chains_filled(len: usize, capacities: impl Iterator<Item = usize>) -> usize {
 
 /// Maps a receive chain's buffers to iovecs (appended to `iovecs`); returns its
 /// capacity and its first descriptor.
-fn collect_rx_chain<C, M>(
+pub(crate) fn collect_rx_chain<C, M>(
     chain: C,
     mem: &M,
     hdr_len: usize,

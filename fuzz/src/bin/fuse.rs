@@ -1,0 +1,5 @@
+//! Fuzz target `fuse`: see `vhostkit_fuzz::fuse`.
+
+fn main() {
+    vhostkit_fuzz::main(vhostkit_fuzz::fuse::run);
+}
