@@ -11,7 +11,6 @@
 //! with a device reset (status 0: started queues are stopped on the daemon) and
 //! zeroed guest memory; the device is made again, on a new connection, when the
 //! input asks for another kind or after the backend failed (DEVICE_NEEDS_RESET).
-//! Under afl-fuzz the process ends after [`CONNECTIONS_PER_PROCESS`] connections.
 //!
 //! Input layout:
 //!
@@ -50,11 +49,6 @@ pub const DAEMON_QUEUES: u16 = 2;
 pub const MAX_ACCESSES: usize = 512;
 /// DEVICE_NEEDS_RESET in the status register.
 const S_NEEDS_RESET: u32 = 0x40;
-/// Under afl-fuzz, the process ends (afl-fuzz forks a fresh one) after this many
-/// connections to the daemon: vhost-user-backend 0.24 leaks two descriptors of the
-/// daemon per connection (the exit-event consumer of each worker thread,
-/// `VringEpollHandler::new`), and the process would run out.
-pub const CONNECTIONS_PER_PROCESS: u32 = 200;
 
 struct State {
     socket: PathBuf,
@@ -70,17 +64,22 @@ pub fn run(data: &[u8]) {
     let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
     let state = guard.get_or_insert_with(State::new);
     state.run(data);
-    if cfg!(feature = "afl") && state.connections >= CONNECTIONS_PER_PROCESS {
-        std::process::exit(0);
-    }
 }
+
+/// QueueNumMax offered: the daemon's default `--queue-size`.
+const QUEUE_SIZE: u16 = 256;
 
 fn device_config(kind: u8, backend_queues: u16) -> DeviceConfig {
     match kind {
-        0 => DeviceConfig::blk(backend_queues, None),
-        1 => DeviceConfig::blk(backend_queues, Some(1)),
-        2 => DeviceConfig::net(backend_queues, [0x52, 0x54, 0, 0x12, 0x34, 0x56], None),
-        _ => DeviceConfig::fs(backend_queues, "fuzz", None),
+        0 => DeviceConfig::blk(backend_queues, None, QUEUE_SIZE),
+        1 => DeviceConfig::blk(backend_queues, Some(1), QUEUE_SIZE),
+        2 => DeviceConfig::net(
+            backend_queues,
+            [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            None,
+            QUEUE_SIZE,
+        ),
+        _ => DeviceConfig::fs(backend_queues, "fuzz", None, QUEUE_SIZE),
     }
 }
 
@@ -111,7 +110,10 @@ impl State {
         std::thread::Builder::new()
             .name("vhost-user-blk".into())
             .spawn(move || {
-                if let Err(e) = vhost_blk::run(config, &daemon_stop) {
+                // Start-up here drops this thread's capabilities: only this thread's.
+                let served =
+                    vhost_blk::start(config).and_then(|p| vhost_blk::serve(p, &daemon_stop));
+                if let Err(e) = served {
                     panic!("the in-process vhost-user-blk daemon stopped: {e}");
                 }
             })
