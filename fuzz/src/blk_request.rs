@@ -124,7 +124,12 @@ fn run_in(guest: &Guest, data: &[u8]) {
                         } else {
                             assert_eq!(guest.gather(&iovecs).len() as u64, len);
                         }
-                        (STATUS_OK, if read { len as u32 + 1 } else { 1 })
+                        let used = if read {
+                            vhost_blk::worker::read_used_len(len)
+                        } else {
+                            1
+                        };
+                        (STATUS_OK, used)
                     }
                     Err(_) => (STATUS_IOERR, 1),
                 }
