@@ -62,6 +62,82 @@ pub trait Daemon: Sized {
     }
 }
 
+/// A daemon in two steps: [`Service::prepare`] does the start-up that needs the
+/// process's privileges and must finish before the signal thread starts (opening
+/// the device, binding the socket, dropping capabilities, installing the seccomp
+/// filter); [`Service::serve`] serves. Implement it on the validated configuration
+/// and run `daemon_main::<ServiceDaemon<Config>>()`.
+pub trait Service: Sized + Clone {
+    /// The daemon's clap command line.
+    type Args: clap::Parser;
+    /// What start-up leaves for serving.
+    type Prepared;
+
+    /// See [`Daemon::log_args`].
+    fn log_args(args: &Self::Args) -> &LogArgs;
+    /// See [`Daemon::from_args`].
+    fn from_args(args: Self::Args) -> Result<Self, String>;
+    /// See [`Daemon::listen`].
+    fn listen(&self) -> &ListenAddr;
+    /// See [`Daemon::early_exit`].
+    fn early_exit(_argv: &[OsString]) -> Option<ExitCode> {
+        None
+    }
+    /// The start-up; an error is logged and the exit code is 1.
+    fn prepare(self) -> Result<Self::Prepared, String>;
+    /// The socket file start-up created (the signal handler removes it if a stop
+    /// takes too long).
+    fn socket(prepared: &Self::Prepared) -> Option<Arc<SocketFile>>;
+    /// Serves until `stop`.
+    fn serve(prepared: Self::Prepared, stop: &StopHandle) -> Result<(), String>;
+}
+
+/// The [`Daemon`] of a [`Service`]: its configuration, then what start-up prepared.
+pub struct ServiceDaemon<S: Service> {
+    config: S,
+    prepared: Option<S::Prepared>,
+}
+
+impl<S: Service> Daemon for ServiceDaemon<S> {
+    type Args = S::Args;
+
+    fn log_args(args: &S::Args) -> &LogArgs {
+        S::log_args(args)
+    }
+
+    fn from_args(args: S::Args) -> Result<Self, String> {
+        Ok(ServiceDaemon {
+            config: S::from_args(args)?,
+            prepared: None,
+        })
+    }
+
+    fn listen(&self) -> &ListenAddr {
+        self.config.listen()
+    }
+
+    fn early_exit(argv: &[OsString]) -> Option<ExitCode> {
+        S::early_exit(argv)
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        self.prepared = Some(self.config.clone().prepare()?);
+        Ok(())
+    }
+
+    fn socket_to_remove(&self) -> Option<Arc<SocketFile>> {
+        self.prepared.as_ref().and_then(S::socket)
+    }
+
+    fn run(self, stop: &StopHandle) -> Result<(), String> {
+        let prepared = match self.prepared {
+            Some(prepared) => prepared,
+            None => self.config.prepare()?,
+        };
+        S::serve(prepared, stop)
+    }
+}
+
 /// The whole `main` of a daemon: `fn main() -> ExitCode { daemon_main::<MyConfig>() }`.
 ///
 /// Exit codes: 0 after a clean stop, 2 for a bad command line, 1 for anything else.

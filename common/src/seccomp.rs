@@ -152,6 +152,15 @@ impl Policy {
         self
     }
 
+    /// With a socket the process created: `unlinkat` in the socket's folder only
+    /// (removing the socket at exit).
+    pub fn socket(self, socket: Option<&crate::socket::SocketFile>) -> Self {
+        match socket {
+            Some(s) => self.call_with_arg(libc::SYS_unlinkat, 0, s.dir_fd() as u64),
+            None => self,
+        }
+    }
+
     /// Allows `nr` when argument `arg` is `value`.
     pub fn call_with_arg(mut self, nr: libc::c_long, arg: u8, value: u64) -> Self {
         self.with_args.push((nr, arg, value));

@@ -46,21 +46,7 @@ pub fn guest_prerequisites() -> Option<(GuestImage, FsTools)> {
         );
         return None;
     }
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: qemu-system-x86_64 is not installed (scripts/setup-host.sh)");
-        return None;
-    }
-    let image = match GuestImage::ensure() {
-        Ok(image) => image,
-        Err(e) => {
-            eprintln!("SKIPPED: no guest image: {e}");
-            return None;
-        }
-    };
+    let image = crate::guest::qemu_guest_image("fs guest test")?;
     match FsTools::ensure() {
         Ok(tools) => Some((image, tools)),
         Err(e) => {

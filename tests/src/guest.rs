@@ -249,6 +249,27 @@ impl GuestImage {
 /// vmx or svm in /proc/cpuinfo and /dev/kvm opens read-write. A /dev/kvm without
 /// them (such as kvm_pvm, a software KVM) runs small test guests but cannot boot a
 /// stock Linux kernel in useful time, so Linux through `vhostkit` needs this.
+/// What a guest test under QEMU needs: qemu-system-x86_64 on the host and the
+/// guest image (built if missing). None after printing `SKIPPED: <test>: why`.
+pub fn qemu_guest_image(test: &str) -> Option<GuestImage> {
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if qemu.is_err() {
+        eprintln!("SKIPPED: {test}: qemu-system-x86_64 is not installed (scripts/setup-host.sh)");
+        return None;
+    }
+    match GuestImage::ensure() {
+        Ok(image) => Some(image),
+        Err(e) => {
+            eprintln!("SKIPPED: {test}: no guest image: {e}");
+            None
+        }
+    }
+}
+
 pub fn hardware_kvm() -> bool {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let hw_virt = cpuinfo
@@ -1125,6 +1146,16 @@ impl GuestOutput {
 
     /// Checks that `/init` started `run.sh`, that it exited with 0, and that the
     /// guest powered off by itself.
+    /// The console and a daemon's log (`what`, from `log_path`), for a failing
+    /// assertion's message.
+    pub fn context(&self, what: &str, log_path: &Path) -> String {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        format!(
+            "\n----- guest console -----\n{}\n----- {what} log -----\n{log}",
+            self.console
+        )
+    }
+
     pub fn check_run_ok(&self) -> Result<()> {
         let has = |mark: &str| {
             self.console

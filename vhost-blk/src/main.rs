@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
-use vhost_blk::BlkDaemon;
-use vhostkit_common::daemon::daemon_main;
+use vhost_blk::BlkConfig;
+use vhostkit_common::daemon::{daemon_main, ServiceDaemon};
 
 fn main() -> ExitCode {
-    daemon_main::<BlkDaemon>()
+    daemon_main::<ServiceDaemon<BlkConfig>>()
 }

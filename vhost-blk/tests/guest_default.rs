@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use vhostkit_tests::daemon::DaemonProcess;
-use vhostkit_tests::guest::{Guest, GuestImage, Initrd};
+use vhostkit_tests::guest::{qemu_guest_image, Guest, Initrd};
 use vhostkit_tests::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
@@ -37,27 +37,10 @@ if cmp -s /tmp/pattern /tmp/back; then echo "VHOSTKIT-RESULT same yes"; else ech
 exit 0
 "#;
 
-fn have(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
 #[test]
 fn default_daemon_under_default_qemu_device() {
-    if !have("qemu-system-x86_64") {
-        eprintln!("SKIPPED: guest_default: qemu-system-x86_64 is not installed on the host");
+    let Some(image) = qemu_guest_image("guest_default") else {
         return;
-    }
-    let image = match GuestImage::ensure() {
-        Ok(image) => image,
-        Err(e) => {
-            eprintln!("SKIPPED: guest_default: no guest image: {e}");
-            return;
-        }
     };
     let dir = TempDir::new("blk-guest-default").unwrap();
     let disk = dir.image(16 << 20).unwrap();
@@ -84,11 +67,7 @@ fn default_daemon_under_default_qemu_device() {
         .timeout(GUEST_TIMEOUT)
         .run()
         .unwrap_or_else(|e| panic!("{e}"));
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let context = format!(
-        "\n----- guest console -----\n{}\n----- vhost-user-blk log -----\n{log}",
-        out.console
-    );
+    let context = out.context("vhost-user-blk", &log_path);
     assert_eq!(out.result("error"), None, "{context}");
     assert_eq!(
         out.result("same"),

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use log::{info, warn};
 use vhostkit_common::cli::ListenAddr;
 use vhostkit_common::cli::LogArgs;
-use vhostkit_common::daemon::{Daemon, EXIT_USAGE};
+use vhostkit_common::daemon::{Service, EXIT_USAGE};
 use vhostkit_common::lifecycle::{self, StopHandle};
 use vhostkit_common::socket::SocketFile;
 
@@ -135,29 +135,21 @@ pub fn serve(started: Started, stop: &StopHandle) -> Result<(), String> {
     result
 }
 
-/// The daemon for [`vhostkit_common::daemon::daemon_main`]: the validated
-/// configuration, then what [`start`] left for serving.
-pub struct FsDaemon {
-    config: FsConfig,
-    started: Option<Started>,
-}
-
-impl Daemon for FsDaemon {
+/// The daemon for `daemon_main::<ServiceDaemon<FsConfig>>()` ([`FsDaemon`]).
+impl Service for FsConfig {
     type Args = Args;
+    type Prepared = Started;
 
     fn log_args(args: &Args) -> &LogArgs {
         &args.log
     }
 
     fn from_args(args: Args) -> Result<Self, String> {
-        Ok(FsDaemon {
-            config: FsConfig::try_from(args)?,
-            started: None,
-        })
+        FsConfig::try_from(args)
     }
 
     fn listen(&self) -> &ListenAddr {
-        &self.config.listen
+        &self.listen
     }
 
     /// `--print-capabilities` (before anything else is checked, as virtiofsd),
@@ -175,23 +167,21 @@ impl Daemon for FsDaemon {
         None
     }
 
-    fn start(&mut self) -> Result<(), String> {
-        self.started = Some(start(self.config.clone())?);
-        Ok(())
+    fn prepare(self) -> Result<Started, String> {
+        start(self)
     }
 
-    fn socket_to_remove(&self) -> Option<Arc<SocketFile>> {
-        self.started.as_ref().and_then(Started::socket_to_remove)
+    fn socket(prepared: &Started) -> Option<Arc<SocketFile>> {
+        prepared.socket_to_remove()
     }
 
-    fn run(self, stop: &StopHandle) -> Result<(), String> {
-        let started = match self.started {
-            Some(started) => started,
-            None => start(self.config)?,
-        };
-        serve(started, stop)
+    fn serve(prepared: Started, stop: &StopHandle) -> Result<(), String> {
+        serve(prepared, stop)
     }
 }
+
+/// The vhost-user-fs daemon.
+pub type FsDaemon = vhostkit_common::daemon::ServiceDaemon<FsConfig>;
 
 /// What `--inode-file-handles` comes to here: file handles need
 /// CAP_DAC_READ_SEARCH (open_by_handle_at) and a file system that gives them;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use log::info;
 use vhostkit_common::cli::{ListenAddr, LogArgs};
-use vhostkit_common::daemon::{error_chain, Daemon};
+use vhostkit_common::daemon::{error_chain, Service};
 use vhostkit_common::lifecycle::{self, Listening, StopHandle};
 use vhostkit_common::seccomp::Policy;
 use vhostkit_common::socket::SocketFile;
@@ -100,54 +100,37 @@ pub const SECCOMP_IOCTLS: &[u64] = &[
 /// The daemon's allow-list; with a socket of its own, `unlinkat` in the socket's
 /// folder (removing it at exit).
 pub fn policy(socket: Option<&SocketFile>) -> Policy {
-    let policy = Policy::new(SECCOMP_CALLS).ioctls(SECCOMP_IOCTLS);
-    match socket {
-        Some(s) => policy.call_with_arg(libc::SYS_unlinkat, 0, s.dir_fd() as u64),
-        None => policy,
-    }
+    Policy::new(SECCOMP_CALLS)
+        .ioctls(SECCOMP_IOCTLS)
+        .socket(socket)
 }
 
-/// The daemon for [`vhostkit_common::daemon::daemon_main`]: the validated
-/// configuration, then what [`start`] prepared.
-pub struct NetDaemon {
-    config: NetConfig,
-    prepared: Option<Prepared>,
-}
-
-impl Daemon for NetDaemon {
+/// The daemon for `daemon_main::<ServiceDaemon<NetConfig>>()`.
+impl Service for NetConfig {
     type Args = Args;
+    type Prepared = Prepared;
 
     fn log_args(args: &Args) -> &LogArgs {
         &args.log
     }
 
     fn from_args(args: Args) -> Result<Self, String> {
-        Ok(NetDaemon {
-            config: NetConfig::try_from(args)?,
-            prepared: None,
-        })
+        NetConfig::try_from(args)
     }
 
     fn listen(&self) -> &ListenAddr {
-        &self.config.listen
+        &self.listen
     }
 
-    fn start(&mut self) -> Result<(), String> {
-        self.prepared = Some(start(self.config.clone())?);
-        Ok(())
+    fn prepare(self) -> Result<Prepared, String> {
+        start(self)
     }
 
-    fn socket_to_remove(&self) -> Option<Arc<SocketFile>> {
-        self.prepared
-            .as_ref()
-            .and_then(|p| p.listening.socket_file())
+    fn socket(prepared: &Prepared) -> Option<Arc<SocketFile>> {
+        prepared.listening.socket_file()
     }
 
-    fn run(self, stop: &StopHandle) -> Result<(), String> {
-        let prepared = match self.prepared {
-            Some(prepared) => prepared,
-            None => start(self.config)?,
-        };
+    fn serve(prepared: Prepared, stop: &StopHandle) -> Result<(), String> {
         serve(prepared, stop)
     }
 }

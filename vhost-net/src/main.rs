@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
-use vhost_net::NetDaemon;
-use vhostkit_common::daemon::daemon_main;
+use vhost_net::NetConfig;
+use vhostkit_common::daemon::{daemon_main, ServiceDaemon};
 
 fn main() -> ExitCode {
-    daemon_main::<NetDaemon>()
+    daemon_main::<ServiceDaemon<NetConfig>>()
 }

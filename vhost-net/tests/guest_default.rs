@@ -16,11 +16,11 @@
 //!     cargo test -p vhost-net --test guest_default -- --nocapture
 
 use std::fs::File;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use vhostkit_tests::daemon::DaemonProcess;
-use vhostkit_tests::guest::{Guest, GuestImage, GuestOutput, Initrd};
+use vhostkit_tests::guest::{qemu_guest_image, Guest, GuestOutput, Initrd};
 use vhostkit_tests::netns::{self, NetNs};
 use vhostkit_tests::TempDir;
 
@@ -41,15 +41,6 @@ echo "VHOSTKIT-RESULT guest_tx_packets $(cat /sys/class/net/eth0/statistics/tx_p
 echo "VHOSTKIT-RESULT guest_rx_packets $(cat /sys/class/net/eth0/statistics/rx_packets)"
 exit 0
 "#;
-
-fn have(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
 
 /// A counter of the tap in the namespace (`rx_packets`: frames the daemon wrote
 /// to the tap, i.e. from the guest).
@@ -87,16 +78,8 @@ fn default_daemon_under_default_qemu_device() {
         eprintln!("SKIPPED: guest_default: {why}");
         return;
     }
-    if !have("qemu-system-x86_64") {
-        eprintln!("SKIPPED: guest_default: qemu-system-x86_64 is not installed on the host");
+    let Some(image) = qemu_guest_image("guest_default") else {
         return;
-    }
-    let image = match GuestImage::ensure() {
-        Ok(image) => image,
-        Err(e) => {
-            eprintln!("SKIPPED: guest_default: no guest image: {e}");
-            return;
-        }
     };
     let pid = std::process::id();
     let subnet = 10 + pid % 240;
