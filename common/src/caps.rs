@@ -80,6 +80,96 @@ pub fn drop_all() -> io::Result<()> {
     Ok(())
 }
 
+/// Capability numbers (linux/capability.h) a daemon may keep.
+pub const CAP_CHOWN: u32 = 0;
+pub const CAP_DAC_OVERRIDE: u32 = 1;
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_FOWNER: u32 = 3;
+pub const CAP_FSETID: u32 = 4;
+pub const CAP_SETGID: u32 = 6;
+pub const CAP_SETUID: u32 = 7;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_MKNOD: u32 = 27;
+pub const CAP_SETFCAP: u32 = 31;
+
+fn capget() -> io::Result<[CapData; 2]> {
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two CapData structs (version 3 layout) into `data`.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &header as *const CapHeader,
+            data.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(data)
+}
+
+/// Keeps the capabilities in `keep` (those the process has of them) and drops
+/// every other from every set of the calling thread (and the threads it starts
+/// from now on), as [`drop_all`] does for all; sets no_new_privs.
+pub fn keep_only(keep: &[u32]) -> io::Result<()> {
+    let mask: u64 = keep.iter().fold(0, |m, &c| m | 1u64 << c);
+    for cap in 0..=last_cap() {
+        if mask & (1u64 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) {
+                return Err(e);
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    let current = capget()?;
+    let permitted = u64::from(current[0].permitted) | u64::from(current[1].permitted) << 32;
+    let kept = permitted & mask;
+    let data = [
+        CapData {
+            effective: kept as u32,
+            permitted: kept as u32,
+            inheritable: 0,
+        },
+        CapData {
+            effective: (kept >> 32) as u32,
+            permitted: (kept >> 32) as u32,
+            inheritable: 0,
+        },
+    ];
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: capset reads the header and two CapData structs, valid for the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The effective, permitted and bounding sets of process `pid`'s main thread, from
 /// /proc/PID/status (for tests and logs).
 pub fn sets_of(pid: u32) -> io::Result<(u64, u64, u64)> {
@@ -118,6 +208,27 @@ fn sets_in(status_path: &str) -> io::Result<(u64, u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In a forked child: keep_only leaves exactly the kept capabilities (as root;
+    /// none that the process did not have otherwise).
+    #[test]
+    fn keep_only_keeps_those_and_no_other() {
+        // SAFETY: the child only makes system calls and reads /proc before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let before = sets_of(std::process::id()).map(|s| s.1).unwrap_or(0);
+            let want = before & (1 << CAP_CHOWN | 1 << CAP_MKNOD);
+            let ok = keep_only(&[CAP_CHOWN, CAP_MKNOD]).is_ok()
+                && sets_of(std::process::id()).is_ok_and(|(e, p, _)| e == want && p == want);
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
 
     /// In a forked child (capabilities are the thread's): after drop_all every set
     /// is empty and no_new_privs is set.

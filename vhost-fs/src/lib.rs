@@ -101,6 +101,8 @@ pub fn start(config: FsConfig) -> Result<Started, String> {
     let root = passthrough::open_shared_dir(&confined.root)
         .map_err(|e| format!("--shared-dir {}: {e}", config.shared_dir.display()))?;
     passthrough::reserve_fd_table(std::os::fd::AsRawFd::as_raw_fd(&confined.proc_self_fd));
+    vhostkit_common::caps::keep_only(&capabilities(config.xattr))
+        .map_err(|e| format!("cannot drop capabilities: {e}"))?;
     seccomp::install(
         config.seccomp,
         config.inode_file_handles != config::InodeFileHandles::Never,
@@ -182,6 +184,32 @@ impl Service for FsConfig {
 
 /// The vhost-user-fs daemon.
 pub type FsDaemon = vhostkit_common::daemon::ServiceDaemon<FsConfig>;
+
+/// The capabilities the serving process keeps (of those it has), as virtiofsd's:
+/// the file operations of a root daemon that serves files of any owner (chown,
+/// permission and ownership overrides, set-id bits, switching fsuid and fsgid,
+/// device nodes, file capabilities, `linkat` of a descriptor and file handles),
+/// and with `--xattr` CAP_SYS_ADMIN, which `trusted.*` and `security.*` attributes
+/// need. Every other (namespaces, mounts, networking, modules, raw I/O...) goes once
+/// the sandbox is set up.
+pub fn capabilities(xattr: bool) -> Vec<u32> {
+    use vhostkit_common::caps::*;
+    let mut keep = vec![
+        CAP_CHOWN,
+        CAP_DAC_OVERRIDE,
+        CAP_DAC_READ_SEARCH,
+        CAP_FOWNER,
+        CAP_FSETID,
+        CAP_SETGID,
+        CAP_SETUID,
+        CAP_MKNOD,
+        CAP_SETFCAP,
+    ];
+    if xattr {
+        keep.push(CAP_SYS_ADMIN);
+    }
+    keep
+}
 
 /// What `--inode-file-handles` comes to here: file handles need
 /// CAP_DAC_READ_SEARCH (open_by_handle_at) and a file system that gives them;

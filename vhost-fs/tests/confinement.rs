@@ -80,6 +80,14 @@ fn seccomp_kill_serves_a_whole_session_with_the_filter_active() {
         filtered > 3,
         "main, signal and the session's threads: {filtered}"
     );
+    // Every thread holds the file-serving capabilities only (with --xattr also
+    // CAP_SYS_ADMIN), none of root's others.
+    let keep = vhost_fs::capabilities(true)
+        .iter()
+        .fold(0u64, |m, &c| m | 1 << c);
+    for (effective, permitted, bounding) in vhostkit_common::caps::sets_of_threads(pid).unwrap() {
+        assert_eq!((effective, permitted, bounding), (keep, keep, keep));
+    }
     drop(session);
     stops_cleanly(fx);
 }
