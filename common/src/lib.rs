@@ -10,9 +10,9 @@ pub mod cli;
 pub mod daemon;
 pub mod lifecycle;
 pub mod logging;
+pub mod queue;
 pub mod seccomp;
 pub mod socket;
-pub mod vring;
 pub mod watchdog;
 
 #[cfg(feature = "driver")]

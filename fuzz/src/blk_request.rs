@@ -31,7 +31,8 @@ pub fn run(data: &[u8]) {
 }
 
 fn run_in(guest: &Guest, data: &[u8]) {
-    let mem = &guest.mem;
+    let guest_mem = &guest.mem;
+    let mem = &**guest_mem;
     let mut input = Input::new(data);
     let (mut queue, options) = guest.load(&mut input);
     let limits = Limits {
@@ -44,7 +45,7 @@ fn run_in(guest: &Guest, data: &[u8]) {
     };
     let serial = *b"fuzz-serial-0123456\0";
     let mut request = Request::default();
-    let mut iovecs = Vec::new();
+    let mut iovecs = vhostkit_common::queue::IoVecs::default();
     let _ = queue.disable_notification(mem);
     // As drain_avail: a fresh iterator per chain, until none is left or the ring
     // cannot be read. A queue holds at most its size in chains at once.
@@ -114,15 +115,15 @@ fn run_in(guest: &Guest, data: &[u8]) {
                 } else {
                     &request.readable
                 };
-                match spans_to_iovecs(mem, spans, &mut iovecs) {
+                match spans_to_iovecs(guest_mem, spans, &mut iovecs) {
                     Ok(()) => {
                         // What the engine does with them: the kernel moves exactly
                         // `len` bytes between the disk and these buffers.
                         if read {
-                            guest.scatter(&iovecs, 0xa5);
-                            assert_eq!(guest.check_iovecs(&iovecs) as u64, len);
+                            guest.scatter(iovecs.as_slice(), 0xa5);
+                            assert_eq!(guest.check_iovecs(iovecs.as_slice()) as u64, len);
                         } else {
-                            assert_eq!(guest.gather(&iovecs).len() as u64, len);
+                            assert_eq!(guest.gather(iovecs.as_slice()).len() as u64, len);
                         }
                         let used = if read {
                             vhost_blk::worker::read_used_len(len)

@@ -30,7 +30,8 @@ pub fn run(data: &[u8]) {
 }
 
 fn run_in(guest: &Guest, data: &[u8]) {
-    let mem = &guest.mem;
+    let guest_mem = &guest.mem;
+    let mem = &**guest_mem;
     let mut input = Input::new(data);
     let (mut queue, options) = guest.load(&mut input);
     let hdr_len = if options & OPT_LEGACY_HDR != 0 {
@@ -38,7 +39,7 @@ fn run_in(guest: &Guest, data: &[u8]) {
     } else {
         VNET_HDR_LEN
     };
-    let mut iovecs = Vec::new();
+    let mut iovecs = vhostkit_common::queue::IoVecs::default();
     let _ = queue.disable_notification(mem);
     for _ in 0..=queue.size() {
         let chain = match queue.iter(mem) {
@@ -53,16 +54,16 @@ fn run_in(guest: &Guest, data: &[u8]) {
             if options & OPT_MERGEABLE == 0 {
                 iovecs.clear();
             }
-            let start = iovecs.len();
-            match rx_chain(chain, mem, hdr_len, &mut iovecs) {
+            let start = iovecs.entries();
+            match rx_chain(chain, guest_mem, hdr_len, &mut iovecs) {
                 Ok((capacity, (_, first_len))) => {
                     assert!(
-                        iovecs.len() < MAX_IOVECS,
+                        iovecs.entries() < MAX_IOVECS,
                         "no iovec left for the overflow byte"
                     );
-                    assert_eq!(guest.check_iovecs(&iovecs[start..]), capacity);
+                    assert_eq!(guest.check_iovecs(&iovecs.as_slice()[start..]), capacity);
                     assert!(first_len >= hdr_len && first_len <= capacity);
-                    guest.scatter(&iovecs[start..], 0x5a);
+                    guest.scatter(&iovecs.as_slice()[start..], 0x5a);
                     u32::try_from(capacity).unwrap_or(u32::MAX)
                 }
                 Err(_) => {
@@ -71,18 +72,22 @@ fn run_in(guest: &Guest, data: &[u8]) {
                 }
             }
         } else {
-            match tx_iovecs(chain, mem, hdr_len, &mut iovecs) {
+            match tx_iovecs(chain, guest_mem, hdr_len, &mut iovecs) {
                 Ok(total) => {
                     assert!(
                         total >= hdr_len && total <= MAX_TX_LEN,
                         "{total} bytes sent"
                     );
-                    assert!(iovecs.len() <= MAX_IOVECS, "{} iovecs", iovecs.len());
-                    let bytes = guest.gather(&iovecs);
+                    assert!(
+                        iovecs.entries() <= MAX_IOVECS,
+                        "{} iovecs",
+                        iovecs.entries()
+                    );
+                    let bytes = guest.gather(iovecs.as_slice());
                     assert_eq!(bytes.len(), total);
                     let (header, frame) = bytes.split_at(hdr_len);
                     assert_eq!(header.len() + frame.len(), total);
-                    assert!(check_tx(total, iovecs.len().min(MAX_IOVECS), hdr_len).is_ok());
+                    assert!(check_tx(total, iovecs.entries().min(MAX_IOVECS), hdr_len).is_ok());
                 }
                 Err(e) => assert!(!e.is_empty()),
             }

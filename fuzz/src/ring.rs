@@ -53,7 +53,7 @@ pub const MAX_QUEUE_SIZE: u16 = 64;
 
 /// The guest memory of one thread's runs (made once, cleared per input).
 pub struct Guest {
-    pub mem: GuestMemoryMmap<()>,
+    pub mem: std::sync::Arc<GuestMemoryMmap<()>>,
     /// Host address ranges of the regions, for checking iovecs.
     host: Vec<(usize, usize)>,
 }
@@ -88,7 +88,10 @@ impl Guest {
                 (start, start + r.len() as usize)
             })
             .collect();
-        Guest { mem, host }
+        Guest {
+            mem: std::sync::Arc::new(mem),
+            host,
+        }
     }
 
     fn clear(&self) {
@@ -109,7 +112,7 @@ impl Guest {
         let avail_flags = input.u16();
         let avail_idx = input.u16();
         let used_event = input.u16();
-        let table = DescriptorTable::new(&self.mem, GuestAddress(DESC), size);
+        let table = DescriptorTable::new(&*self.mem, GuestAddress(DESC), size);
         for i in 0..size {
             let (addr, len, flags, next) = (input.u64(), input.u32(), input.u16(), input.u16());
             let desc = Descriptor::new(addr, len, flags, next);
@@ -117,7 +120,7 @@ impl Guest {
                 .store(i, RawDescriptor::from(desc))
                 .expect("descriptor inside the table");
         }
-        let avail = AvailRing::new(&self.mem, GuestAddress(AVAIL), size);
+        let avail = AvailRing::new(&*self.mem, GuestAddress(AVAIL), size);
         for i in 0..size {
             avail
                 .ring()
@@ -143,7 +146,7 @@ impl Guest {
         queue.set_event_idx(options & OPT_EVENT_IDX != 0);
         queue.set_ready(true);
         assert!(
-            queue.is_valid(&self.mem),
+            queue.is_valid(&*self.mem),
             "the queue set-up itself is valid"
         );
         (queue, options)

@@ -8,6 +8,9 @@
 //! followed by the one status byte.
 
 use std::fmt;
+use std::sync::Arc;
+
+use vhostkit_common::queue::{IoVecError, IoVecs};
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
@@ -15,7 +18,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::disk::{SECTOR_SHIFT, SECTOR_SIZE};
 
@@ -406,27 +409,17 @@ pub struct Limits {
     pub max_write_zeroes_seg: u32,
 }
 
-/// Translates guest spans into host iovecs, refusing any byte outside guest memory.
-/// A span that crosses a memory-region boundary becomes several iovecs.
-pub fn spans_to_iovecs<M: GuestMemoryBackend + ?Sized>(
-    mem: &M,
+/// The guest buffers of `spans` as iovecs in `out` (refusing any byte outside
+/// guest memory; see [`IoVecs`]).
+pub fn spans_to_iovecs(
+    mem: &Arc<GuestMemoryMmap<()>>,
     spans: &[Span],
-    out: &mut Vec<libc::iovec>,
-) -> Result<(), GuestAddress> {
+    out: &mut IoVecs,
+) -> Result<(), IoVecError> {
     out.clear();
-    for span in spans {
-        if span.len == 0 {
-            continue;
-        }
-        for slice in mem.get_slices(span.addr, span.len as usize) {
-            let slice = slice.map_err(|_| span.addr)?;
-            out.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-        }
-    }
-    Ok(())
+    spans
+        .iter()
+        .try_for_each(|span| out.push_guest(mem, span.addr, span.len as usize))
 }
 
 #[cfg(test)]
@@ -670,15 +663,15 @@ mod tests {
 
     #[test]
     fn iovecs_refuse_addresses_outside_memory() {
-        let m = mem();
-        let mut iov = Vec::new();
+        let m = Arc::new(mem());
+        let mut iov = IoVecs::default();
         let ok = [Span {
             addr: GuestAddress(0x1000),
             len: 512,
         }];
         spans_to_iovecs(&m, &ok, &mut iov).unwrap();
-        assert_eq!(iov.len(), 1);
-        assert_eq!(iov[0].iov_len, 512);
+        assert_eq!(iov.entries(), 1);
+        assert_eq!(iov.as_slice()[0].iov_len, 512);
         let bad = [Span {
             addr: GuestAddress(0xff00),
             len: 512,
@@ -809,7 +802,8 @@ mod proptests {
             }
             ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             prop_assert!(mem.address_in_range(request.status));
-            let mut iovecs = Vec::new();
+            let mut iovecs = IoVecs::default();
+            let shared = Arc::new(mem.clone());
             match request.action(&limits) {
                 Action::Read { offset, len } | Action::Write { offset, len } => {
                     prop_assert!(offset + len <= limits.disk_size);
@@ -819,10 +813,11 @@ mod proptests {
                         &request.readable
                     };
                     IO.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if spans_to_iovecs(&mem, spans, &mut iovecs).is_ok() {
-                        let total: usize = iovecs.iter().map(|v| v.iov_len).sum();
+                    if spans_to_iovecs(&shared, spans, &mut iovecs).is_ok() {
+                        let total: usize = iovecs.as_slice().iter().map(|v| v.iov_len).sum();
                         prop_assert_eq!(total as u64, len);
-                        for v in &iovecs {
+                        prop_assert_eq!(iovecs.len() as u64, len);
+                        for v in iovecs.as_slice() {
                             let start = v.iov_base as usize;
                             prop_assert!(start >= host_start && start + v.iov_len <= host_end);
                         }

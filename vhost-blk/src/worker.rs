@@ -13,13 +13,12 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vhost_user_backend::{VringState, VringT};
+use vhost_user_backend::VringT;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
-use vhostkit_common::vring::{queue_err, serve_until_idle, signal_if_needed};
+use vhostkit_common::queue::{ActiveQueue, Chain, IoVecs, Poller, QueueDevice, QueueServer};
 use vhostkit_common::{guest_debug, guest_error, guest_warn};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryMmap};
 
 use crate::disk::{Disk, SegmentOp, PUNCH_HOLE, ZERO_RANGE};
@@ -42,15 +41,14 @@ pub struct DeviceState {
 #[derive(Default)]
 struct Slot {
     request: Request,
-    /// The data buffers still to move (advanced past what a short transfer moved).
-    iovecs: Vec<libc::iovec>,
+    /// The data buffers still to move (advanced past what a short transfer
+    /// moved). They hold the guest memory mapped while the kernel may access it.
+    data: IoVecs,
     /// The ranges of a discard or write-zeroes, checked when the request started.
     segments: Vec<Segment>,
     progress: Progress,
     /// Used length to report on success: data written into the guest plus status.
     used_len: u32,
-    /// Keeps the guest memory mapped while the kernel may still access it.
-    memory: Option<Arc<GuestMemoryMmap<()>>>,
 }
 
 /// A checked discard or write-zeroes range, in bytes.
@@ -90,37 +88,22 @@ pub fn read_used_len(len: u64) -> u32 {
     u32::try_from(len.saturating_add(1)).unwrap_or(u32::MAX)
 }
 
-/// Drops the first `n` bytes of `iovecs` (what a short transfer moved).
-fn advance_iovecs(iovecs: &mut Vec<libc::iovec>, mut n: usize) {
-    let mut consumed = 0;
-    for iov in iovecs.iter_mut() {
-        if n < iov.iov_len {
-            // SAFETY: n < iov_len, so the pointer stays inside the same buffer.
-            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
-            iov.iov_len -= n;
-            break;
-        }
-        n -= iov.iov_len;
-        consumed += 1;
-    }
-    iovecs.drain(..consumed);
+/// One queue of the disk: its server and its requests.
+pub struct QueueWorker {
+    queue: QueueServer,
+    requests: Requests,
+    memory: Option<GuestMemory>,
+    vring: Option<Vring>,
 }
 
-// SAFETY: the raw pointers in `iovecs` point into guest memory that `memory` keeps
-// mapped; a Slot is only ever used by the one worker thread that owns it at a time
-// (the worker sits behind a Mutex).
-unsafe impl Send for Slot {}
-
-pub struct QueueWorker {
+/// The requests of one queue, in slots, on their way through the queue's engine.
+struct Requests {
     index: usize,
     device: Arc<DeviceState>,
     engine: Box<dyn IoEngine>,
     slots: Vec<Slot>,
     free: Vec<usize>,
     completions: Vec<Completion>,
-    poll: Duration,
-    memory: Option<GuestMemory>,
-    vring: Option<Vring>,
 }
 
 impl QueueWorker {
@@ -132,13 +115,15 @@ impl QueueWorker {
         poll: Duration,
     ) -> Self {
         QueueWorker {
-            index,
-            device,
-            engine,
-            slots: (0..queue_size).map(|_| Slot::default()).collect(),
-            free: (0..queue_size).rev().collect(),
-            completions: Vec::with_capacity(queue_size),
-            poll,
+            queue: QueueServer::new(format!("queue {index}"), Poller::fixed(poll)),
+            requests: Requests {
+                index,
+                device,
+                engine,
+                slots: (0..queue_size).map(|_| Slot::default()).collect(),
+                free: (0..queue_size).rev().collect(),
+                completions: Vec::with_capacity(queue_size),
+            },
             memory: None,
             vring: None,
         }
@@ -150,7 +135,7 @@ impl QueueWorker {
         self.memory = None;
         self.vring = None;
         std::mem::replace(
-            &mut self.engine,
+            &mut self.requests.engine,
             Box::new(crate::engine::SyncEngine::null()),
         )
     }
@@ -160,7 +145,7 @@ impl QueueWorker {
     }
 
     pub fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.engine.completion_fd()
+        self.requests.engine.completion_fd()
     }
 
     fn current_memory(&self) -> Option<Arc<GuestMemoryMmap<()>>> {
@@ -173,44 +158,13 @@ impl QueueWorker {
             self.vring = Some(vring.clone());
         }
         let Some(mem) = self.current_memory() else {
-            guest_error!("queue {}: kicked before a memory table was set", self.index);
+            guest_error!(
+                "queue {}: kicked before a memory table was set",
+                self.requests.index
+            );
             return Ok(());
         };
-        let mut state = vring.get_mut();
-        let poll = self.poll;
-        serve_until_idle(
-            self,
-            &mut state,
-            &mem,
-            poll,
-            Self::drain_avail,
-            Self::poll_avail,
-        )
-    }
-
-    /// Spins for up to the poll time waiting for new requests, completing and
-    /// signalling in-flight ones meanwhile. True if a request arrived.
-    fn poll_avail(
-        &mut self,
-        state: &mut VringState<GuestMemory>,
-        mem: &Arc<GuestMemoryMmap<()>>,
-    ) -> io::Result<bool> {
-        let deadline = Instant::now() + self.poll;
-        while Instant::now() < deadline {
-            if self.engine.in_flight() > 0 {
-                self.complete_ready(state.get_queue_mut(), mem);
-                signal_if_needed(state, mem);
-            }
-            let queue = state.get_queue_mut();
-            let avail = queue
-                .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
-                .map_err(queue_err)?;
-            if avail.0 != queue.next_avail() {
-                return Ok(true);
-            }
-            std::hint::spin_loop();
-        }
-        Ok(false)
+        self.queue.serve(&mut self.requests, vring, &mem)
     }
 
     /// The engine's completion eventfd fired.
@@ -219,8 +173,9 @@ impl QueueWorker {
             return Ok(());
         };
         let mut state = vring.get_mut();
-        self.complete_ready(state.get_queue_mut(), &mem);
-        signal_if_needed(&mut state, &mem);
+        let mut queue = self.queue.activate(&mut state, &mem);
+        self.requests.complete_ready(&mut queue);
+        queue.signal();
         Ok(())
     }
 
@@ -233,94 +188,72 @@ impl QueueWorker {
             return;
         };
         let mut state = vring.get_mut();
-        while self.engine.in_flight() > 0 {
-            if let Err(e) = self.engine.wait() {
+        let mut queue = self.queue.activate(&mut state, &mem);
+        let requests = &mut self.requests;
+        while requests.engine.in_flight() > 0 {
+            if let Err(e) = requests.engine.wait() {
                 guest_warn!(
                     "queue {}: waiting for in-flight I/O failed: {e}",
-                    self.index
+                    requests.index
                 );
                 break;
             }
-            self.complete_ready(state.get_queue_mut(), &mem);
+            requests.complete_ready(&mut queue);
         }
-        signal_if_needed(&mut state, &mem);
+        queue.signal();
+    }
+}
+
+impl QueueDevice for Requests {
+    fn serve(&mut self, queue: &mut ActiveQueue<'_>, chain: Chain<'_>) {
+        // has_room made sure a slot is free.
+        let Some(slot_index) = self.free.pop() else {
+            return;
+        };
+        let head = chain.head_index();
+        self.start(slot_index, head, chain, queue);
     }
 
-    /// Starts every available request. Returns false if the avail ring cannot be
-    /// read (its index is invalid).
-    fn drain_avail(
-        &mut self,
-        state: &mut VringState<GuestMemory>,
-        mem: &Arc<GuestMemoryMmap<()>>,
-    ) -> io::Result<bool> {
-        loop {
-            let queue = state.get_queue_mut();
-            queue.disable_notification(&**mem).map_err(queue_err)?;
-            let mut popped = 0;
-            let mut readable = true;
-            loop {
-                if self.free.is_empty() {
-                    // Every slot is in flight (a guest cannot legitimately get here:
-                    // slots match the queue size). Make room before taking more.
-                    self.engine.commit()?;
-                    self.engine.wait()?;
-                    self.complete_ready(queue, mem);
-                    if self.free.is_empty() {
-                        break;
-                    }
-                }
-                let chain = match queue.iter(&**mem) {
-                    Ok(mut avail) => avail.next(),
-                    Err(e) => {
-                        guest_error!("queue {}: cannot read the available ring: {e}", self.index);
-                        readable = false;
-                        None
-                    }
-                };
-                let Some(chain) = chain else {
-                    break;
-                };
-                popped += 1;
-                let head = chain.head_index();
-                let slot_index = self.free.pop().unwrap_or_default();
-                self.start(slot_index, head, chain, queue, mem);
-            }
+    fn has_room(&mut self, queue: &mut ActiveQueue<'_>) -> io::Result<bool> {
+        if self.free.is_empty() {
+            // Every slot is in flight (a guest cannot legitimately get here: slots
+            // match the queue size). Make room before taking more.
             self.engine.commit()?;
-            // Reads from the page cache often finish during the submit itself.
-            self.complete_ready(queue, mem);
-            if popped == 0 || !readable {
-                return Ok(readable);
-            }
+            self.engine.wait()?;
+            self.complete_ready(queue);
         }
+        Ok(!self.free.is_empty())
     }
 
-    fn start<C>(
+    fn end_batch(&mut self, queue: &mut ActiveQueue<'_>) -> io::Result<()> {
+        self.engine.commit()?;
+        // Reads from the page cache often finish during the submit itself.
+        self.complete_ready(queue);
+        Ok(())
+    }
+
+    fn poll_completions(&mut self, queue: &mut ActiveQueue<'_>) {
+        if self.engine.in_flight() > 0 {
+            self.complete_ready(queue);
+        }
+    }
+}
+
+impl Requests {
+    fn start(
         &mut self,
         slot_index: usize,
         head: u16,
-        chain: C,
-        queue: &mut Queue,
-        mem: &Arc<GuestMemoryMmap<()>>,
-    ) where
-        C: Iterator<Item = virtio_queue::desc::split::Descriptor>,
-    {
+        chain: Chain<'_>,
+        queue: &mut ActiveQueue<'_>,
+    ) {
         let index = self.index;
-        if head >= queue.size() {
-            // Nothing can go in the used ring for it (the id would be invalid too).
-            guest_error!(
-                "queue {index}: dropping request {head}: head index outside the queue of {} entries",
-                queue.size()
-            );
-            self.free.push(slot_index);
-            return;
-        }
+        let mem = queue.memory();
         let slot = &mut self.slots[slot_index];
         if let Err(e) = slot.request.parse(&**mem, head, chain) {
             guest_error!("queue {index}: dropping request {head}: {e}");
             self.free.push(slot_index);
-            if let Err(e) = queue.add_used(&**mem, head, 0) {
-                guest_error!("queue {index}: cannot return request {head}: {e}");
-            }
+            queue.complete(head, 0);
             return;
         }
         let action = slot.request.action(&self.device.limits);
@@ -330,13 +263,13 @@ impl QueueWorker {
                     "queue {index}: request {head} {:?} refused with status {status}",
                     slot.request.kind
                 );
-                return self.finish(slot_index, status, 1, queue, mem);
+                return self.finish(slot_index, status, 1, queue);
             }
             Action::GetId => {
                 let written = write_spans(&**mem, &slot.request.writable, &self.device.serial);
                 return match written {
-                    Ok(n) => self.finish(slot_index, STATUS_OK, n as u32 + 1, queue, mem),
-                    Err(_) => self.finish(slot_index, STATUS_IOERR, 1, queue, mem),
+                    Ok(n) => self.finish(slot_index, STATUS_OK, n as u32 + 1, queue),
+                    Err(_) => self.finish(slot_index, STATUS_IOERR, 1, queue),
                 };
             }
             Action::Segments {
@@ -353,12 +286,11 @@ impl QueueWorker {
                         Ok((offset, len, unmap)) => {
                             slot.segments.push(Segment { offset, len, unmap })
                         }
-                        Err(status) => return self.finish(slot_index, status, 1, queue, mem),
+                        Err(status) => return self.finish(slot_index, status, 1, queue),
                     }
                 }
                 slot.used_len = 1;
-                slot.memory = Some(mem.clone());
-                return self.start_segment(slot_index, write_zeroes, 0, None, queue, mem);
+                return self.start_segment(slot_index, write_zeroes, 0, None, queue);
             }
             Action::Flush => {
                 slot.progress = Progress::Flush;
@@ -372,12 +304,9 @@ impl QueueWorker {
                 } else {
                     &slot.request.readable
                 };
-                if let Err(addr) = spans_to_iovecs(&**mem, spans, &mut slot.iovecs) {
-                    guest_error!(
-                        "queue {index}: request {head}: data at {:#x} outside guest memory",
-                        addr.0
-                    );
-                    return self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
+                if let Err(e) = spans_to_iovecs(mem, spans, &mut slot.data) {
+                    guest_error!("queue {index}: request {head}: data {e}");
+                    return self.finish(slot_index, STATUS_IOERR, 1, queue);
                 }
                 let sync = !read && !self.device.writeback.load(Ordering::Relaxed);
                 slot.progress = Progress::Transfer {
@@ -391,25 +320,24 @@ impl QueueWorker {
                 if read {
                     IoOp::Read {
                         offset,
-                        iovecs: &slot.iovecs,
+                        iovecs: slot.data.as_slice(),
                     }
                 } else {
                     IoOp::Write {
                         offset,
-                        iovecs: &slot.iovecs,
+                        iovecs: slot.data.as_slice(),
                         sync,
                     }
                 }
             }
         };
-        slot.memory = Some(mem.clone());
-        // SAFETY: the iovecs live in the slot and point into guest memory that
-        // `slot.memory` keeps mapped; the slot is not reused until this tag's
-        // completion is reaped, and the engine waits for in-flight work on drop.
+        // SAFETY: the iovecs live in the slot and point into guest memory that the
+        // list keeps mapped (IoVecs' contract); the slot is not reused until this
+        // tag's completion is reaped, and the engine waits for in-flight work on drop.
         let submitted = unsafe { self.engine.submit(slot_index as u64, op) };
         if let Err(e) = submitted {
             guest_warn!("queue {index}: submitting request {head} failed: {e}");
-            self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
+            self.finish(slot_index, STATUS_IOERR, 1, queue);
         }
     }
 
@@ -423,11 +351,10 @@ impl QueueWorker {
         write_zeroes: bool,
         index: usize,
         mode: Option<i32>,
-        queue: &mut Queue,
-        mem: &Arc<GuestMemoryMmap<()>>,
+        queue: &mut ActiveQueue<'_>,
     ) {
         let Some(&segment) = self.slots[slot_index].segments.get(index) else {
-            return self.finish(slot_index, STATUS_OK, 1, queue, mem);
+            return self.finish(slot_index, STATUS_OK, 1, queue);
         };
         let op = mode
             .map(SegmentOp::Fallocate)
@@ -451,11 +378,11 @@ impl QueueWorker {
         // SAFETY: a fallocate or a discard touches no guest memory.
         if let Err(e) = unsafe { self.engine.submit(slot_index as u64, io) } {
             guest_warn!("queue {}: submitting a segment failed: {e}", self.index);
-            self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
+            self.finish(slot_index, STATUS_IOERR, 1, queue);
         }
     }
 
-    fn complete_ready(&mut self, queue: &mut Queue, mem: &Arc<GuestMemoryMmap<()>>) {
+    fn complete_ready(&mut self, queue: &mut ActiveQueue<'_>) {
         // A completion may start the request's next operation, which an engine that
         // runs operations at once (sync) completes straight away: reap until dry.
         loop {
@@ -470,7 +397,7 @@ impl QueueWorker {
                     guest_warn!("queue {}: completion for unknown tag {tag}", self.index);
                     continue;
                 }
-                self.completed(slot_index, result, queue, mem);
+                self.completed(slot_index, result, queue);
             }
             self.completions = completions;
         }
@@ -486,8 +413,7 @@ impl QueueWorker {
         &mut self,
         slot_index: usize,
         result: io::Result<usize>,
-        queue: &mut Queue,
-        mem: &Arc<GuestMemoryMmap<()>>,
+        queue: &mut ActiveQueue<'_>,
     ) {
         let head = self.slots[slot_index].request.head;
         let index = self.index;
@@ -505,17 +431,17 @@ impl QueueWorker {
                 let done = done.saturating_add(n);
                 if done == total {
                     let used_len = self.slots[slot_index].used_len;
-                    return self.finish(slot_index, STATUS_OK, used_len, queue, mem);
+                    return self.finish(slot_index, STATUS_OK, used_len, queue);
                 }
                 if n == 0 || done > total {
                     guest_warn!(
                         "queue {index}: short transfer of request {head}: {done} of {total} bytes"
                     );
-                    return self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
+                    return self.finish(slot_index, STATUS_IOERR, 1, queue);
                 }
                 // The kernel moved part of it: go on from there.
                 let slot = &mut self.slots[slot_index];
-                advance_iovecs(&mut slot.iovecs, n);
+                slot.data.advance(n);
                 slot.progress = Progress::Transfer {
                     write,
                     sync,
@@ -527,24 +453,24 @@ impl QueueWorker {
                 let op = if write {
                     IoOp::Write {
                         offset: at,
-                        iovecs: &slot.iovecs,
+                        iovecs: slot.data.as_slice(),
                         sync,
                     }
                 } else {
                     IoOp::Read {
                         offset: at,
-                        iovecs: &slot.iovecs,
+                        iovecs: slot.data.as_slice(),
                     }
                 };
                 // SAFETY: as in start: the iovecs live in the slot and point into
-                // guest memory that `slot.memory` keeps mapped until the tag's
+                // guest memory that the list keeps mapped until the tag's
                 // completion is reaped.
                 if let Err(e) = unsafe { self.engine.submit(slot_index as u64, op) } {
                     guest_warn!("queue {index}: continuing request {head} failed: {e}");
-                    self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
+                    self.finish(slot_index, STATUS_IOERR, 1, queue);
                 }
             }
-            (Progress::Flush, Ok(_)) => self.finish(slot_index, STATUS_OK, 1, queue, mem),
+            (Progress::Flush, Ok(_)) => self.finish(slot_index, STATUS_OK, 1, queue),
             (
                 Progress::Segment {
                     write_zeroes,
@@ -552,7 +478,7 @@ impl QueueWorker {
                     ..
                 },
                 Ok(_),
-            ) => self.start_segment(slot_index, write_zeroes, segment + 1, None, queue, mem),
+            ) => self.start_segment(slot_index, write_zeroes, segment + 1, None, queue),
             (
                 Progress::Segment {
                     write_zeroes: true,
@@ -562,14 +488,14 @@ impl QueueWorker {
                 Err(e),
             ) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 // tmpfs and others lack ZERO_RANGE: a hole reads back as zeroes too.
-                self.start_segment(slot_index, true, segment, Some(PUNCH_HOLE), queue, mem);
+                self.start_segment(slot_index, true, segment, Some(PUNCH_HOLE), queue);
             }
             (Progress::Idle, _) => {
                 guest_warn!("queue {index}: completion for idle slot {slot_index}");
             }
             (progress, Err(e)) => {
                 guest_warn!("queue {index}: request {head} ({progress:?}) failed: {e}");
-                self.finish(slot_index, STATUS_IOERR, 1, queue, mem);
+                self.finish(slot_index, STATUS_IOERR, 1, queue);
             }
         }
     }
@@ -580,14 +506,13 @@ impl QueueWorker {
         slot_index: usize,
         status: u8,
         used_len: u32,
-        queue: &mut Queue,
-        mem: &Arc<GuestMemoryMmap<()>>,
+        queue: &mut ActiveQueue<'_>,
     ) {
         let slot = &mut self.slots[slot_index];
-        slot.memory = None;
+        slot.data.clear();
         slot.progress = Progress::Idle;
         let head = slot.request.head;
-        let used_len = if let Err(e) = mem.write_obj(status, slot.request.status) {
+        let used_len = if let Err(e) = queue.memory().write_obj(status, slot.request.status) {
             guest_error!(
                 "queue {}: cannot write status of request {head}: {e}",
                 self.index
@@ -596,9 +521,7 @@ impl QueueWorker {
         } else {
             used_len
         };
-        if let Err(e) = queue.add_used(&**mem, head, used_len) {
-            guest_error!("queue {}: cannot return request {head}: {e}", self.index);
-        }
+        queue.complete(head, used_len);
         self.free.push(slot_index);
     }
 }
@@ -615,30 +538,6 @@ mod tests {
         assert_eq!(read_used_len(u64::from(u32::MAX) - 1), u32::MAX);
         assert_eq!(read_used_len(u64::from(u32::MAX)), u32::MAX);
         assert_eq!(read_used_len(5 << 30), u32::MAX);
-    }
-
-    #[test]
-    fn advancing_iovecs_drops_what_moved() {
-        let mut a = [0u8; 10];
-        let mut b = [0u8; 20];
-        let mut v = vec![
-            libc::iovec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: 10,
-            },
-            libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: 20,
-            },
-        ];
-        advance_iovecs(&mut v, 13);
-        assert_eq!(v.len(), 1);
-        assert_eq!(
-            (v[0].iov_base.cast::<u8>(), v[0].iov_len),
-            (b[3..].as_mut_ptr(), 17)
-        );
-        advance_iovecs(&mut v, 17);
-        assert!(v.is_empty());
     }
 
     /// An engine that completes reads at once and holds every fallocate until the

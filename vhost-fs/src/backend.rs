@@ -19,7 +19,8 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::{FsConfig, InodeFileHandles, TAG_BYTES};
 use crate::passthrough::{FsOptions, PassthroughFs};
-use crate::worker::{process_queue, AdaptivePoll};
+use crate::worker::process_queue;
+use vhostkit_common::queue::{Poller, QueueServer};
 
 /// Largest queue size a frontend may configure.
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -47,8 +48,9 @@ struct Inner {
     config: Arc<FsConfig>,
     fs: PassthroughFs,
     memory: Mutex<Option<GuestMemory>>,
-    /// Each queue's adaptive polling (only its own worker thread locks it).
-    polls: Vec<Mutex<AdaptivePoll>>,
+    /// Each queue's server, with its adaptive polling (only its own worker
+    /// thread locks it).
+    queues: Vec<Mutex<QueueServer>>,
     exit_events: ExitEvents,
 }
 
@@ -72,8 +74,13 @@ impl FsBackend {
             inner: Arc::new(Inner {
                 fs,
                 memory: Mutex::new(None),
-                polls: (0..=config.num_request_queues)
-                    .map(|_| Mutex::new(AdaptivePoll::new(config.poll)))
+                queues: (0..=config.num_request_queues)
+                    .map(|q| {
+                        Mutex::new(QueueServer::new(
+                            format!("queue {q}"),
+                            Poller::adaptive(config.poll),
+                        ))
+                    })
                     .collect(),
                 config,
                 exit_events: ExitEvents::default(),
@@ -179,12 +186,12 @@ impl VhostUserBackend for FsBackend {
             guest_error!("queue {thread_id}: kicked before a memory table was set");
             return Ok(());
         };
-        let Some(poll) = self.inner.polls.get(thread_id) else {
+        let Some(server) = self.inner.queues.get(thread_id) else {
             guest_error!("event on unknown queue thread {thread_id}");
             return Ok(());
         };
-        let mut poll = poll.lock().unwrap_or_else(|p| p.into_inner());
-        process_queue(&self.inner.fs, vring, &memory, thread_id, &mut poll)
+        let mut server = server.lock().unwrap_or_else(|p| p.into_inner());
+        process_queue(&self.inner.fs, vring, &memory, thread_id, &mut server)
     }
 }
 

@@ -24,8 +24,14 @@ fn gone(pid: u32, within: Duration) -> bool {
 }
 
 /// Seccomp mode 2 (filter) and two filters (clone3 answered ENOSYS, then the
-/// allow-list), as the kernel reports it.
+/// allow-list), as the kernel reports it. The serving process installs them just
+/// after its socket appears (a loaded machine can show it in between): wait a
+/// little for mode 2 first.
 fn assert_filtered(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_field(pid, "Seccomp").as_deref() != Some("2") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(
         status_field(pid, "Seccomp").as_deref(),
         Some("2"),

@@ -27,7 +27,7 @@ pub fn max_frame_len_for_mtu(mtu: u16) -> usize {
 pub const MAX_TX_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 /// Most descriptors a frame's chain may have (the kernel's UIO_MAXIOV for readv
 /// and writev).
-pub const MAX_IOVECS: usize = 1024;
+pub const MAX_IOVECS: usize = vhostkit_common::queue::IOV_MAX;
 
 /// The smallest and largest MTU a guest can be given.
 pub const MIN_MTU: u16 = 68;

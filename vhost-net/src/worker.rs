@@ -1,6 +1,7 @@
 //! The per-queue-pair worker (transmit: guest to tap; receive: tap to guest) and
-//! the control-queue worker. Frames move with one writev or readv between guest
-//! buffers and the tap, never through a copy of our own.
+//! the control-queue worker, on the common queue layer. Frames move with one
+//! writev or readv between guest buffers and the tap, never through a copy of our
+//! own.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -10,10 +11,11 @@ use std::time::Duration;
 
 use vhost_user_backend::VringT;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
-use vhostkit_common::vring::{head_in_queue, poll_avail, serve_until_idle, signal_if_needed};
+use vhostkit_common::queue::{
+    ActiveQueue, Chain, IoVecError, IoVecs, Poller, QueueDevice, QueueServer, RingUnreadable,
+};
 use vhostkit_common::{guest_debug, guest_error, guest_info, guest_warn};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryMmap,
 };
@@ -44,6 +46,12 @@ pub struct DeviceState {
     pub rx_frame_max: std::sync::atomic::AtomicUsize,
 }
 
+impl DeviceState {
+    fn hdr_len(&self) -> usize {
+        self.hdr_len.load(Ordering::Relaxed)
+    }
+}
+
 /// A receive chain taken for the frame being read.
 struct RxChain {
     head: u16,
@@ -60,24 +68,37 @@ enum RxOutcome {
     TapEmpty,
     /// The guest has no (usable) receive buffers.
     NoBuffers,
-    /// A frame is held (`PairWorker::pending`) until the guest posts enough
+    /// A frame is held (`Receiver::pending`) until the guest posts enough
     /// receive buffers for it (MRG_RXBUF).
     WaitForBuffers,
     /// The available ring cannot be read (an impossible index).
     RingBroken,
 }
 
+/// One queue pair: its two queue servers and what each direction keeps.
 pub struct PairWorker {
+    memory: Option<GuestMemory>,
+    tx_queue: QueueServer,
+    rx_queue: QueueServer,
+    tx: Transmitter,
+    rx: Receiver,
+}
+
+/// The transmit side of a pair: guest chains to tap frames.
+struct Transmitter {
     pair: usize,
     device: Arc<DeviceState>,
     tap_fd: RawFd,
-    poll: Duration,
-    memory: Option<GuestMemory>,
-    iovecs: Vec<libc::iovec>,
-    rx_chains: Vec<RxChain>,
-    /// One byte after the guest's buffers in every read: a frame that reaches it
-    /// did not fit (the tap gives no other sign of truncation).
-    overflow: Box<[u8; 1]>,
+    iovecs: IoVecs,
+}
+
+/// The receive side of a pair: tap frames to guest chains.
+struct Receiver {
+    pair: usize,
+    device: Arc<DeviceState>,
+    tap_fd: RawFd,
+    iovecs: IoVecs,
+    chains: Vec<RxChain>,
     /// A frame (vnet header included) read from the tap while the guest's receive
     /// buffers held less than a largest frame, and too long for them: delivered
     /// first once the guest has posted enough.
@@ -92,24 +113,27 @@ struct HeldFrame {
     hdr_len: usize,
 }
 
-// SAFETY: the raw pointers in `iovecs` are scratch, only valid (and only used)
-// during one call that also holds the guest memory they point into; the worker
-// sits behind a Mutex, so one thread uses it at a time.
-unsafe impl Send for PairWorker {}
-
 impl PairWorker {
     pub fn new(pair: usize, device: Arc<DeviceState>, poll: Duration) -> Self {
         let tap_fd = device.tap.queue_fd(pair).unwrap_or(-1);
         PairWorker {
-            pair,
-            device,
-            tap_fd,
-            poll,
             memory: None,
-            iovecs: Vec::with_capacity(MAX_IOVECS),
-            rx_chains: Vec::new(),
-            overflow: Box::new([0]),
-            pending: None,
+            tx_queue: QueueServer::new(format!("pair {pair} tx"), Poller::fixed(poll)),
+            rx_queue: QueueServer::new(format!("pair {pair} rx"), Poller::off()),
+            tx: Transmitter {
+                pair,
+                device: device.clone(),
+                tap_fd,
+                iovecs: IoVecs::with_capacity(MAX_IOVECS),
+            },
+            rx: Receiver {
+                pair,
+                device,
+                tap_fd,
+                iovecs: IoVecs::with_capacity(MAX_IOVECS),
+                chains: Vec::new(),
+                pending: None,
+            },
         }
     }
 
@@ -118,13 +142,7 @@ impl PairWorker {
     /// receive ring is stopped (GET_VRING_BASE: a driver reset, a reboot) and when
     /// features are negotiated again.
     pub fn drop_held_frame(&mut self) {
-        if let Some(HeldFrame { frame, .. }) = self.pending.take() {
-            guest_debug!(
-                "pair {}: dropping a held {}-byte frame: the rings were reset",
-                self.pair,
-                frame.len()
-            );
-        }
+        self.rx.drop_held_frame();
     }
 
     pub fn set_memory(&mut self, memory: GuestMemory) {
@@ -132,15 +150,11 @@ impl PairWorker {
     }
 
     pub fn tap_fd(&self) -> RawFd {
-        self.tap_fd
+        self.tx.tap_fd
     }
 
     fn current_memory(&self) -> Option<Mem> {
         self.memory.as_ref().map(|m| m.memory().into_inner())
-    }
-
-    fn hdr_len(&self) -> usize {
-        self.device.hdr_len.load(Ordering::Relaxed)
     }
 
     // ---- transmit -----------------------------------------------------------------
@@ -150,70 +164,11 @@ impl PairWorker {
         let Some(mem) = self.current_memory() else {
             guest_error!(
                 "pair {}: tx kicked before a memory table was set",
-                self.pair
+                self.tx.pair
             );
             return Ok(());
         };
-        let mut state = vring.get_mut();
-        let poll = self.poll;
-        serve_until_idle(
-            self,
-            &mut state,
-            &mem,
-            poll,
-            |w, state, mem| Ok(w.drain_tx(state.get_queue_mut(), mem)),
-            |_, state, mem| poll_avail(state.get_queue_mut(), mem, poll),
-        )
-    }
-
-    /// Sends every available chain; false if the avail ring cannot be read.
-    fn drain_tx(&mut self, queue: &mut Queue, mem: &Mem) -> bool {
-        if let Err(e) = queue.disable_notification(&**mem) {
-            guest_error!("pair {}: cannot disable tx notifications: {e}", self.pair);
-        }
-        loop {
-            let chain = match queue.iter(&**mem) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => {
-                    guest_error!("pair {}: cannot read the tx available ring: {e}", self.pair);
-                    return false;
-                }
-            };
-            let Some(chain) = chain else {
-                return true;
-            };
-            let head = chain.head_index();
-            if !head_in_queue(queue, head, "vhost-user-net tx") {
-                continue;
-            }
-            if let Err(e) = self.transmit(chain, mem) {
-                guest_error!("pair {}: dropping tx chain {head}: {e}", self.pair);
-            }
-            // Always hand the chain back, sent or not, so the guest can reuse it.
-            if let Err(e) = queue.add_used(&**mem, head, 0) {
-                guest_error!("pair {}: cannot return tx chain {head}: {e}", self.pair);
-            }
-        }
-    }
-
-    fn transmit<C>(&mut self, chain: C, mem: &Mem) -> Result<(), TxDrop>
-    where
-        C: Iterator<Item = Descriptor>,
-    {
-        tx_iovecs(chain, &**mem, self.hdr_len(), &mut self.iovecs)?;
-        // SAFETY: the iovecs point into guest memory that `mem` keeps mapped for the
-        // whole call; writev only reads them.
-        let n = unsafe {
-            libc::writev(
-                self.tap_fd,
-                self.iovecs.as_ptr(),
-                self.iovecs.len() as libc::c_int,
-            )
-        };
-        if n < 0 {
-            return Err(TxDrop::Tap(io::Error::last_os_error()));
-        }
-        Ok(())
+        self.tx_queue.serve(&mut self.tx, vring, &mem)
     }
 
     // ---- receive ------------------------------------------------------------------
@@ -227,7 +182,45 @@ impl PairWorker {
             return Ok(());
         };
         let mut state = vring.get_mut();
-        let usable = state.get_queue().ready() && state.is_enabled();
+        let mut queue = self.rx_queue.activate(&mut state, &mem);
+        self.rx.serve(&mut queue);
+        Ok(())
+    }
+}
+
+impl QueueDevice for Transmitter {
+    fn serve(&mut self, queue: &mut ActiveQueue<'_>, chain: Chain<'_>) {
+        let head = chain.head_index();
+        if let Err(e) = self.transmit(chain, queue.memory()) {
+            guest_error!("pair {}: dropping tx chain {head}: {e}", self.pair);
+        }
+        // Always hand the chain back, sent or not, so the guest can reuse it.
+        queue.complete(head, 0);
+    }
+}
+
+impl Transmitter {
+    fn transmit(&mut self, chain: Chain<'_>, mem: &Mem) -> Result<(), TxDrop> {
+        tx_iovecs(chain, mem, self.device.hdr_len(), &mut self.iovecs)?;
+        let sent = self.iovecs.writev(self.tap_fd).map_err(TxDrop::Tap);
+        self.iovecs.clear();
+        sent.map(|_| ())
+    }
+}
+
+impl Receiver {
+    fn drop_held_frame(&mut self) {
+        if let Some(HeldFrame { frame, .. }) = self.pending.take() {
+            guest_debug!(
+                "pair {}: dropping a held {}-byte frame: the rings were reset",
+                self.pair,
+                frame.len()
+            );
+        }
+    }
+
+    fn serve(&mut self, queue: &mut ActiveQueue<'_>) {
+        let usable = queue.usable();
         if !self.device.ctrl_in_charge.load(Ordering::Relaxed) {
             // Without the control queue, an enabled receive queue is what says the
             // guest uses this pair; steer frames away from pairs it does not.
@@ -236,77 +229,54 @@ impl PairWorker {
             }
         }
         if !usable {
-            return Ok(());
+            return;
         }
         let mut received = 0u32;
-        if let Err(e) = state.get_queue_mut().disable_notification(&*mem) {
-            guest_error!("pair {}: cannot disable rx notifications: {e}", self.pair);
-        }
+        queue.disable_notifications();
         loop {
-            match self.receive_frame(state.get_queue_mut(), &mem) {
+            match self.receive_frame(queue) {
                 RxOutcome::Progress => {
                     received += 1;
                     // Let the guest start on a batch while we read more.
                     if received.is_multiple_of(64) {
-                        signal_if_needed(&mut state, &mem);
+                        queue.signal();
                     }
                 }
                 RxOutcome::TapEmpty => break,
                 RxOutcome::RingBroken => {
                     // Nothing to take until the guest fixes its ring and kicks.
-                    let _ = state.get_queue_mut().enable_notification(&*mem);
+                    queue.enable_notifications();
                     break;
                 }
                 RxOutcome::WaitForBuffers => {
                     // Ask for a kick when the guest posts buffers beyond the ones it
-                    // has (the event index goes past them), then look once more in
-                    // case they came meanwhile.
-                    let queue = state.get_queue_mut();
-                    let rewound = queue.next_avail();
-                    let end = queue
-                        .avail_idx(&*mem, Ordering::Acquire)
-                        .map_or(rewound, |end| end.0);
-                    queue.set_next_avail(end);
-                    let more = queue.enable_notification(&*mem);
-                    queue.set_next_avail(rewound);
-                    match more {
-                        Ok(true) => {
-                            let _ = queue.disable_notification(&*mem);
-                            continue;
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            guest_error!("pair {}: cannot enable rx notifications: {e}", self.pair)
-                        }
+                    // has, then look once more in case they came meanwhile.
+                    if queue.enable_notifications_past_available() {
+                        queue.disable_notifications();
+                        continue;
                     }
                     break;
                 }
                 RxOutcome::NoBuffers => {
                     // Ask for a kick when buffers come, then look once more in case
                     // they came meanwhile.
-                    match state.get_queue_mut().enable_notification(&*mem) {
-                        Ok(true) => {
-                            let _ = state.get_queue_mut().disable_notification(&*mem);
-                            continue;
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            guest_error!("pair {}: cannot enable rx notifications: {e}", self.pair)
-                        }
+                    if queue.enable_notifications() {
+                        queue.disable_notifications();
+                        continue;
                     }
                     break;
                 }
             }
         }
-        signal_if_needed(&mut state, &mem);
-        Ok(())
+        queue.signal();
     }
 
     /// Takes receive chains for one frame (one chain, or with MRG_RXBUF as many as
     /// a largest frame needs), reads one frame into them and returns the ones used.
-    fn receive_frame(&mut self, queue: &mut Queue, mem: &Mem) -> RxOutcome {
+    fn receive_frame(&mut self, queue: &mut ActiveQueue<'_>) -> RxOutcome {
+        let mem = queue.memory();
         let mergeable = self.device.mergeable_rx.load(Ordering::Relaxed);
-        let hdr_len = self.hdr_len();
+        let hdr_len = self.device.hdr_len();
         if self
             .pending
             .as_ref()
@@ -318,14 +288,13 @@ impl PairWorker {
         let wanted =
             pending_len.unwrap_or(hdr_len + self.device.rx_frame_max.load(Ordering::Relaxed));
         self.iovecs.clear();
-        self.rx_chains.clear();
+        self.chains.clear();
         let mut capacity = 0usize;
         let mut ring_dry = false;
-        while capacity < wanted && (mergeable || self.rx_chains.is_empty()) {
-            let chain = match queue.iter(&**mem) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => {
-                    guest_error!("pair {}: cannot read the rx available ring: {e}", self.pair);
+        while capacity < wanted && (mergeable || self.chains.is_empty()) {
+            let chain = match queue.pop() {
+                Ok(chain) => chain,
+                Err(RingUnreadable) => {
                     self.give_back_chains(queue);
                     return RxOutcome::RingBroken;
                 }
@@ -335,38 +304,33 @@ impl PairWorker {
                 break;
             };
             let head = chain.head_index();
-            if !head_in_queue(queue, head, "vhost-user-net rx") {
-                continue;
-            }
-            let iov_start = self.iovecs.len();
-            match collect_rx_chain(chain, &**mem, hdr_len, &mut self.iovecs) {
+            let entries = self.iovecs.entries();
+            match collect_rx_chain(chain, mem, hdr_len, &mut self.iovecs) {
                 Ok((chain_capacity, first)) => {
                     capacity += chain_capacity;
-                    self.rx_chains.push(RxChain {
+                    self.chains.push(RxChain {
                         head,
                         capacity: chain_capacity,
                         first,
                     });
                 }
                 Err(e) => {
-                    self.iovecs.truncate(iov_start);
-                    if !self.rx_chains.is_empty() {
+                    self.iovecs.truncate(entries);
+                    if !self.chains.is_empty() {
                         // Put it back and deal with it first next time, so the chains
                         // we give back below stay the last ones taken.
-                        queue.go_to_previous_position();
+                        queue.put_back(head);
                         break;
                     }
                     guest_error!(
                         "pair {}: returning unusable rx chain {head}: {e}",
                         self.pair
                     );
-                    if let Err(e) = queue.add_used(&**mem, head, 0) {
-                        guest_error!("pair {}: cannot return rx chain {head}: {e}", self.pair);
-                    }
+                    queue.complete(head, 0);
                 }
             }
         }
-        if self.rx_chains.is_empty() {
+        if self.chains.is_empty() {
             return match self.pending {
                 Some(_) => RxOutcome::WaitForBuffers,
                 None => RxOutcome::NoBuffers,
@@ -374,7 +338,7 @@ impl PairWorker {
         }
         if let Some(HeldFrame { frame, .. }) = self.pending.take() {
             if capacity < frame.len() {
-                if self.rx_chains.len() >= usize::from(queue.size()) {
+                if self.chains.len() >= usize::from(queue.size()) {
                     // The whole ring cannot hold it: no more buffers can come.
                     guest_error!(
                         "pair {}: dropping a received frame of {} bytes: the whole receive ring holds {capacity}",
@@ -388,8 +352,8 @@ impl PairWorker {
                 self.give_back_chains(queue);
                 return RxOutcome::WaitForBuffers;
             }
-            self.copy_to_chains(&frame);
-            return self.complete_frame(queue, mem, frame.len(), hdr_len);
+            self.iovecs.copy_from_slice(&frame);
+            return self.complete_frame(queue, frame.len(), hdr_len);
         }
         if mergeable && ring_dry && capacity < wanted {
             // The guest has not posted room for a largest frame yet. Read the next
@@ -398,46 +362,39 @@ impl PairWorker {
             let mut frame = vec![0u8; wanted];
             // SAFETY: the buffer is ours, `wanted` bytes long; read writes at most that.
             let n = unsafe { libc::read(self.tap_fd, frame.as_mut_ptr().cast(), frame.len()) };
-            if n < 0 {
+            let Ok(n) = usize::try_from(n) else {
                 let err = io::Error::last_os_error();
                 self.give_back_chains(queue);
                 if err.kind() != io::ErrorKind::WouldBlock {
                     guest_debug!("pair {}: reading the tap failed: {err}", self.pair);
                 }
                 return RxOutcome::TapEmpty;
-            }
-            frame.truncate(n as usize);
+            };
+            frame.truncate(n);
             if frame.len() > capacity {
                 self.pending = Some(HeldFrame { frame, hdr_len });
                 self.give_back_chains(queue);
                 return RxOutcome::WaitForBuffers;
             }
-            self.copy_to_chains(&frame);
-            return self.complete_frame(queue, mem, frame.len(), hdr_len);
+            self.iovecs.copy_from_slice(&frame);
+            return self.complete_frame(queue, frame.len(), hdr_len);
         }
-        self.iovecs.push(libc::iovec {
-            iov_base: self.overflow.as_mut_ptr().cast(),
-            iov_len: self.overflow.len(),
-        });
-        // SAFETY: the iovecs point into guest memory that `mem` keeps mapped for the
-        // whole call, in device-writable buffers the guest gave us, and into
-        // `self.overflow`; readv writes at most their total length.
-        let n = unsafe {
-            libc::readv(
-                self.tap_fd,
-                self.iovecs.as_ptr(),
-                self.iovecs.len() as libc::c_int,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
+        // One byte past the guest's buffers: a frame that reaches it did not fit.
+        // collect_rx_chain left an entry free for it.
+        if self.iovecs.push_spill_byte().is_err() {
             self.give_back_chains(queue);
-            if err.kind() != io::ErrorKind::WouldBlock {
-                guest_debug!("pair {}: reading the tap failed: {err}", self.pair);
-            }
-            return RxOutcome::TapEmpty;
+            return RxOutcome::Progress;
         }
-        let n = n as usize;
+        let n = match self.iovecs.readv(self.tap_fd) {
+            Ok(n) => n,
+            Err(err) => {
+                self.give_back_chains(queue);
+                if err.kind() != io::ErrorKind::WouldBlock {
+                    guest_debug!("pair {}: reading the tap failed: {err}", self.pair);
+                }
+                return RxOutcome::TapEmpty;
+            }
+        };
         if n > capacity {
             // The frame reached the overflow byte: it did not fit. Keep the
             // buffers for the next frame.
@@ -449,54 +406,29 @@ impl PairWorker {
             self.give_back_chains(queue);
             return RxOutcome::Progress;
         }
-        self.complete_frame(queue, mem, n, hdr_len)
-    }
-
-    /// Copies `frame` into the buffers of the chains taken (`self.iovecs`, which
-    /// hold at least `frame.len()` bytes).
-    fn copy_to_chains(&mut self, frame: &[u8]) {
-        let mut done = 0;
-        for iov in &self.iovecs {
-            if done == frame.len() {
-                break;
-            }
-            let len = iov.iov_len.min(frame.len() - done);
-            // SAFETY: the iovec points into a device-writable guest buffer that
-            // `mem` (held by our caller) keeps mapped, at least `iov_len` bytes long;
-            // the source is `frame`, a host buffer that does not overlap it.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    frame[done..].as_ptr(),
-                    iov.iov_base.cast::<u8>(),
-                    len,
-                )
-            };
-            done += len;
-        }
+        self.complete_frame(queue, n, hdr_len)
     }
 
     /// A frame of `n` bytes is in the chains taken: hands back the ones it filled
     /// (with num_buffers set) and puts the unused rest back on the ring.
     fn complete_frame(
         &mut self,
-        queue: &mut Queue,
-        mem: &Mem,
+        queue: &mut ActiveQueue<'_>,
         n: usize,
         hdr_len: usize,
     ) -> RxOutcome {
-        // Hand back the chains the frame filled, and the unused rest to the ring
-        // (they were the last ones taken).
-        let used = chains_filled(n, self.rx_chains.iter().map(|c| c.capacity));
-        for _ in used..self.rx_chains.len() {
-            queue.go_to_previous_position();
+        // The unused rest goes back to the ring (they were the last ones taken).
+        let used = chains_filled(n, self.chains.iter().map(|c| c.capacity));
+        for chain in self.chains[used..].iter().rev() {
+            queue.put_back(chain.head);
         }
         if hdr_len == VNET_HDR_LEN {
             // The tap leaves num_buffers alone; it is ours to fill (1 without
             // MRG_RXBUF, as the spec asks).
             let num_buffers = (used as u16).to_le_bytes();
             if let Err(e) = write_in_span(
-                &**mem,
-                self.rx_chains[0].first,
+                &**queue.memory(),
+                self.chains[0].first,
                 NUM_BUFFERS_OFFSET,
                 &num_buffers,
             ) {
@@ -504,26 +436,21 @@ impl PairWorker {
             }
         }
         let mut left = n;
-        for chain in &self.rx_chains[..used] {
+        for chain in &self.chains[..used] {
             let len = left.min(chain.capacity);
             left -= len;
-            if let Err(e) = queue.add_used(&**mem, chain.head, len as u32) {
-                guest_error!(
-                    "pair {}: cannot return rx chain {}: {e}",
-                    self.pair,
-                    chain.head
-                );
-            }
+            // At most a largest frame: fits 32 bits.
+            queue.complete(chain.head, len as u32);
         }
+        self.chains.clear();
         RxOutcome::Progress
     }
 
     /// Puts every chain taken for the current frame back on the available ring.
-    fn give_back_chains(&mut self, queue: &mut Queue) {
-        for _ in 0..self.rx_chains.len() {
-            queue.go_to_previous_position();
+    fn give_back_chains(&mut self, queue: &mut ActiveQueue<'_>) {
+        for chain in self.chains.drain(..).rev() {
+            queue.put_back(chain.head);
         }
-        self.rx_chains.clear();
     }
 }
 
@@ -554,15 +481,14 @@ pub(crate) enum RxChainError {
 /// Maps a transmit chain (virtio-net header of `hdr_len` bytes, then the frame) to
 /// the iovecs of one writev into `iovecs`, checking its shape as it goes; returns
 /// its length.
-pub(crate) fn tx_iovecs<C, M>(
+pub(crate) fn tx_iovecs<C>(
     chain: C,
-    mem: &M,
+    mem: &Mem,
     hdr_len: usize,
-    iovecs: &mut Vec<libc::iovec>,
+    iovecs: &mut IoVecs,
 ) -> Result<usize, TxDrop>
 where
     C: Iterator<Item = Descriptor>,
-    M: GuestMemoryBackend + ?Sized,
 {
     iovecs.clear();
     let mut total = 0usize;
@@ -580,11 +506,11 @@ where
         if total > MAX_TX_LEN {
             return Err(TxDrop::Shape(TxError::TooLong(total)));
         }
-        push_iovecs(mem, desc.addr(), desc.len() as usize, iovecs)
-            .map_err(TxDrop::OutsideMemory)?;
-        if iovecs.len() > MAX_IOVECS {
-            return Err(TxDrop::Shape(TxError::TooManyDescriptors(descriptors)));
-        }
+        iovecs.push_descriptor(mem, &desc).map_err(|e| match e {
+            IoVecError::TooMany => TxDrop::Shape(TxError::TooManyDescriptors(descriptors)),
+            IoVecError::OutsideMemory { addr, .. } => TxDrop::OutsideMemory(addr),
+            IoVecError::OtherMemory => TxDrop::OutsideMemory(desc.addr()),
+        })?;
     }
     check_tx(total, descriptors, hdr_len).map_err(TxDrop::Shape)?;
     Ok(total)
@@ -606,15 +532,14 @@ fn chains_filled(len: usize, capacities: impl Iterator<Item = usize>) -> usize {
 
 /// Maps a receive chain's buffers to iovecs (appended to `iovecs`); returns its
 /// capacity and its first descriptor.
-pub(crate) fn collect_rx_chain<C, M>(
+pub(crate) fn collect_rx_chain<C>(
     chain: C,
-    mem: &M,
+    mem: &Mem,
     hdr_len: usize,
-    iovecs: &mut Vec<libc::iovec>,
+    iovecs: &mut IoVecs,
 ) -> Result<(usize, (GuestAddress, usize)), RxChainError>
 where
     C: Iterator<Item = Descriptor>,
-    M: GuestMemoryBackend + ?Sized,
 {
     let mut capacity = 0usize;
     let mut first = None;
@@ -624,9 +549,13 @@ where
         }
         let len = desc.len() as usize;
         first.get_or_insert((desc.addr(), len));
-        push_iovecs(mem, desc.addr(), len, iovecs).map_err(RxChainError::OutsideMemory)?;
-        // One iovec stays free for the overflow byte.
-        if iovecs.len() >= MAX_IOVECS {
+        iovecs.push_descriptor(mem, &desc).map_err(|e| match e {
+            IoVecError::TooMany => RxChainError::TooManyDescriptors,
+            IoVecError::OutsideMemory { addr, .. } => RxChainError::OutsideMemory(addr),
+            IoVecError::OtherMemory => RxChainError::OutsideMemory(desc.addr()),
+        })?;
+        // One entry stays free for the overflow byte.
+        if iovecs.entries() >= MAX_IOVECS {
             return Err(RxChainError::TooManyDescriptors);
         }
         capacity += len;
@@ -638,24 +567,6 @@ where
         Some((_, len)) => Err(RxChainError::NoRoomForHeader(len)),
         None => Err(RxChainError::NoRoomForHeader(0)),
     }
-}
-
-/// Appends the host iovecs of guest range `addr..addr+len` (split where guest
-/// memory regions split).
-fn push_iovecs<M: GuestMemoryBackend + ?Sized>(
-    mem: &M,
-    addr: GuestAddress,
-    len: usize,
-    iovecs: &mut Vec<libc::iovec>,
-) -> Result<(), GuestAddress> {
-    for slice in mem.get_slices(addr, len) {
-        let slice = slice.map_err(|_| addr)?;
-        iovecs.push(libc::iovec {
-            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-            iov_len: slice.len(),
-        });
-    }
-    Ok(())
 }
 
 /// Writes `bytes` at `offset` into the buffer `span` (already checked to hold it).
@@ -676,15 +587,23 @@ fn write_in_span<M: GuestMemoryBackend + ?Sized>(
 
 /// Serves the control queue: decodes commands (see [`ctrl`]) and applies them.
 pub struct ControlWorker {
-    device: Arc<DeviceState>,
     memory: Option<GuestMemory>,
+    queue: QueueServer,
+    commands: Commands,
+}
+
+/// The control queue's requests: one command per chain, answered with an ack.
+struct Commands {
+    device: Arc<DeviceState>,
 }
 
 impl ControlWorker {
     pub fn new(device: Arc<DeviceState>) -> Self {
         ControlWorker {
-            device,
             memory: None,
+            // The control queue is quiet: no busy-polling.
+            queue: QueueServer::new("control queue", Poller::off()),
+            commands: Commands { device },
         }
     }
 
@@ -697,49 +616,20 @@ impl ControlWorker {
             guest_error!("control queue kicked before a memory table was set");
             return Ok(());
         };
-        let mut state = vring.get_mut();
-        // The control queue is quiet: no busy-polling.
-        serve_until_idle(
-            self,
-            &mut state,
-            &mem,
-            Duration::ZERO,
-            |w, state, mem| Ok(w.drain_ctrl(state.get_queue_mut(), mem)),
-            |_, _, _| Ok(false),
-        )
+        self.queue.serve(&mut self.commands, vring, &mem)
     }
+}
 
-    /// Runs every available command chain; false if the avail ring cannot be read.
-    fn drain_ctrl(&mut self, queue: &mut Queue, mem: &Mem) -> bool {
-        let _ = queue.disable_notification(&**mem);
-        loop {
-            let chain = match queue.iter(&**mem) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => {
-                    guest_error!("cannot read the control available ring: {e}");
-                    return false;
-                }
-            };
-            let Some(chain) = chain else {
-                return true;
-            };
-            let head = chain.head_index();
-            if !head_in_queue(queue, head, "vhost-user-net control") {
-                continue;
-            }
-            let used_len = self.run_command(chain, mem);
-            if let Err(e) = queue.add_used(&**mem, head, used_len) {
-                guest_error!("cannot return control chain {head}: {e}");
-            }
-        }
+impl QueueDevice for Commands {
+    fn serve(&mut self, queue: &mut ActiveQueue<'_>, chain: Chain<'_>) {
+        let head = chain.head_index();
+        let used_len = self.run_command(chain, queue.memory());
+        queue.complete(head, used_len);
     }
+}
 
-    /// Runs one command chain; returns the used length (1 with the ack written).
-    fn run_command(
-        &mut self,
-        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap<()>>,
-        mem: &Mem,
-    ) -> u32 {
+impl Commands {
+    fn run_command(&mut self, chain: Chain<'_>, mem: &Mem) -> u32 {
         let head = chain.head_index();
         let mut writer = match chain.clone().writer(&**mem) {
             Ok(w) => w,
@@ -768,11 +658,7 @@ impl ControlWorker {
         }
     }
 
-    fn decode(
-        &self,
-        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap<()>>,
-        mem: &Mem,
-    ) -> Result<Command, String> {
+    fn decode(&self, chain: Chain<'_>, mem: &Mem) -> Result<Command, String> {
         let mut reader = chain.reader(&**mem).map_err(|e| e.to_string())?;
         let len = reader.available_bytes();
         if len > ctrl::MAX_COMMAND_LEN {
@@ -823,14 +709,14 @@ mod tests {
     #[test]
     fn rx_chain_shapes() {
         use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-        let mem: GuestMemoryMmap<()> =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mem: Mem =
+            Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
         let w = VRING_DESC_F_WRITE as u16;
-        let mut iovecs = Vec::new();
+        let mut iovecs = IoVecs::default();
         let ok = [Descriptor::new(0x1000, 1536, w, 0)];
         let (cap, first) = collect_rx_chain(ok.into_iter(), &mem, 12, &mut iovecs).unwrap();
         assert_eq!((cap, first), (1536, (GuestAddress(0x1000), 1536)));
-        assert_eq!(iovecs.len(), 1);
+        assert_eq!(iovecs.entries(), 1);
         let readable = [Descriptor::new(0x1000, 1536, 0, 0)];
         assert!(matches!(
             collect_rx_chain(readable.into_iter(), &mem, 12, &mut iovecs),
