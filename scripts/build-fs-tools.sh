@@ -12,7 +12,7 @@
 #
 # Cached: when the outputs exist and were made by this exact script, it does
 # nothing (well under a second). The first run builds both crates with
-# `cargo install --locked` (a few minutes: see README, "vhost-user-fs"). virtiofsd
+# `cargo install --locked` (a few minutes: see docs/vhost-user-fs.md). virtiofsd
 # needs libcap-ng-dev and libseccomp-dev (scripts/setup-host.sh installs them).
 set -euo pipefail
 
