@@ -185,6 +185,10 @@ fn a_kick_serves_every_available_chain_and_drops_heads_outside_the_queue() {
         ),
         (2, 2, 1, 108)
     );
+    // One interrupt for the batch; a kick that finds nothing sends none.
+    assert_eq!(get(&stats.signals), 1);
+    server.serve(&mut device, &ring.vring, &ring.mem).unwrap();
+    assert_eq!(get(&server.stats().signals), 1);
 }
 
 #[test]
