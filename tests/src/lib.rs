@@ -6,6 +6,7 @@ pub mod fs;
 pub mod guest;
 pub mod netns;
 pub mod packet;
+pub mod skip;
 pub mod util;
 
 pub use util::{wait_for_log, Rng, TempDir};
