@@ -143,15 +143,17 @@ pub fn keep_only(keep: &[u32]) -> io::Result<()> {
     let current = capget()?;
     let permitted = u64::from(current[0].permitted) | u64::from(current[1].permitted) << 32;
     let kept = permitted & mask;
+    // The kernel takes the 64 capability bits as two 32-bit halves.
+    let (low, high) = split_u64(kept);
     let data = [
         CapData {
-            effective: kept as u32,
-            permitted: kept as u32,
+            effective: low,
+            permitted: low,
             inheritable: 0,
         },
         CapData {
-            effective: (kept >> 32) as u32,
-            permitted: (kept >> 32) as u32,
+            effective: high,
+            permitted: high,
             inheritable: 0,
         },
     ];
@@ -203,6 +205,15 @@ fn sets_in(status_path: &str) -> io::Result<(u64, u64, u64)> {
             .ok_or_else(|| io::Error::other(format!("no {name} in /proc/{pid}/status")))
     };
     Ok((field("CapEff:")?, field("CapPrm:")?, field("CapBnd:")?))
+}
+
+/// The low and the high 32 bits of `v`.
+fn split_u64(v: u64) -> (u32, u32) {
+    let [a, b, c, d, e, f, g, h] = v.to_le_bytes();
+    (
+        u32::from_le_bytes([a, b, c, d]),
+        u32::from_le_bytes([e, f, g, h]),
+    )
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ impl Policy {
         let mut calls = BASE.to_vec();
         calls.extend_from_slice(extra);
         // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() } as u64;
+        let pid = u64::from(unsafe { libc::getpid() }.unsigned_abs());
         Policy {
             calls,
             with_args: vec![(libc::SYS_tgkill, 0, pid)],
@@ -156,7 +156,10 @@ impl Policy {
     /// (removing the socket at exit).
     pub fn socket(self, socket: Option<&crate::socket::SocketFile>) -> Self {
         match socket {
-            Some(s) => self.call_with_arg(libc::SYS_unlinkat, 0, s.dir_fd() as u64),
+            // A descriptor is never negative.
+            Some(s) => {
+                self.call_with_arg(libc::SYS_unlinkat, 0, u64::from(s.dir_fd().unsigned_abs()))
+            }
             None => self,
         }
     }

@@ -129,7 +129,10 @@ impl BlkBackend {
         put(8, &0u32.to_le_bytes()); // size_max: no limit
         put(12, &seg_max(config.queue_size).to_le_bytes());
         put(20, &disk.logical_block_size.to_le_bytes()); // blk_size
-        let exp = (disk.physical_block_size / disk.logical_block_size).trailing_zeros() as u8;
+                                                         // At most 32: fits a byte.
+        let exp =
+            u8::try_from((disk.physical_block_size / disk.logical_block_size).trailing_zeros())
+                .unwrap_or(0);
         put(24, &[exp, 0]); // physical_block_exp, alignment_offset
         put(26, &1u16.to_le_bytes()); // min_io_size (logical blocks)
         put(28, &0u32.to_le_bytes()); // opt_io_size

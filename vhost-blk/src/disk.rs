@@ -87,7 +87,8 @@ impl Disk {
                 if !ok {
                     return Err(io::Error::last_os_error());
                 }
-                (size, lbs.max(512) as u32, pbs.max(lbs as u32).max(512))
+                let lbs = u32::try_from(lbs).unwrap_or(0).max(512);
+                (size, lbs, pbs.max(lbs))
             }
         };
         let size = size & !(SECTOR_SIZE - 1);

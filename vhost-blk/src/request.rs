@@ -33,8 +33,12 @@ pub const MAX_DATA_SEGMENTS: usize = 1024;
 /// The WRITE_ZEROES segment flag asking the device to deallocate.
 pub const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
 
+// The spec's status values are 0, 1 and 2: they fit the status byte.
+#[allow(clippy::cast_possible_truncation)]
 pub const STATUS_OK: u8 = VIRTIO_BLK_S_OK as u8;
+#[allow(clippy::cast_possible_truncation)]
 pub const STATUS_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+#[allow(clippy::cast_possible_truncation)]
 pub const STATUS_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,7 +184,9 @@ pub fn read_spans<M: GuestMemoryBackend + ?Sized>(
             skip -= len;
             continue;
         }
-        let take = ((len - skip) as usize).min(buf.len() - done);
+        let take = usize::try_from(len - skip)
+            .unwrap_or(usize::MAX)
+            .min(buf.len() - done);
         let addr = span.addr.unchecked_add(skip);
         mem.read_slice(&mut buf[done..done + take], addr)
             .map_err(|_| addr)?;
@@ -340,12 +346,12 @@ impl Request {
                     return Action::Fail(STATUS_IOERR);
                 }
                 let count = len / u64::from(SEGMENT_LEN);
-                if count > u64::from(max_segments) {
-                    return Action::Fail(STATUS_UNSUPP);
-                }
-                Action::Segments {
-                    write_zeroes,
-                    count: count as u32,
+                match u32::try_from(count) {
+                    Ok(count) if count <= max_segments => Action::Segments {
+                        write_zeroes,
+                        count,
+                    },
+                    _ => Action::Fail(STATUS_UNSUPP),
                 }
             }
             RequestType::Unsupported(_) => Action::Fail(STATUS_UNSUPP),

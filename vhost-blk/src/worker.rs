@@ -268,7 +268,11 @@ impl Requests {
             Action::GetId => {
                 let written = write_spans(&**mem, &slot.request.writable, &self.device.serial);
                 return match written {
-                    Ok(n) => self.finish(slot_index, STATUS_OK, n as u32 + 1, queue),
+                    // At most ID_BYTES were written: fits 32 bits.
+                    Ok(n) => {
+                        let used_len = u32::try_from(n).map_or(1, |n| n + 1);
+                        self.finish(slot_index, STATUS_OK, used_len, queue)
+                    }
                     Err(_) => self.finish(slot_index, STATUS_IOERR, 1, queue),
                 };
             }
@@ -313,7 +317,8 @@ impl Requests {
                     write: !read,
                     sync,
                     offset,
-                    total: len as usize,
+                    // A request is at most 32 segments of 16 MiB (action checked it).
+                    total: usize::try_from(len).unwrap_or(usize::MAX),
                     done: 0,
                 };
                 slot.used_len = if read { read_used_len(len) } else { 1 };
@@ -392,7 +397,8 @@ impl Requests {
             }
             let mut completions = std::mem::take(&mut self.completions);
             for (tag, result) in completions.drain(..) {
-                let slot_index = tag as usize;
+                // Out of range (checked next) if it does not fit.
+                let slot_index = usize::try_from(tag).unwrap_or(usize::MAX);
                 if slot_index >= self.slots.len() {
                     guest_warn!("queue {}: completion for unknown tag {tag}", self.index);
                     continue;

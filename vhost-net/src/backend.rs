@@ -97,7 +97,9 @@ impl NetBackend {
     /// The epoll id of a pair's tap fd (the same on each thread; ids up to
     /// num_queues are the library's).
     fn tap_event(&self) -> u16 {
-        net::num_queues(self.inner.config.num_queue_pairs) as u16 + 1
+        // At most 2 * 31 + 1 queues (the configuration's limit): fits 16 bits.
+        u16::try_from(net::num_queues(self.inner.config.num_queue_pairs))
+            .map_or(u16::MAX, |n| n + 1)
     }
 }
 

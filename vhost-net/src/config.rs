@@ -123,6 +123,8 @@ impl TryFrom<Args> for NetConfig {
             ));
         }
         let mtu = check_range("--mtu", args.mtu, u32::from(MIN_MTU)..=65535)?;
+        // In range, so it fits.
+        let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
         let num_queue_pairs = check_range(
             "--num-queue-pairs",
             args.num_queue_pairs,
@@ -140,7 +142,7 @@ impl TryFrom<Args> for NetConfig {
             tap: args.tap,
             host_ip,
             mac,
-            mtu: mtu as u16,
+            mtu,
             num_queue_pairs,
             queue_size,
             poll,

@@ -10,7 +10,10 @@ use virtio_bindings::virtio_net::*;
 /// entries fits; anything longer is refused.
 pub const MAX_COMMAND_LEN: usize = 64 * 1024;
 
+// The spec's ack values are 0 and 1: they fit the ack byte.
+#[allow(clippy::cast_possible_truncation)]
 pub const ACK_OK: u8 = VIRTIO_NET_OK as u8;
+#[allow(clippy::cast_possible_truncation)]
 pub const ACK_ERR: u8 = VIRTIO_NET_ERR as u8;
 
 /// A decoded control command.

@@ -98,7 +98,7 @@ pub fn ctrl_queue_index(pairs: u16) -> usize {
 pub fn config_space(mac: [u8; 6], link_up: bool, max_pairs: u16, mtu: u16) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let status: u16 = if link_up {
-        VIRTIO_NET_S_LINK_UP as u16
+        u16::try_from(VIRTIO_NET_S_LINK_UP).unwrap_or(1)
     } else {
         0
     };
@@ -150,7 +150,8 @@ pub fn random_mac() -> [u8; 6] {
         let seed = u64::from(std::process::id())
             ^ std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
+                // The low 64 bits are all the entropy wanted.
+                .map(|d| u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(0))
                 .unwrap_or(0);
         mac.copy_from_slice(&seed.to_le_bytes()[..6]);
     }

@@ -105,9 +105,7 @@ impl Tap {
                 .open("/dev/net/tun")
                 .map_err(Error::OpenTun)?;
             let mut ifr = ifreq_for(&actual_name)?;
-            ifr.ifr_ifru.ifru_flags =
-                (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE)
-                    as libc::c_short;
+            ifr.ifr_ifru.ifru_flags = IFF_MULTI_QUEUE_TAP;
             // SAFETY: TUNSETIFF reads and writes the ifreq we pass, which outlives the call.
             let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
             if rc < 0 {
@@ -167,10 +165,10 @@ impl Tap {
         }
         let mut ifr = ifreq_for(&self.name)?;
         ifr.ifr_ifru.ifru_flags = if attach {
-            libc::IFF_ATTACH_QUEUE
+            IFF_ATTACH_QUEUE
         } else {
-            libc::IFF_DETACH_QUEUE
-        } as libc::c_short;
+            IFF_DETACH_QUEUE
+        };
         // SAFETY: TUNSETQUEUE reads the ifreq we pass, which outlives the call.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETQUEUE, &mut ifr) };
         if rc < 0 {
@@ -188,7 +186,10 @@ impl Tap {
     /// TUNSETVNETHDRSZ on every queue: 12 bytes with VERSION_1 or MRG_RXBUF, 10 for
     /// a legacy guest without either.
     pub fn set_vnet_hdr_len(&self, len: usize) -> Result<()> {
-        let hdr_len = len as libc::c_int;
+        let hdr_len = libc::c_int::try_from(len).map_err(|_| Error::VnetHdrSize {
+            name: self.name.clone(),
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        })?;
         for file in &self.queues {
             // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer we pass.
             let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) };
@@ -273,16 +274,29 @@ impl Tap {
             ioctl(libc::SIOCGIFFLAGS, &mut ifr, "read the flags")?;
             // SAFETY: SIOCGIFFLAGS filled ifru_flags, the union member read here.
             let flags = unsafe { ifr.ifr_ifru.ifru_flags };
-            ifr.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            ifr.ifr_ifru.ifru_flags = flags | IFF_UP_RUNNING;
             ioctl(libc::SIOCSIFFLAGS, &mut ifr, "bring up the link")?;
         }
         Ok(())
     }
 }
 
+// ifreq flags are a C short and a sockaddr's family a u16: these values fit them.
+#[allow(clippy::cast_possible_truncation)]
+const IFF_MULTI_QUEUE_TAP: libc::c_short =
+    (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE) as libc::c_short;
+#[allow(clippy::cast_possible_truncation)]
+const IFF_ATTACH_QUEUE: libc::c_short = libc::IFF_ATTACH_QUEUE as libc::c_short;
+#[allow(clippy::cast_possible_truncation)]
+const IFF_DETACH_QUEUE: libc::c_short = libc::IFF_DETACH_QUEUE as libc::c_short;
+#[allow(clippy::cast_possible_truncation)]
+const IFF_UP_RUNNING: libc::c_short = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+const AF_INET: libc::sa_family_t = libc::AF_INET as libc::sa_family_t;
+
 fn sockaddr_v4(ip: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: AF_INET,
         sin_port: 0,
         sin_addr: libc::in_addr {
             s_addr: u32::from(ip).to_be(),

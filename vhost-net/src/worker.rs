@@ -425,7 +425,8 @@ impl Receiver {
         if hdr_len == VNET_HDR_LEN {
             // The tap leaves num_buffers alone; it is ours to fill (1 without
             // MRG_RXBUF, as the spec asks).
-            let num_buffers = (used as u16).to_le_bytes();
+            // At most the queue size (chains taken for one frame): fits 16 bits.
+            let num_buffers = u16::try_from(used).unwrap_or(u16::MAX).to_le_bytes();
             if let Err(e) = write_in_span(
                 &**queue.memory(),
                 self.chains[0].first,
@@ -440,7 +441,7 @@ impl Receiver {
             let len = left.min(chain.capacity);
             left -= len;
             // At most a largest frame: fits 32 bits.
-            queue.complete(chain.head, len as u32);
+            queue.complete(chain.head, u32::try_from(len).unwrap_or(u32::MAX));
         }
         self.chains.clear();
         RxOutcome::Progress

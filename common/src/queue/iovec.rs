@@ -39,6 +39,12 @@ pub enum IoVecError {
     OtherMemory,
 }
 
+/// The length of an iovec array as readv and its siblings take it: every list
+/// holds at most IOV_MAX entries, which fits.
+fn count(iovecs: &[libc::iovec]) -> libc::c_int {
+    libc::c_int::try_from(iovecs.len().min(IOV_MAX)).unwrap_or(0)
+}
+
 /// Guest buffers as host iovecs, in order. See the module's safety contract.
 #[derive(Default)]
 pub struct IoVecs {
@@ -176,6 +182,11 @@ impl IoVecs {
         self.iovecs.len()
     }
 
+    /// The number of entries as a system call takes it.
+    fn count(&self) -> libc::c_int {
+        count(&self.iovecs)
+    }
+
     /// Drops the first `n` bytes (what a short transfer moved).
     pub fn advance(&mut self, mut n: usize) {
         let mut consumed = 0;
@@ -274,7 +285,7 @@ impl IoVecs {
     pub fn writev(&self, fd: RawFd) -> io::Result<usize> {
         // SAFETY: the entries point into mapped memory (module contract); writev
         // only reads them. The count is at most IOV_MAX, which fits a c_int.
-        let n = unsafe { libc::writev(fd, self.iovecs.as_ptr(), self.iovecs.len() as i32) };
+        let n = unsafe { libc::writev(fd, self.iovecs.as_ptr(), self.count()) };
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
@@ -282,7 +293,7 @@ impl IoVecs {
     pub fn readv(&mut self, fd: RawFd) -> io::Result<usize> {
         // SAFETY: the entries point into mapped memory the device may write (module
         // contract); readv writes at most their total length.
-        let n = unsafe { libc::readv(fd, self.iovecs.as_ptr(), self.iovecs.len() as i32) };
+        let n = unsafe { libc::readv(fd, self.iovecs.as_ptr(), self.count()) };
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
@@ -299,7 +310,7 @@ impl IoVecs {
         self.transfer(skip, len, offset, |iov, off| {
             // SAFETY: the entries point into mapped memory the device may write
             // (module contract); preadv writes only within them.
-            unsafe { libc::preadv64(fd, iov.as_ptr(), iov.len() as i32, off) }
+            unsafe { libc::preadv64(fd, iov.as_ptr(), count(iov), off) }
         })
     }
 
@@ -315,7 +326,7 @@ impl IoVecs {
         self.transfer(skip, len, offset, |iov, off| {
             // SAFETY: the entries point into mapped memory (module contract);
             // pwritev only reads them.
-            unsafe { libc::pwritev64(fd, iov.as_ptr(), iov.len() as i32, off) }
+            unsafe { libc::pwritev64(fd, iov.as_ptr(), count(iov), off) }
         })
     }
 

@@ -102,7 +102,7 @@ impl QueueDevice for Echo {
             return;
         }
         let len = writable.copy_from_slice(&vec![0xab; writable.len()]);
-        queue.complete(head, len as u32);
+        queue.complete(head, u32::try_from(len).unwrap());
     }
 
     fn has_room(&mut self, _queue: &mut ActiveQueue<'_>) -> std::io::Result<bool> {

@@ -84,7 +84,9 @@ pub(super) fn rw_once(
     write: bool,
     flags: i32,
 ) -> io::Result<usize> {
-    let count = iovecs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+    let count = libc::c_int::try_from(iovecs.len())
+        .unwrap_or(libc::UIO_MAXIOV)
+        .min(libc::UIO_MAXIOV);
     // SAFETY: the iovecs point at guest memory that the caller keeps mapped for the
     // duration of the call (IoEngine::submit's contract); `count` entries are valid.
     let n = unsafe {
@@ -94,11 +96,7 @@ pub(super) fn rw_once(
             libc::preadv2(fd, iovecs.as_ptr(), count, offset as libc::off_t, flags)
         }
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// preadv2/pwritev2 until every byte moved (or an error; end of file for reads,

@@ -286,7 +286,7 @@ impl IoEngine for UringEngine {
         let fd = types::Fd(self.file.as_raw_fd());
         let entry = match op {
             IoOp::Read { offset, iovecs } => {
-                opcode::Readv::new(fd, iovecs.as_ptr(), iovecs.len() as u32)
+                opcode::Readv::new(fd, iovecs.as_ptr(), iovec_count(iovecs))
                     .offset(offset)
                     .build()
             }
@@ -294,7 +294,7 @@ impl IoEngine for UringEngine {
                 offset,
                 iovecs,
                 sync,
-            } => opcode::Writev::new(fd, iovecs.as_ptr(), iovecs.len() as u32)
+            } => opcode::Writev::new(fd, iovecs.as_ptr(), iovec_count(iovecs))
                 .offset(offset)
                 .rw_flags(if sync { libc::RWF_DSYNC } else { 0 })
                 .build(),
@@ -338,11 +338,8 @@ impl IoEngine for UringEngine {
         for cqe in self.ring.completion() {
             self.ring_in_flight = self.ring_in_flight.saturating_sub(1);
             let result = cqe.result();
-            let outcome = if result >= 0 {
-                Ok(result as usize)
-            } else {
-                Err(io::Error::from_raw_os_error(-result))
-            };
+            let outcome =
+                usize::try_from(result).map_err(|_| io::Error::from_raw_os_error(-result));
             out.push((cqe.user_data(), outcome));
         }
     }
@@ -402,6 +399,12 @@ impl Drop for UringEngine {
             sink.clear();
         }
     }
+}
+
+/// An iovec array's length as an io_uring entry takes it. Requests have at most
+/// UIO_MAXIOV buffers (the worker refuses more), far below u32::MAX.
+fn iovec_count(iovecs: &[libc::iovec]) -> u32 {
+    u32::try_from(iovecs.len()).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
