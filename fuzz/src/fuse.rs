@@ -1,7 +1,7 @@
-//! Target `fuse`: FUSE requests through the vhost-fs passthrough file system, as
-//! the fs worker (vhost-fs `worker.rs`, `serve_chain`) serves a chain:
-//! [`fuse::read_request`] on the request bytes, [`PassthroughFs::handle_request`],
-//! then [`fuse::write_reply`]. Several requests per input, so LOOKUP, OPEN, READ
+//! Target `fuse`: FUSE requests through the vhost-fs server on the passthrough file
+//! system, as the fs worker (vhost-fs `worker.rs`, `serve_chain`) serves a chain:
+//! [`fuse::read_request`] on the request bytes, [`Server::handle_request`] (FUSE
+//! decoding, then the typed call on [`PassthroughFs`]), then [`fuse::write_reply`]. Several requests per input, so LOOKUP, OPEN, READ
 //! chains (and CREATE, WRITE, RENAME, ...) are reachable.
 //!
 //! The shared folder is `share/` in a scratch folder made once per process, put
@@ -35,10 +35,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use vhost_fs::config::CachePolicy;
+use vhost_fs::filesystem::FileData;
 use vhost_fs::fuse::{
     self, InHeader, InitIn, Opcode, Reply, WriteIn, IN_HEADER_LEN, MAX_WRITE, OUT_HEADER_LEN,
 };
-use vhost_fs::passthrough::{FileData, FsOptions, PassthroughFs};
+use vhost_fs::passthrough::{FsOptions, PassthroughFs};
+use vhost_fs::server::Server;
 use zerocopy::IntoBytes;
 
 use crate::input::Input;
@@ -123,7 +125,7 @@ impl State {
             file_handles: session & S_FILE_HANDLES != 0,
             allow_direct_io: session & S_DIRECT_IO != 0,
         };
-        let fs = match PassthroughFs::new(&self.share, options) {
+        let fs = Server::new(match PassthroughFs::new(&self.share, options) {
             Ok(fs) => fs,
             // File handles need CAP_DAC_READ_SEARCH and a file system with them
             // (the daemon checks at start-up and falls back): without, serve
@@ -137,7 +139,7 @@ impl State {
             )
             .expect("passthrough file system"),
             Err(e) => panic!("passthrough file system: {e}"),
-        };
+        });
         if session & S_NO_INIT == 0 {
             let init = InitIn {
                 major: fuse::KERNEL_VERSION,
@@ -212,7 +214,7 @@ impl State {
 }
 
 /// One request as the worker serves it; None when there is nothing to answer.
-fn serve(fs: &PassthroughFs, bytes: &[u8], room: usize) -> Option<Reply> {
+fn serve(fs: &Server<PassthroughFs>, bytes: &[u8], room: usize) -> Option<Reply> {
     let available = bytes.len();
     let (unique, reply) = match fuse::read_request(&mut &bytes[..], available) {
         Ok(request) => {

@@ -8,8 +8,9 @@
 //! - [`net_tx`]: virtio-net transmit chains (vhost-net `tx_iovecs`/`check_tx`),
 //!   and receive chains (`collect_rx_chain`);
 //! - [`net_ctrl`]: virtio-net control-queue commands (vhost-net `ctrl::parse`);
-//! - [`fuse`]: FUSE requests (vhost-fs `read_request`) served by the passthrough
-//!   file system on a scratch folder, several per input;
+//! - [`fuse`]: FUSE requests (vhost-fs `read_request`) decoded by the vhost-fs
+//!   server into calls on the passthrough file system on a scratch folder,
+//!   several per input;
 //! - [`vmm_mmio`]: the VMM's virtio-mmio register handlers, against an in-process
 //!   vhost-user-blk daemon;
 //! - [`vmm_config`]: the VMM's `--config` TOML file.

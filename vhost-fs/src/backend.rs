@@ -19,6 +19,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::{FsConfig, InodeFileHandles, TAG_BYTES};
 use crate::passthrough::{FsOptions, PassthroughFs};
+use crate::server::{FsServer, Server};
 use crate::worker::process_queue;
 use vhostkit_common::queue::{Poller, QueueServer};
 
@@ -46,7 +47,7 @@ pub struct FsBackend {
 
 struct Inner {
     config: Arc<FsConfig>,
-    fs: PassthroughFs,
+    fs: FsServer,
     memory: Mutex<Option<GuestMemory>>,
     /// Each queue's server, with its adaptive polling (only its own worker
     /// thread locks it).
@@ -72,7 +73,7 @@ impl FsBackend {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", config.shared_dir.display())))?;
         Ok(FsBackend {
             inner: Arc::new(Inner {
-                fs,
+                fs: Server::new(fs),
                 memory: Mutex::new(None),
                 queues: (0..=config.num_request_queues)
                     .map(|q| {

@@ -7,6 +7,7 @@
 //! All structs are `repr(C)` with zerocopy derives: converting from and to bytes is
 //! safe and checked for size; guest bytes are never reinterpreted in place.
 
+use std::ffi::CStr;
 use std::io;
 
 use thiserror::Error;
@@ -29,38 +30,7 @@ pub const MAX_REQUEST_LEN: usize = MAX_WRITE as usize + 4096;
 pub const NAME_MAX: usize = 255;
 pub const PATH_MAX: usize = 4096;
 
-/// An errno value to answer with (positive; encoded negated in the out header).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    pub const EINVAL: Errno = Errno(libc::EINVAL);
-    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
-    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
-    pub const EBADF: Errno = Errno(libc::EBADF);
-    pub const ENOENT: Errno = Errno(libc::ENOENT);
-    pub const EROFS: Errno = Errno(libc::EROFS);
-    pub const EIO: Errno = Errno(libc::EIO);
-    pub const ERANGE: Errno = Errno(libc::ERANGE);
-    pub const EPROTO: Errno = Errno(libc::EPROTO);
-
-    /// The errno of the last failed libc call.
-    pub fn last() -> Errno {
-        Errno::from(io::Error::last_os_error())
-    }
-}
-
-impl From<io::Error> for Errno {
-    fn from(e: io::Error) -> Self {
-        Errno(e.raw_os_error().unwrap_or(libc::EIO))
-    }
-}
-
-impl std::fmt::Display for Errno {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", io::Error::from_raw_os_error(self.0))
-    }
-}
+pub use crate::filesystem::Errno;
 
 macro_rules! fuse_struct {
     ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
@@ -327,6 +297,25 @@ impl<'a> Body<'a> {
         let s = &self.bytes[..end];
         self.bytes = &self.bytes[end + 1..];
         Ok(s)
+    }
+
+    /// The next NUL-terminated string, its NUL included; EINVAL without a NUL.
+    pub fn take_c_str(&mut self) -> Result<&'a CStr, Errno> {
+        let end = self
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(Errno::EINVAL)?;
+        let (s, rest) = self.bytes.split_at(end + 1);
+        self.bytes = rest;
+        CStr::from_bytes_with_nul(s).map_err(|_| Errno::EINVAL)
+    }
+
+    /// [`Self::take_name`], its NUL included.
+    pub fn take_name_c_str(&mut self) -> Result<&'a CStr, Errno> {
+        let name = self.take_c_str()?;
+        check_name(name.to_bytes())?;
+        Ok(name)
     }
 
     /// The next name of a directory entry: NUL-terminated, not empty, no '/',

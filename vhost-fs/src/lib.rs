@@ -4,20 +4,25 @@
 //! - [`config`]: command line to validated configuration (virtiofsd's flag names);
 //! - [`fuse`]: the FUSE protocol (messages, parsing, replies), knowing nothing of
 //!   vhost-user;
-//! - [`passthrough`]: the file system: FUSE operations on the shared folder;
+//! - [`server`]: FUSE requests decoded into calls on a [`filesystem::FileSystem`]
+//!   and its answers encoded as replies;
+//! - [`filesystem`]: the file-system trait, typed (inodes, handles, attributes),
+//!   knowing nothing of the wire format;
+//! - [`passthrough`]: the file system on the shared folder (inode store, handles,
+//!   credentials, system calls, extended attributes);
 //! - [`backend`]: the vhost-user device (features, config space, dispatch);
 //! - [`worker`]: the per-queue request loop;
-//! - [`sandbox`] and [`seccomp`]: confinement (`--sandbox`, `--seccomp`);
-//! - [`xattr`]: extended attributes of a node without opening it.
+//! - [`sandbox`] and [`seccomp`]: confinement (`--sandbox`, `--seccomp`).
 
 pub mod backend;
 pub mod config;
+pub mod filesystem;
 pub mod fuse;
 pub mod passthrough;
 pub mod sandbox;
 pub mod seccomp;
+pub mod server;
 pub mod worker;
-pub mod xattr;
 
 pub use backend::{FsBackend, Share};
 pub use config::{Args, FsConfig};

@@ -38,11 +38,11 @@ pub const FS_CALLS: &[libc::c_long] = &[
     libc::SYS_fsetxattr,
     libc::SYS_flistxattr,
     libc::SYS_fremovexattr,
-    // Extended attributes of nodes that are never opened (crate::xattr).
-    crate::xattr::SYS_SETXATTRAT,
-    crate::xattr::SYS_GETXATTRAT,
-    crate::xattr::SYS_LISTXATTRAT,
-    crate::xattr::SYS_REMOVEXATTRAT,
+    // Extended attributes of nodes that are never opened (crate::passthrough::xattr).
+    crate::passthrough::sys::SYS_SETXATTRAT,
+    crate::passthrough::sys::SYS_GETXATTRAT,
+    crate::passthrough::sys::SYS_LISTXATTRAT,
+    crate::passthrough::sys::SYS_REMOVEXATTRAT,
     // Each request runs with the caller's file system uid and gid.
     libc::SYS_setfsuid,
     libc::SYS_setfsgid,

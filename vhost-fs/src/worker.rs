@@ -14,8 +14,9 @@ use vhostkit_common::queue::{ActiveQueue, Chain, IoVecError, IoVecs, QueueDevice
 use virtio_queue::{Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
+use crate::filesystem::FileData;
 use crate::fuse::{self, Errno, Reply, WriteIn, IN_HEADER_LEN, OUT_HEADER_LEN};
-use crate::passthrough::{FileData, PassthroughFs};
+use crate::server::FsServer;
 
 /// The guest buffers of one descriptor chain, the readable and the writable ones
 /// apart, in chain order. READ and WRITE data moves between these and the file
@@ -59,7 +60,7 @@ impl FileData for ChainBuffers {
 /// One queue of the file system: every request is answered in place (the
 /// passthrough calls are synchronous).
 struct FsQueue<'a> {
-    fs: &'a PassthroughFs,
+    fs: &'a FsServer,
     index: usize,
 }
 
@@ -75,7 +76,7 @@ impl QueueDevice for FsQueue<'_> {
 /// longer (as the queue's adaptive poller has learnt) before the guest must kick
 /// again.
 pub fn process_queue(
-    fs: &PassthroughFs,
+    fs: &FsServer,
     vring: &Vring,
     memory: &GuestMemory,
     index: usize,
@@ -87,7 +88,7 @@ pub fn process_queue(
 
 /// Answers one request chain; returns the bytes written into it.
 fn serve_chain(
-    fs: &PassthroughFs,
+    fs: &FsServer,
     mem: &Arc<GuestMemoryMmap<()>>,
     chain: Chain<'_>,
     index: usize,
