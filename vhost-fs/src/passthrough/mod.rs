@@ -49,6 +49,9 @@ pub mod inodes;
 pub mod sys;
 pub mod xattr;
 
+#[cfg(test)]
+mod tests;
+
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
