@@ -136,6 +136,9 @@ pub struct OpenOptions {
 pub struct InitOptions {
     /// Entries may be marked as submounts.
     pub submounts: bool,
+    /// Extended attributes are served; without, the server answers every xattr
+    /// request ENOSYS itself.
+    pub xattr: bool,
 }
 
 /// A time to set.

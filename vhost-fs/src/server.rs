@@ -18,10 +18,13 @@ use crate::filesystem::{
 };
 use crate::fuse::{self, *};
 
-/// A FUSE session on a file system: the file system and whether INIT has come.
+/// A FUSE session on a file system: the file system, whether INIT has come, and
+/// what the file system answered to it.
 pub struct Server<F> {
     fs: F,
     initialized: AtomicBool,
+    /// The file system has extended attributes ([`crate::filesystem::InitOptions::xattr`]).
+    xattr: AtomicBool,
 }
 
 /// The server of the daemon: FUSE on the passthrough file system.
@@ -139,6 +142,7 @@ impl<F: FileSystem> Server<F> {
         Server {
             fs,
             initialized: AtomicBool::new(false),
+            xattr: AtomicBool::new(false),
         }
     }
 
@@ -287,6 +291,13 @@ impl<F: FileSystem> Server<F> {
                 .take::<FlushIn>()
                 .and_then(|f| fs.flush(ctx, inode, Handle(f.fh)))
                 .map(|()| Vec::new()),
+            // A file system without xattrs answers ENOSYS (and the guest stops
+            // asking) whatever the body holds.
+            Opcode::Setxattr | Opcode::Getxattr | Opcode::Listxattr | Opcode::Removexattr
+                if !self.xattr.load(Ordering::Acquire) =>
+            {
+                Err(Errno::ENOSYS)
+            }
             Opcode::Setxattr => self.setxattr(ctx, inode, body),
             Opcode::Getxattr => self.getxattr(ctx, inode, body),
             Opcode::Listxattr => body
@@ -357,6 +368,7 @@ impl<F: FileSystem> Server<F> {
             wanted |= init_flags::SUBMOUNTS;
         }
         let flags = init.flags & wanted;
+        self.xattr.store(options.xattr, Ordering::Release);
         self.initialized.store(true, Ordering::Release);
         guest_info!(
             "FUSE session initialised: guest {}.{}, flags {flags:#x}",

@@ -478,6 +478,7 @@ impl FileSystem for PassthroughFs {
     fn init(&self) -> Result<InitOptions> {
         Ok(InitOptions {
             submounts: self.options.announce_submounts,
+            xattr: self.options.xattr,
         })
     }
 

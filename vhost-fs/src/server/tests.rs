@@ -237,6 +237,49 @@ fn xattrs_without_xattrat_never_open_a_special_file() {
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
 
+/// Without --xattr every xattr opcode is ENOSYS, a malformed body included (the
+/// file system's answer comes before decoding); with it, the malformed body is
+/// EINVAL.
+#[test]
+fn xattr_opcodes_without_xattrs_are_enosys_whatever_the_body() {
+    let dir = scratch_dir("xattr-off");
+    let mut data = Bounce {
+        write_data: Vec::new(),
+        read_back: Vec::new(),
+    };
+    let off = initialised_fs(
+        PassthroughFs::new(
+            &dir,
+            FsOptions {
+                xattr: false,
+                ..options()
+            },
+        )
+        .unwrap(),
+    );
+    let on = initialised(&dir);
+    for op in [
+        Opcode::Setxattr,
+        Opcode::Getxattr,
+        Opcode::Listxattr,
+        Opcode::Removexattr,
+    ] {
+        let well_formed = xattr_request(op, 1, "trusted.t", b"v");
+        let reply = off.handle_request(&well_formed, 4096, &mut data);
+        assert_eq!(reply, Reply::Err(Errno::ENOSYS), "{op:?}");
+        let malformed = request(op as u32, 1, &[1, 2, 3]);
+        let reply = off.handle_request(&malformed, 4096, &mut data);
+        assert_eq!(reply, Reply::Err(Errno::ENOSYS), "{op:?} malformed");
+        let reply = on.handle_request(&malformed, 4096, &mut data);
+        assert_eq!(
+            reply,
+            Reply::Err(Errno::EINVAL),
+            "{op:?} malformed, xattrs on"
+        );
+    }
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
     /// Arbitrary opcodes, node ids and bodies against a real folder: never a
