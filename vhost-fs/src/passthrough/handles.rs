@@ -76,11 +76,7 @@ impl Handles {
         lock(&self.map).clear();
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         lock(&self.map).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -221,11 +221,7 @@ impl InodeStore {
     }
 
     /// Inodes held (the root included).
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         lock(&self.maps).by_id.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

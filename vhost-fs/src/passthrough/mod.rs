@@ -43,11 +43,11 @@
 //! Inode numbers and handles come from the guest: an unknown one is answered with
 //! ENOENT or EBADF (and one rate-limited log line), never a panic.
 
-pub mod creds;
-pub mod handles;
-pub mod inodes;
-pub mod sys;
-pub mod xattr;
+mod creds;
+mod handles;
+mod inodes;
+pub(crate) mod sys;
+mod xattr;
 
 #[cfg(test)]
 mod tests;
@@ -261,12 +261,12 @@ impl PassthroughFs {
 
     /// Nodes the guest currently holds (the root included), for tests and logs.
     pub fn node_count(&self) -> usize {
-        self.inodes.len()
+        self.inodes.count()
     }
 
     /// Open file handles, for tests and logs.
     pub fn handle_count(&self) -> usize {
-        self.handles.len()
+        self.handles.count()
     }
 
     /// For tests: behave as on a kernel without the `*xattrat` calls.
@@ -550,7 +550,7 @@ impl FileSystem for PassthroughFs {
                     &reopened
                 }
             };
-            sys::ftruncate(file, size)?;
+            sys::ftruncate(file.as_raw_fd(), size)?;
         }
         if attr.atime.is_some() || attr.mtime.is_some() {
             let time = |set: Option<SetTime>| match set {

@@ -151,10 +151,9 @@ pub fn utimens_fd(fd: RawFd, times: &[libc::timespec; 2]) -> Result<()> {
     Ok(())
 }
 
-pub fn ftruncate(file: &File, size: i64) -> Result<()> {
-    use std::os::fd::AsRawFd;
+pub fn ftruncate(fd: RawFd, size: i64) -> Result<()> {
     // SAFETY: ftruncate on a descriptor the caller owns.
-    cvt(unsafe { libc::ftruncate(file.as_raw_fd(), size) })?;
+    cvt(unsafe { libc::ftruncate(fd, size) })?;
     Ok(())
 }
 
