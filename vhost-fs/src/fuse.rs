@@ -23,6 +23,7 @@ pub const MIN_KERNEL_MINOR_VERSION: u32 = 23;
 /// Largest WRITE payload we announce (max_write) and so the largest request.
 pub const MAX_WRITE: u32 = 1 << 20;
 /// Pages of max_pages (MAX_WRITE / 4 KiB).
+#[allow(clippy::cast_possible_truncation)] // 256: fits.
 pub const MAX_PAGES: u16 = (MAX_WRITE / 4096) as u16;
 /// Largest request we read: a full write plus its headers.
 pub const MAX_REQUEST_LEN: usize = MAX_WRITE as usize + 4096;
@@ -374,6 +375,18 @@ impl From<Result<Vec<u8>, Errno>> for Reply {
     }
 }
 
+/// A reply's length as its header carries it. Replies are at most a chain's
+/// writable bytes, which a 32-bit descriptor length bounds per descriptor; a
+/// longer one is refused rather than announced wrong.
+fn reply_len(len: usize) -> io::Result<u32> {
+    u32::try_from(len).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a reply of {len} bytes"),
+        )
+    })
+}
+
 /// Writes `reply` for request `unique` into a writer with `capacity` bytes of
 /// room. A body that does not fit is answered with ERANGE instead; with no room
 /// for even the header nothing is written. Returns the bytes written.
@@ -388,7 +401,7 @@ pub fn write_reply<W: io::Write>(
         Reply::InPlace(n) if OUT_HEADER_LEN + n <= capacity => {
             let len = OUT_HEADER_LEN + n;
             let header = OutHeader {
-                len: len as u32,
+                len: reply_len(len)?,
                 error: 0,
                 unique,
             };
@@ -408,7 +421,7 @@ pub fn write_reply<W: io::Write>(
     }
     let len = OUT_HEADER_LEN + body.len();
     let header = OutHeader {
-        len: len as u32,
+        len: reply_len(len)?,
         error,
         unique,
     };

@@ -30,24 +30,44 @@ pub struct Server<F> {
 /// The server of the daemon: FUSE on the passthrough file system.
 pub type FsServer = Server<crate::passthrough::PassthroughFs>;
 
+/// A count in a 32-bit wire field: the most it can say if it does not fit (a
+/// negative one, which the kernel never gives for these, as 0).
+fn wire_u32<T: TryInto<u32> + Copy + PartialOrd + Default>(v: T) -> u32 {
+    if v < T::default() {
+        return 0;
+    }
+    v.try_into().unwrap_or(u32::MAX)
+}
+
+/// A device number in FUSE's 32-bit field, in the kernel's new_encode_dev form
+/// (major in bits 8-19, minor in bits 0-7 and 20-31). glibc's dev_t puts the
+/// same bits in the same places for any major below 4096 and minor below 2^20,
+/// so the low 32 bits are the encoding; larger numbers cannot be carried.
+#[allow(clippy::cast_possible_truncation)]
+fn wire_rdev(rdev: u64) -> u32 {
+    rdev as u32
+}
+
 /// The wire form of a node's attributes.
 fn fuse_attr(attr: &Attr, submount: bool) -> fuse::Attr {
     fuse::Attr {
         ino: attr.ino,
         size: attr.size,
         blocks: attr.blocks,
-        atime: attr.atime as u64,
-        mtime: attr.mtime as u64,
-        ctime: attr.ctime as u64,
-        atimensec: attr.atime_nsec as u32,
-        mtimensec: attr.mtime_nsec as u32,
-        ctimensec: attr.ctime_nsec as u32,
+        // FUSE carries times as the bits of a signed count (the kernel reads them
+        // back as s64) and nanoseconds below 10^9.
+        atime: attr.atime.cast_unsigned(),
+        mtime: attr.mtime.cast_unsigned(),
+        ctime: attr.ctime.cast_unsigned(),
+        atimensec: wire_u32(attr.atime_nsec),
+        mtimensec: wire_u32(attr.mtime_nsec),
+        ctimensec: wire_u32(attr.ctime_nsec),
         mode: attr.mode,
-        nlink: attr.nlink as u32,
+        nlink: wire_u32(attr.nlink),
         uid: attr.uid,
         gid: attr.gid,
-        rdev: attr.rdev as u32,
-        blksize: attr.blksize as u32,
+        rdev: wire_rdev(attr.rdev),
+        blksize: wire_u32(attr.blksize),
         flags: if submount { ATTR_SUBMOUNT } else { 0 },
     }
 }
@@ -263,9 +283,9 @@ impl<F: FileSystem> Server<F> {
                     bavail: st.bavail,
                     files: st.files,
                     ffree: st.ffree,
-                    bsize: st.bsize as u32,
-                    namelen: st.namelen as u32,
-                    frsize: st.frsize as u32,
+                    bsize: wire_u32(st.bsize),
+                    namelen: wire_u32(st.namelen),
+                    frsize: wire_u32(st.frsize),
                     ..Default::default()
                 }
                 .as_bytes()
@@ -490,7 +510,7 @@ impl<F: FileSystem> Server<F> {
             let dirent = Dirent {
                 ino: entry.ino,
                 off: entry.offset,
-                namelen: name.len() as u32,
+                namelen: wire_u32(name.len()),
                 typ: u32::from(entry.kind),
             };
             if !plus {
@@ -526,7 +546,7 @@ fn entry(result: Result<Entry>) -> Result<Vec<u8>> {
 
 fn write_out(size: usize) -> Vec<u8> {
     WriteOut {
-        size: size as u32,
+        size: wire_u32(size),
         padding: 0,
     }
     .as_bytes()

@@ -132,7 +132,8 @@ fn serve_chain(
         }
     };
     match fuse::write_reply(&mut writer, room, unique, &reply) {
-        Ok(n) => n as u32,
+        // At most the chain's writable bytes, which fit 32 bits.
+        Ok(n) => u32::try_from(n).unwrap_or(u32::MAX),
         Err(e) => {
             guest_error!("queue {index}: request {head}: cannot write the reply: {e}");
             0

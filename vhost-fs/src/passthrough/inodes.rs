@@ -32,7 +32,9 @@ impl FileHandle {
     /// The handle of the node of `fd` itself and its mount id.
     pub fn of(fd: RawFd) -> Result<(FileHandle, i32)> {
         let mut raw = vec![0u8; 8 + MAX_HANDLE_SZ];
-        raw[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+        // MAX_HANDLE_SZ is 128.
+        let max = u32::try_from(MAX_HANDLE_SZ).unwrap_or(u32::MAX);
+        raw[..4].copy_from_slice(&max.to_ne_bytes());
         let mount_id = sys::name_to_handle_fd(fd, &mut raw)?;
         let len = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
         if len > MAX_HANDLE_SZ {

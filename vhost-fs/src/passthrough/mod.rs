@@ -131,8 +131,9 @@ const O_TMPFILE_ONLY: i32 = libc::O_TMPFILE & !libc::O_DIRECTORY;
 fn attr_from_stat(st: &libc::stat64) -> Attr {
     Attr {
         ino: st.st_ino,
-        size: st.st_size as u64,
-        blocks: st.st_blocks as u64,
+        // Never negative for a node that exists.
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        blocks: u64::try_from(st.st_blocks).unwrap_or(0),
         atime: st.st_atime,
         atime_nsec: st.st_atime_nsec,
         mtime: st.st_mtime,
@@ -462,7 +463,8 @@ impl PassthroughFs {
             None => xattr::list(target, &mut buf),
         })?;
         if size == 0 {
-            return Ok(XattrReply::Size(n as u32));
+            // An xattr value or list is at most 64 KiB.
+            return Ok(XattrReply::Size(u32::try_from(n).unwrap_or(u32::MAX)));
         }
         buf.truncate(n);
         Ok(XattrReply::Value(buf))
@@ -904,7 +906,9 @@ impl FileSystem for PassthroughFs {
     ) -> Result<u64> {
         let open = self.handles.get(handle)?;
         let offset = i64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        Ok(sys::lseek(open.file.as_raw_fd(), offset, whence as i32)? as u64)
+        let whence = i32::try_from(whence).map_err(|_| Errno::EINVAL)?;
+        let at = sys::lseek(open.file.as_raw_fd(), offset, whence)?;
+        u64::try_from(at).map_err(|_| Errno::EINVAL)
     }
 
     fn copy_file_range(&self, _ctx: Context, range: CopyRange) -> Result<usize> {
@@ -927,7 +931,7 @@ impl FileSystem for PassthroughFs {
             output.file.as_raw_fd(),
             &mut off_out,
             len,
-            range.flags as u32,
+            u32::try_from(range.flags).map_err(|_| Errno::EINVAL)?,
         )
     }
 

@@ -30,18 +30,20 @@ fn cvt_long(rc: libc::c_long) -> Result<libc::c_long> {
 }
 
 fn cvt_size(rc: isize) -> Result<usize> {
-    if rc < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(rc as usize)
-    }
+    usize::try_from(rc).map_err(|_| Errno::last())
+}
+
+/// A byte count returned through `syscall` (a long), or the call's errno.
+fn cvt_len(rc: libc::c_long) -> Result<usize> {
+    usize::try_from(rc).map_err(|_| Errno::last())
 }
 
 /// Takes ownership of a descriptor the kernel has just returned.
 fn owned(fd: libc::c_long) -> OwnedFd {
     // SAFETY: callers pass the non-negative result of a call that returns a new
     // descriptor (checked by cvt/cvt_long first); nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+    // A descriptor number always fits an int.
+    unsafe { OwnedFd::from_raw_fd(RawFd::try_from(fd).unwrap_or(-1)) }
 }
 
 /// `struct open_how` of openat2 (libc's is non-exhaustive).
@@ -55,7 +57,7 @@ struct OpenHow {
 /// `openat2(dirfd, name, flags | O_CLOEXEC, mode, resolve)`.
 pub fn openat2(dirfd: RawFd, name: &CStr, flags: i32, mode: u32, resolve: u64) -> Result<OwnedFd> {
     let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
+        flags: u64::from((flags | libc::O_CLOEXEC).cast_unsigned()),
         mode: u64::from(mode),
         resolve,
     };
@@ -283,9 +285,7 @@ pub fn copy_file_range(
 /// getdents64 into `buf`; answers the bytes filled (0 at the end of the folder).
 pub fn getdents64(fd: RawFd, buf: &mut [u8]) -> Result<usize> {
     // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
-    let n =
-        cvt_long(unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) })?;
-    Ok(n as usize)
+    cvt_len(unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) })
 }
 
 /// `name_to_handle_at(fd, "", raw, &mount_id, AT_EMPTY_PATH)`: `raw` is a
@@ -408,7 +408,7 @@ pub fn getxattrat(dirfd: RawFd, node: &CStr, name: &CStr, buf: &mut [u8]) -> Res
             std::mem::size_of::<XattrArgs>(),
         )
     };
-    Ok(cvt_long(rc)? as usize)
+    cvt_len(rc)
 }
 
 /// listxattrat(dirfd, node, 0) into `buf` (empty: the size).
@@ -424,7 +424,7 @@ pub fn listxattrat(dirfd: RawFd, node: &CStr, buf: &mut [u8]) -> Result<usize> {
             buf.len(),
         )
     };
-    Ok(cvt_long(rc)? as usize)
+    cvt_len(rc)
 }
 
 /// setxattrat(dirfd, node, 0, name, value, flags).
@@ -432,7 +432,7 @@ pub fn setxattrat(dirfd: RawFd, node: &CStr, name: &CStr, value: &[u8], flags: i
     let args = XattrArgs {
         value: value.as_ptr() as u64,
         size: u32::try_from(value.len()).map_err(|_| Errno(libc::E2BIG))?,
-        flags: flags as u32,
+        flags: flags.cast_unsigned(),
     };
     // SAFETY: both names are NUL-terminated; `args` points at `value`, which the
     // kernel only reads.
