@@ -48,10 +48,10 @@
 //! # Example
 //!
 //! ```no_run
-//! use vhostkit_common::driver::{blk, DriverConfig};
+//! use vhostkit_driver::{blk, DriverConfig};
 //! use std::time::Duration;
 //!
-//! # fn main() -> vhostkit_common::driver::Result<()> {
+//! # fn main() -> vhostkit_driver::Result<()> {
 //! let mut dev = blk::BlkDevice::connect("/tmp/blk.sock", &DriverConfig::default())?;
 //! println!("capacity {} sectors", dev.config.capacity);
 //! let mut queues = dev.setup_queues(1, 256, 64)?;

@@ -35,7 +35,7 @@ use vm_memory::ByteValued;
 use super::memory::{GuestMem, DEFAULT_BASE};
 use super::virtq::Queue;
 use super::{Error, Result};
-use crate::watchdog::ControlWatchdog;
+use vhostkit_common::watchdog::ControlWatchdog;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30).
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
