@@ -589,8 +589,25 @@ mod tests {
         }
     }
 
+    /// The request codes of the messages received so far.
     fn requests(rx: &mpsc::Receiver<(u32, Vec<u8>)>) -> Vec<u32> {
         rx.try_iter().map(|(request, _)| request).collect()
+    }
+
+    /// Closes the connection, waits until the backend saw it, and returns the
+    /// messages it received that were not read yet.
+    fn close(
+        c: Connection,
+        backend: JoinHandle<()>,
+        rx: &mpsc::Receiver<(u32, Vec<u8>)>,
+    ) -> Vec<(u32, Vec<u8>)> {
+        drop(c);
+        backend.join().unwrap();
+        rx.try_iter().collect()
+    }
+
+    fn codes(messages: &[(u32, Vec<u8>)]) -> Vec<u32> {
+        messages.iter().map(|m| m.0).collect()
     }
 
     fn vring<'a>(index: u16, call: &'a EventFd, kick: &'a EventFd) -> VringSetup<'a> {
@@ -630,12 +647,9 @@ mod tests {
         assert_eq!(c.acked_features(), None);
         c.set_features(1 << 32).unwrap();
         assert_eq!(c.acked_features(), Some(PROTOCOL_FEATURES | 1 << 32));
-        drop(c);
-        backend.join().unwrap();
-        let got: Vec<(u32, Vec<u8>)> = rx.try_iter().collect();
-        let codes: Vec<u32> = got.iter().map(|m| m.0).collect();
+        let got = close(c, backend, &rx);
         assert_eq!(
-            codes,
+            codes(&got),
             [
                 FrontendReq::GET_FEATURES,
                 FrontendReq::GET_PROTOCOL_FEATURES,
@@ -666,10 +680,8 @@ mod tests {
         assert_eq!(c.num_queues(), 1);
         assert!(matches!(c.get_config(0, 4), Err(Error::NoConfig)));
         c.set_features(0).unwrap();
-        drop(c);
-        backend.join().unwrap();
         assert_eq!(
-            requests(&rx),
+            codes(&close(c, backend, &rx)),
             [
                 FrontendReq::GET_FEATURES,
                 FrontendReq::SET_OWNER,
@@ -745,10 +757,8 @@ mod tests {
         );
         c.set_features(0).unwrap();
         c.set_vring_enable(0, false).unwrap();
-        drop(c);
-        backend.join().unwrap();
-        let enables: Vec<Vec<u8>> = rx
-            .try_iter()
+        let enables: Vec<Vec<u8>> = close(c, backend, &rx)
+            .into_iter()
             .filter(|(request, _)| *request == code(FrontendReq::SET_VRING_ENABLE))
             .map(|(_, body)| body)
             .collect();
@@ -790,10 +800,8 @@ mod tests {
         assert_eq!(failed[0].index, 2);
         assert_eq!(c.started_vrings().count(), 0);
         assert!(c.reset().is_empty(), "nothing left to stop");
-        drop(c);
-        backend.join().unwrap();
         assert_eq!(
-            requests(&rx),
+            codes(&close(c, backend, &rx)),
             [
                 FrontendReq::SET_VRING_ENABLE,
                 FrontendReq::GET_VRING_BASE,
@@ -823,12 +831,9 @@ mod tests {
         setup.base = 5;
         c.set_up_vring(&setup).unwrap();
         assert!(c.is_vring_started(0));
-        drop(c);
-        backend.join().unwrap();
-        let got: Vec<(u32, Vec<u8>)> = rx.try_iter().collect();
-        let codes: Vec<u32> = got.iter().map(|m| m.0).collect();
+        let got = close(c, backend, &rx);
         assert_eq!(
-            codes,
+            codes(&got),
             [
                 FrontendReq::SET_VRING_NUM,
                 FrontendReq::SET_VRING_ADDR,
@@ -862,10 +867,8 @@ mod tests {
         c.read_config(4, &mut buf).unwrap();
         assert_eq!(buf, [4, 5]);
         assert_eq!(c.get_config(4, 2).unwrap(), [0, 1]);
-        drop(c);
-        backend.join().unwrap();
-        let asked: Vec<[u8; 8]> = rx
-            .try_iter()
+        let asked: Vec<[u8; 8]> = close(c, backend, &rx)
+            .into_iter()
             .filter(|(request, _)| *request == code(FrontendReq::GET_CONFIG))
             .map(|(_, body)| body[..8].try_into().unwrap())
             .collect();
