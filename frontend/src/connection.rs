@@ -107,7 +107,9 @@ pub struct VringSetup<'a> {
 /// A vring that [`Connection::reset`] could not stop.
 #[derive(Debug)]
 pub struct VringStopError {
+    /// The vring (it no longer counts as started all the same).
     pub index: u16,
+    /// Why SET_VRING_ENABLE 0 or GET_VRING_BASE failed.
     pub error: Error,
 }
 
