@@ -41,6 +41,13 @@
 //!   which runs it under the watchdog; a message `Frontend` refuses to send in some
 //!   state is written by hand as in `raw.rs`.
 
+// The answers of a backend are input: a cast that could truncate a value or lose its
+// sign is a bug waiting for a large one (as in common's serving code).
+#![cfg_attr(
+    not(test),
+    warn(clippy::cast_possible_truncation, clippy::cast_sign_loss)
+)]
+
 mod connection;
 mod raw;
 mod watchdog;
@@ -79,6 +86,8 @@ pub enum Error {
     QueueCount(u64),
     #[error("the backend lacks the CONFIG protocol feature: no config space")]
     NoConfig,
+    #[error("config space range {offset:#x}+{len:#x} does not fit a GET_CONFIG")]
+    ConfigRange { offset: u32, len: usize },
     #[error("GET_CONFIG answered {got} bytes for {wanted}")]
     ConfigSize { got: usize, wanted: usize },
     #[error("guest memory region without a file: the backend cannot map it")]

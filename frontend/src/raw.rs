@@ -49,8 +49,9 @@ fn send(
     body: &[u8],
     need_reply: bool,
 ) -> io::Result<u64> {
+    let size = u32::try_from(body.len()).map_err(io::Error::other)?;
     let mut msg = Vec::with_capacity(HEADER_SIZE + body.len());
-    for word in [code, flags, body.len() as u32] {
+    for word in [code, flags, size] {
         msg.extend_from_slice(&word.to_le_bytes());
     }
     msg.extend_from_slice(body);
