@@ -1,8 +1,8 @@
 //! What every vhostkit daemon shares: the command-line pieces, the daemon lifecycle
 //! (listen, serve a frontend, accept the next one, exit cleanly on a signal),
-//! logging set-up, rate-limited logging for guest-triggered errors, the control-request
-//! watchdog of vhost-user frontends, and, behind the
-//! `driver` feature, a user-space vhost-user driver for tests and benchmarks.
+//! logging set-up, rate-limited logging for guest-triggered errors, confinement
+//! (capabilities, seccomp). The vhost-user frontend (VMM, test driver) is crate
+//! vhostkit-frontend, which the daemons do not depend on.
 
 // A cast that could truncate a value or lose its sign is a bug waiting for a
 // large or hostile input: convert instead, or say at the cast why it holds.
@@ -21,9 +21,3 @@ pub mod logging;
 pub mod queue;
 pub mod seccomp;
 pub mod socket;
-pub mod watchdog;
-
-// Test code, not the daemons': the cast lints are for what serves guests.
-#[cfg(feature = "driver")]
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-pub mod driver;

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vhostkit_common::driver::blk::{
+use vhostkit_driver::blk::{
     BlkDevice, BlkQueue, BlkRequest, DiscardSegment, SECTOR_SIZE, VIRTIO_BLK_F_FLUSH,
     VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_OK,
 };
-use vhostkit_common::driver::{
+use vhostkit_driver::{
     DriverConfig, GuestMem, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
@@ -336,8 +336,8 @@ enum Hostile {
 /// memory filled with a canary, and checks that the backend wrote nothing but the
 /// status byte, survives, and serves a good request on the next connection.
 fn hostile_session(daemon: &mut DaemonProcess, kind: Hostile) {
-    use vhostkit_common::driver::virtq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
-    use vhostkit_common::driver::RawDesc;
+    use vhostkit_driver::virtq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+    use vhostkit_driver::RawDesc;
 
     // Small memory: the canary is checked byte by byte.
     let cfg = DriverConfig::with_mem_size(4 << 20);
@@ -353,7 +353,7 @@ fn hostile_session(daemon: &mut DaemonProcess, kind: Hostile) {
     // Canary everywhere except the rings (below `hdr`) and the header.
     mem.fill(hdr + 16, mem.end() - hdr - 16, CANARY).unwrap();
     let mut h = [0u8; 16];
-    h[0..4].copy_from_slice(&vhostkit_common::driver::blk::VIRTIO_BLK_T_IN.to_le_bytes());
+    h[0..4].copy_from_slice(&vhostkit_driver::blk::VIRTIO_BLK_T_IN.to_le_bytes());
     mem.write(hdr, &h).unwrap();
 
     let d_hdr = |next| RawDesc {

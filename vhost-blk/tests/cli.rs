@@ -232,8 +232,8 @@ fn refused_io_uring_falls_back_to_sync_with_one_warning() {
     assert!(warnings[0].contains("io_uring is not available"), "{text}");
 
     // And it serves I/O on the sync engine.
-    use vhostkit_common::driver::blk::{BlkDevice, BlkRequest, VIRTIO_BLK_S_OK};
-    use vhostkit_common::driver::DriverConfig;
+    use vhostkit_driver::blk::{BlkDevice, BlkRequest, VIRTIO_BLK_S_OK};
+    use vhostkit_driver::DriverConfig;
     let mut dev = BlkDevice::connect(&sock, &DriverConfig::with_mem_size(1 << 20)).unwrap();
     let mut queues = dev.setup_queues(1, 16, 4).unwrap();
     let mem = dev.driver.memory().clone();

@@ -14,11 +14,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhostkit_common::driver::blk::{
+use vhostkit_driver::blk::{
     self, BlkCompletion, BlkDevice, BlkQueue, BlkRequest, DiscardSegment, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
-use vhostkit_common::driver::{DriverConfig, GuestMem};
+use vhostkit_driver::{DriverConfig, GuestMem};
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::{Rng, TempDir};
 use virtio_bindings::virtio_blk::*;

@@ -24,13 +24,13 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use std::io::Write;
-use vhostkit_common::driver::blk::{
+use vhostkit_driver::blk::{
     BlkDevice, BlkQueue, BlkRequest, DiscardSegment, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
-use vhostkit_common::driver::virtq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
-use vhostkit_common::driver::{DriverConfig, GuestMem, RawDesc, Used, VIRTIO_RING_F_EVENT_IDX};
+use vhostkit_driver::virtq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use vhostkit_driver::{DriverConfig, GuestMem, RawDesc, Used, VIRTIO_RING_F_EVENT_IDX};
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::{Rng, TempDir};
 
@@ -78,7 +78,7 @@ fn start_connect(
     cfg: DriverConfig,
     queue_size: u16,
     inflight: usize,
-) -> mpsc::Receiver<vhostkit_common::driver::Result<Connection>> {
+) -> mpsc::Receiver<vhostkit_driver::Result<Connection>> {
     let (tx, rx) = mpsc::channel();
     let sock = sock.to_path_buf();
     std::thread::spawn(move || {
@@ -92,7 +92,7 @@ fn start_connect(
 }
 
 /// A daemon that no longer answers fails the test instead of hanging it.
-fn finish_connect(rx: mpsc::Receiver<vhostkit_common::driver::Result<Connection>>) -> Connection {
+fn finish_connect(rx: mpsc::Receiver<vhostkit_driver::Result<Connection>>) -> Connection {
     rx.recv_timeout(TIMEOUT)
         .expect("the daemon did not answer a new frontend in time")
         .expect("connect and set up queue 0")

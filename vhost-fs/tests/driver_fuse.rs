@@ -215,7 +215,7 @@ fn hostile_requests_get_errno_replies_and_the_daemon_keeps_serving() {
         s.q.build(Opcode::Getattr as u32, 1, GetattrIn::default().as_bytes());
     bytes[0..4].copy_from_slice(&1000u32.to_le_bytes());
     let (used, reply) = s.q.send_raw(&bytes, ROOM).unwrap();
-    let reply = vhostkit_common::driver::fs::parse_reply(&reply, used).unwrap();
+    let reply = vhostkit_driver::fs::parse_reply(&reply, used).unwrap();
     assert_eq!((reply.error, reply.unique), (-libc::EINVAL, unique));
     // Too short for a header: nothing written.
     assert_eq!(s.q.send_raw(&[1, 2, 3], ROOM).unwrap().0, 0);
@@ -381,7 +381,7 @@ fn data_spread_over_many_buffers_moves_intact() {
             )
             .unwrap();
         assert_eq!(used, 24);
-        let reply = vhostkit_common::driver::fs::parse_reply(&reply, used).unwrap();
+        let reply = vhostkit_driver::fs::parse_reply(&reply, used).unwrap();
         assert_eq!(reply.error, 0);
         assert_eq!(
             WriteOut::read_from_bytes(&reply.body).unwrap().size,
@@ -407,7 +407,7 @@ fn data_spread_over_many_buffers_moves_intact() {
             )
             .unwrap();
         assert_eq!(used as usize, 16 + data.len());
-        let reply = vhostkit_common::driver::fs::parse_reply(&reply, used).unwrap();
+        let reply = vhostkit_driver::fs::parse_reply(&reply, used).unwrap();
         assert_eq!(reply.error, 0);
         assert!(reply.body == data, "indirect {indirect}");
     }
@@ -819,7 +819,7 @@ fn create_on_an_existing_name_checks_the_requesters_permissions() {
     std::fs::create_dir(fx.share.join("a-folder")).unwrap();
     let mut s = fx.session();
     let create_as = |s: &mut Session, uid: u32, name: &str| -> i32 {
-        let body = vhostkit_common::driver::fs::body::create(
+        let body = vhostkit_driver::fs::body::create(
             (libc::O_RDWR | libc::O_TRUNC) as u32,
             0o644,
             0,

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vhostkit_common::driver::fs::{body, opcode, reply, FsDevice};
-use vhostkit_common::driver::DriverConfig;
+use vhostkit_driver::fs::{body, opcode, reply, FsDevice};
+use vhostkit_driver::DriverConfig;
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::TempDir;
 

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use common::*;
 use vhost_fs::fuse::*;
-use vhostkit_common::driver::fs::{body, FsReply};
+use vhostkit_driver::fs::{body, FsReply};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// A special file of each kind, by name suffix.

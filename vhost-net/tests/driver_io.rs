@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use vhost::VhostBackend;
-use vhostkit_common::driver::net::{
+use vhostkit_driver::net::{
     self, CtrlQueue, NetDevice, NetHdr, NetQueuePair, VIRTIO_NET_CTRL_MAC,
     VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
     VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_ERR, VIRTIO_NET_OK,
 };
-use vhostkit_common::driver::{Buf, DriverConfig, RingEnable};
+use vhostkit_driver::{Buf, DriverConfig, RingEnable};
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::packet::{frame, PacketSocket};
 use vhostkit_tests::TempDir;

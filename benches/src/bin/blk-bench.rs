@@ -27,8 +27,8 @@ use vhostkit_benches::report::{
     process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
 };
 use vhostkit_benches::setup::{ours_bin, parse_size, RunDir};
-use vhostkit_common::driver::blk::{BlkDevice, BlkQueue, BlkRequest, SECTOR_SIZE, VIRTIO_BLK_S_OK};
-use vhostkit_common::driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
+use vhostkit_driver::blk::{BlkDevice, BlkQueue, BlkRequest, SECTOR_SIZE, VIRTIO_BLK_S_OK};
+use vhostkit_driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
 use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, qemu_storage_daemon_version, DaemonProcess};
 use vhostkit_tests::Rng;
 

@@ -33,8 +33,8 @@ use vhostkit_benches::report::{
     process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
 };
 use vhostkit_benches::setup::{ours_bin, parse_size, RunDir};
-use vhostkit_common::driver::fs::{body, opcode, reply, FsDevice, FsQueue, ReplyHeader};
-use vhostkit_common::driver::{DriverConfig, GuestMem};
+use vhostkit_driver::fs::{body, opcode, reply, FsDevice, FsQueue, ReplyHeader};
+use vhostkit_driver::{DriverConfig, GuestMem};
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::fs::{spawn_fs_daemon, vhost_user_fs_cmd, virtiofsd_cmd, FsTools};
 use vhostkit_tests::Rng;

@@ -36,11 +36,11 @@ use vhostkit_benches::report::{
     process_cpu_seconds, row_selected, Measurement, OutputArgs, Report, Row,
 };
 use vhostkit_benches::setup::{ours_bin, RunDir};
-use vhostkit_common::driver::net::{
+use vhostkit_driver::net::{
     NetDevice, NetHdr, NetQueuePair, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
 };
-use vhostkit_common::driver::{Buf, DriverConfig};
+use vhostkit_driver::{Buf, DriverConfig};
 
 /// Compare vhost-user-net with DPDK's vhost-user PMD through a user-space driver.
 #[derive(Parser, Debug)]
@@ -766,7 +766,7 @@ fn measure(
     let pid = run.proc.pid();
     let measured = Duration::from_secs_f64(s.seconds);
     let warmup = Duration::from_secs_f64((s.seconds / 5.0).clamp(0.05, 0.5));
-    let err = |e: vhostkit_common::driver::Error| format!("{label}: {e}");
+    let err = |e: vhostkit_driver::Error| format!("{label}: {e}");
 
     let (frames, bytes, elapsed, cpu, extra) = match w.dir {
         Dir::Tx => {

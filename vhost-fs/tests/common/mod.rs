@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vhost_fs::fuse::*;
-use vhostkit_common::driver::fs::{body, reply, FsDevice, FsQueue, FsReply};
-use vhostkit_common::driver::DriverConfig;
+use vhostkit_driver::fs::{body, reply, FsDevice, FsQueue, FsReply};
+use vhostkit_driver::DriverConfig;
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::TempDir;
 use zerocopy::{FromBytes, IntoBytes};

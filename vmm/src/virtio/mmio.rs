@@ -36,7 +36,7 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::vhost_user::{Backend, BackendError, RingHostAddrs};
+use super::vhost_user::{Backend, BackendError, VringHostAddrs, VringSetup};
 use crate::memory::GuestMemory;
 
 /// Size of a device's MMIO window.
@@ -223,8 +223,6 @@ struct Queue {
     desc: u64,
     avail: u64,
     used: u64,
-    /// Handed to the backend (SET_VRING_* sent): must be stopped on reset.
-    started: bool,
     kick: EventFd,
     call: EventFd,
 }
@@ -237,7 +235,6 @@ impl Queue {
             desc: 0,
             avail: 0,
             used: 0,
-            started: false,
             kick: EventFd::new(EFD_NONBLOCK)?,
             call: EventFd::new(EFD_NONBLOCK)?,
         })
@@ -249,7 +246,6 @@ impl Queue {
         self.desc = 0;
         self.avail = 0;
         self.used = 0;
-        self.started = false;
         // Drop kicks and calls of the old session.
         let _ = self.kick.read();
         let _ = self.call.read();
@@ -328,7 +324,7 @@ impl MmioDevice {
             .map(|_| Queue::new())
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(MmioError::EventFd)?;
-        let device_features = (backend.features() | config.vmm_features)
+        let device_features = (backend.offered_features() | config.vmm_features)
             & SUPPORTED_FEATURES
             & !config.masked_features;
         if device_features & (1 << VIRTIO_F_VERSION_1) == 0 {
@@ -613,14 +609,14 @@ impl MmioDevice {
     }
 
     /// Checks the selected queue's size and ring addresses.
-    fn ring_host_addrs(&self, index: usize) -> Option<RingHostAddrs> {
+    fn ring_host_addrs(&self, index: usize) -> Option<VringHostAddrs> {
         let q = &self.queues[index];
         let n = u64::from(q.size);
         if n == 0 {
             guest_error!("virtio-mmio: queue {index} made ready without a QueueNum");
             return None;
         }
-        Some(RingHostAddrs {
+        Some(VringHostAddrs {
             desc: self.ring_host_address("descriptor table", q.desc, 16 * n, 16)?,
             avail: self.ring_host_address("driver area", q.avail, 6 + 2 * n, 2)?,
             used: self.ring_host_address("device area", q.used, 6 + 8 * n, 4)?,
@@ -630,17 +626,18 @@ impl MmioDevice {
     fn write_queue_ready(&mut self, v: u32) {
         let index = self.queue_sel as usize;
         if v == 0 {
-            let Some(q) = self.selected_queue("QueueReady 0") else {
+            if self.selected_queue("QueueReady 0").is_none() {
                 return;
-            };
-            if q.started {
+            }
+            // In range, so at most the backend's queue count: a u16.
+            if self.backend.is_vring_started(index as u16) {
                 // Stopping one queue of a live device needs RING_RESET, not offered.
                 guest_error!(
                     "virtio-mmio: QueueReady 0 on a running queue ignored (reset the device)"
                 );
                 return;
             }
-            q.ready = false;
+            self.queues[index].ready = false;
             return;
         }
         if !self.queue_writable("QueueReady") {
@@ -662,7 +659,7 @@ impl MmioDevice {
             return;
         }
         match self.queues.get(v as usize) {
-            Some(q) if q.started => {
+            Some(q) if self.backend.is_vring_started(v as u16) => {
                 if let Err(e) = q.kick.write(1) {
                     guest_error!("virtio-mmio: cannot signal the kick eventfd of queue {v}: {e}");
                 }
@@ -750,12 +747,18 @@ impl MmioDevice {
             return; // checked at QueueReady; memory does not shrink
         };
         let q = &self.queues[index];
-        let r = self
-            .backend
-            .start_queue(index as u16, q.size, addrs, &q.call, &q.kick);
-        match r {
-            Ok(()) => self.queues[index].started = true,
-            Err(e) => self.backend_failed(&e),
+        let vring = VringSetup {
+            index: index as u16,
+            size: q.size,
+            addrs,
+            base: 0,
+            call: &q.call,
+            kick: &q.kick,
+            err: None,
+            enable: true,
+        };
+        if let Err(e) = self.backend.set_up_vring(&vring) {
+            self.backend_failed(&e);
         }
     }
 
@@ -781,13 +784,12 @@ impl MmioDevice {
 
     /// Status 0: stops the queues the backend runs and forgets the session.
     fn reset(&mut self) {
-        for i in 0..self.queues.len() {
-            if self.queues[i].started {
-                if let Err(e) = self.backend.stop_queue(i as u16) {
-                    log_backend_error(&format!("stopping queue {i} on reset"), &e);
-                }
-            }
-            self.queues[i].reset();
+        for failed in self.backend.reset() {
+            let i = failed.index;
+            log_backend_error(&format!("stopping queue {i} on reset"), &failed.error);
+        }
+        for q in &mut self.queues {
+            q.reset();
         }
         self.status = 0;
         self.interrupt_status = 0;
@@ -827,7 +829,7 @@ impl MmioDevice {
             }
             ConfigSpace::Backend { overrides } => overrides,
         };
-        if let Err(e) = self.backend.get_config(off, data) {
+        if let Err(e) = self.backend.read_config(off, data) {
             log_backend_error(&format!("config read at {off:#x}"), &e);
             data.fill(0);
             return;

@@ -11,7 +11,9 @@
 //!   chosen guest physical base, with bounds-checked reads and writes and a small
 //!   first-fit allocator ([`GuestMem::alloc`], [`GuestMem::free`]) that carves ring
 //!   and buffer areas out of it. Addresses are guest physical addresses (GPAs).
-//! - [`Driver`] ([`device`]): one vhost-user connection. [`Driver::connect`] runs the
+//! - [`Driver`] ([`device`]): one vhost-user connection, a
+//!   [`vhostkit_frontend::Connection`] (the frontend the VMM uses too) with the
+//!   driver's memory and queue policy around it. [`Driver::connect`] runs the
 //!   handshake (GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_OWNER,
 //!   SET_FEATURES, SET_MEM_TABLE) with the feature masks of a [`DriverConfig`];
 //!   [`Driver::setup_queue`] sends SET_VRING_NUM/ADDR/BASE/CALL/KICK and
@@ -48,10 +50,10 @@
 //! # Example
 //!
 //! ```no_run
-//! use vhostkit_common::driver::{blk, DriverConfig};
+//! use vhostkit_driver::{blk, DriverConfig};
 //! use std::time::Duration;
 //!
-//! # fn main() -> vhostkit_common::driver::Result<()> {
+//! # fn main() -> vhostkit_driver::Result<()> {
 //! let mut dev = blk::BlkDevice::connect("/tmp/blk.sock", &DriverConfig::default())?;
 //! println!("capacity {} sectors", dev.config.capacity);
 //! let mut queues = dev.setup_queues(1, 256, 64)?;
@@ -92,20 +94,9 @@ pub enum Error {
     OutOfMemory { wanted: u64 },
     #[error("guest address range {addr:#x}+{len:#x} is outside guest memory")]
     BadAddress { addr: u64, len: u64 },
-    #[error("cannot connect to the vhost-user socket {path}")]
-    Connect {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("vhost-user request {request} failed")]
-    Vhost {
-        request: &'static str,
-        #[source]
-        source: vhost::Error,
-    },
-    #[error("the backend does not offer {0}")]
-    MissingFeature(&'static str),
+    /// A vhost-user request failed, timed out, or the connection could not be made.
+    #[error(transparent)]
+    Frontend(#[from] vhostkit_frontend::Error),
     #[error("queue index {index} out of range (the backend has {count} queues)")]
     BadQueueIndex { index: u16, count: u64 },
     #[error("invalid queue size {0} (must be a power of two, 1..=32768)")]
@@ -124,8 +115,6 @@ pub enum Error {
     BadDescIndex(u16),
     #[error("timed out waiting for the backend")]
     Timeout,
-    #[error("vhost-user request {request} got no answer in time (connection shut down)")]
-    ControlTimeout { request: &'static str },
     #[error("the backend returned {got} config bytes, {wanted} wanted")]
     ConfigSize { got: usize, wanted: usize },
     #[error("no free request slot (all {0} in flight)")]

@@ -777,7 +777,7 @@ pub(crate) fn poll_readable(fd: i32, timeout: Duration) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::memory::DEFAULT_BASE;
+    use crate::memory::DEFAULT_BASE;
 
     fn queue(size: u16, event_idx: bool) -> Queue {
         let mem = Arc::new(GuestMem::new(1 << 20, DEFAULT_BASE).unwrap());

@@ -443,8 +443,8 @@ impl BlkDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::memory::DEFAULT_BASE;
-    use crate::driver::virtq::{RawDesc, DESC_F_NEXT, DESC_F_WRITE};
+    use crate::memory::DEFAULT_BASE;
+    use crate::virtq::{RawDesc, DESC_F_NEXT, DESC_F_WRITE};
 
     #[test]
     fn config_parse() {

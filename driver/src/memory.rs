@@ -222,18 +222,10 @@ impl GuestMem {
 
     /// The SET_MEM_TABLE entry for this memory (memfd, offset 0, our mapping address).
     pub fn region_info(&self) -> Result<VhostUserMemoryRegionInfo> {
-        let region = self
-            .mmap
-            .iter()
+        vhostkit_frontend::memory_regions(&self.mmap)?
+            .into_iter()
             .next()
-            .ok_or(Error::MemorySize(self.size))?;
-        let info = VhostUserMemoryRegionInfo::from_guest_region(region).map_err(|source| {
-            Error::Vhost {
-                request: "SET_MEM_TABLE (region info)",
-                source,
-            }
-        })?;
-        Ok(info)
+            .ok_or(Error::MemorySize(self.size))
     }
 
     /// Copies `buf.len()` bytes from guest memory at `addr`.

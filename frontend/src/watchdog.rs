@@ -1,5 +1,5 @@
-//! A bound on how long a vhost-user frontend waits for its backend: shared by the
-//! VMM's device frontends and the test driver.
+//! A bound on how long the frontend waits for its backend's answer to one control
+//! request ([`crate::Connection`] arms it around every request).
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -73,6 +73,11 @@ impl ControlWatchdog {
     pub fn arm(&self) {
         self.state().deadline = Some(Instant::now() + self.timeout);
         self.shared.1.notify_one();
+    }
+
+    /// The bound it was made with.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Disarms; returns whether it fired (now or earlier).

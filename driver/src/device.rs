@@ -1,5 +1,5 @@
-//! One vhost-user connection: feature negotiation, memory table, queue set-up and
-//! config space, through `vhost::vhost_user::Frontend`.
+//! One vhost-user connection with its guest memory: a [`vhostkit_frontend::Connection`]
+//! (the frontend the VMM uses too) driven the way a test wants it.
 //!
 //! Message order, as QEMU sends it: GET_FEATURES; GET_PROTOCOL_FEATURES and
 //! SET_PROTOCOL_FEATURES (if `VHOST_USER_F_PROTOCOL_FEATURES` is offered);
@@ -14,31 +14,23 @@
 //! virtio-net does with one queue pair ([`RingEnable::BeforeFeatures`]), or
 //! wherever the test sends them ([`RingEnable::Manual`]).
 
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vhost::vhost_user::message::{
-    FrontendReq, VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserVringState,
-    VHOST_USER_MAX_VRINGS,
+use vhost::vhost_user::{Frontend, VhostUserProtocolFeatures};
+use vhostkit_frontend::{
+    supported_protocol_features, ConnectOptions, Connection, VringHostAddrs, VringSetup,
 };
-use vhost::vhost_user::{
-    Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
-};
-use vhost::{VhostBackend, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::ByteValued;
 
 use super::memory::{GuestMem, DEFAULT_BASE};
 use super::virtq::Queue;
 use super::{Error, Result};
-use crate::watchdog::ControlWatchdog;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30).
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = vhostkit_frontend::PROTOCOL_FEATURES;
 
 /// When the driver enables the rings (SET_VRING_ENABLE 1). Only with
 /// `VHOST_USER_F_PROTOCOL_FEATURES` acked: without it the backend enables every
@@ -54,7 +46,8 @@ pub enum RingEnable {
     /// the backend offered PROTOCOL_FEATURES), and after SET_FEATURES only when the
     /// guest's MQ command changes the pairs in use, which a one-pair device never
     /// sends. The vhost crate's frontend refuses to send the request before
-    /// SET_FEATURES, so the driver writes these messages itself.
+    /// SET_FEATURES; [`vhostkit_frontend::Connection::set_vring_enable`] writes
+    /// these messages itself.
     BeforeFeatures(u16),
     /// Never by itself: the test sends SET_VRING_ENABLE
     /// ([`Driver::set_vring_enable`]) where it wants, e.g. before the rings are
@@ -77,7 +70,7 @@ pub struct DriverConfig {
     pub max_indirect: u16,
     /// Longest a control request (one vhost-user message and its reply) may take;
     /// past it the socket is shut down and the request fails with
-    /// [`Error::ControlTimeout`]. `None`: wait forever. A backend that serves one
+    /// [`vhostkit_frontend::Error::Timeout`]. `None`: wait forever. A backend that serves one
     /// frontend at a time (qemu-storage-daemon) accepts a second connection but does
     /// not answer it, so without a timeout a second `connect` hangs.
     pub timeout: Option<Duration>,
@@ -96,11 +89,10 @@ impl DriverConfig {
         | 1 << VIRTIO_RING_F_EVENT_IDX
         | VHOST_USER_F_PROTOCOL_FEATURES;
 
-    /// Protocol features the driver uses: MQ, REPLY_ACK, CONFIG.
+    /// Protocol features the driver uses: all the frontend implements (MQ,
+    /// REPLY_ACK, CONFIG).
     pub fn default_protocol_features() -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIG
+        supported_protocol_features()
     }
 
     /// Same, with guest memory of `mem_size` bytes.
@@ -129,31 +121,26 @@ impl Default for DriverConfig {
 /// A vhost-user connection to one backend, with its guest memory. See the
 /// [module docs](self). Dropping it closes the socket.
 pub struct Driver {
-    frontend: Frontend,
-    /// The same socket, for the messages the frontend will not send
-    /// ([`RingEnable::BeforeFeatures`]).
-    raw: UnixStream,
+    connection: Connection,
     ring_enable: RingEnable,
-    watchdog: Option<ControlWatchdog>,
     mem: Arc<GuestMem>,
     max_indirect: u16,
-    offered_features: u64,
-    features: u64,
-    offered_protocol: VhostUserProtocolFeatures,
-    protocol: VhostUserProtocolFeatures,
-    num_queues: u64,
 }
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
             .field("mem", &self.mem)
-            .field("features", &format_args!("{:#x}", self.features))
-            .field("protocol", &self.protocol)
-            .field("num_queues", &self.num_queues)
+            .field("features", &format_args!("{:#x}", self.features()))
+            .field("protocol", &self.protocol_features())
+            .field("num_queues", &self.num_queues())
             .finish()
     }
 }
+
+/// How many times [`Driver::connect`] tries again, 100 ms apart, while the socket
+/// refuses: a daemon a test just started may have bound it but not yet listen.
+const REFUSED_RETRIES: u32 = 5;
 
 impl Driver {
     /// Connects to `socket`, creates guest memory per `cfg` and runs the handshake up
@@ -190,47 +177,30 @@ impl Driver {
         cfg: &DriverConfig,
         mem: Arc<GuestMem>,
     ) -> Result<Self> {
-        let path = socket.as_ref();
-        let connect_err = |source| Error::Connect {
-            path: path.display().to_string(),
-            source,
+        // Protocol features only if the test's feature mask lets the driver ack them.
+        let protocol_features =
+            (cfg.features & VHOST_USER_F_PROTOCOL_FEATURES != 0).then_some(cfg.protocol_features);
+        let options = ConnectOptions {
+            protocol_features,
+            timeout: cfg.timeout,
+            refused_retries: REFUSED_RETRIES,
         };
-        // Like vhost's Frontend::connect, retry briefly while the backend is not yet
-        // listening.
-        let mut tries = 0;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && tries < 5 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(100));
+        let mut connection = Connection::connect_with(socket, &options)?;
+        if let RingEnable::BeforeFeatures(rings) = cfg.ring_enable {
+            if connection.protocol_features_negotiated() {
+                for index in 0..rings {
+                    connection.set_vring_enable(index, true)?;
                 }
-                Err(e) => return Err(connect_err(e)),
             }
-        };
-        let raw = stream.try_clone().map_err(connect_err)?;
-        let watchdog = match cfg.timeout {
-            Some(t) => Some(
-                ControlWatchdog::new(stream.try_clone().map_err(connect_err)?, t)
-                    .map_err(connect_err)?,
-            ),
-            None => None,
-        };
-        let mut d = Driver {
-            frontend: Frontend::from_stream(stream, VHOST_USER_MAX_VRINGS),
-            raw,
+        }
+        connection.set_features(connection.offered_features() & cfg.features)?;
+        connection.set_mem_table(mem.mmap())?;
+        Ok(Driver {
+            connection,
             ring_enable: cfg.ring_enable,
-            watchdog,
             mem,
             max_indirect: cfg.max_indirect,
-            offered_features: 0,
-            features: 0,
-            offered_protocol: VhostUserProtocolFeatures::empty(),
-            protocol: VhostUserProtocolFeatures::empty(),
-            num_queues: 1,
-        };
-        d.handshake(cfg)?;
-        Ok(d)
+        })
     }
 
     /// Runs `f` (one or more requests on the raw [`Frontend`]) under the control
@@ -241,51 +211,7 @@ impl Driver {
         request: &'static str,
         f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
     ) -> Result<T> {
-        if let Some(w) = &self.watchdog {
-            w.arm();
-        }
-        let r = f(&mut self.frontend);
-        let fired = self.watchdog.as_ref().is_some_and(ControlWatchdog::disarm);
-        r.map_err(|source| {
-            if fired {
-                Error::ControlTimeout { request }
-            } else {
-                Error::Vhost { request, source }
-            }
-        })
-    }
-
-    fn handshake(&mut self, cfg: &DriverConfig) -> Result<()> {
-        self.offered_features = self.request("GET_FEATURES", |f| f.get_features())?;
-        self.features = self.offered_features & cfg.features;
-        if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-            self.offered_protocol =
-                self.request("GET_PROTOCOL_FEATURES", |f| f.get_protocol_features())?;
-            let protocol = self.offered_protocol & cfg.protocol_features;
-            self.request("SET_PROTOCOL_FEATURES", |f| {
-                f.set_protocol_features(protocol)
-            })?;
-            self.protocol = protocol;
-            if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            }
-        }
-        if self.protocol.contains(VhostUserProtocolFeatures::MQ) {
-            self.num_queues = self.request("GET_QUEUE_NUM", |f| f.get_queue_num())?;
-        }
-        self.request("SET_OWNER", |f| f.set_owner())?;
-        if let RingEnable::BeforeFeatures(rings) = self.ring_enable {
-            if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-                for index in 0..rings {
-                    self.early_vring_enable(index, true)?;
-                }
-            }
-        }
-        let features = self.features;
-        self.request("SET_FEATURES", |f| f.set_features(features))?;
-        let region = self.mem.region_info()?;
-        self.request("SET_MEM_TABLE", |f| f.set_mem_table(&[region]))?;
-        Ok(())
+        Ok(self.connection.request(request, f)?)
     }
 
     /// The guest memory shared with the backend.
@@ -295,37 +221,44 @@ impl Driver {
 
     /// Feature bits the backend offered.
     pub fn offered_features(&self) -> u64 {
-        self.offered_features
+        self.connection.offered_features()
     }
 
     /// Feature bits we acked (SET_FEATURES).
     pub fn features(&self) -> u64 {
-        self.features
+        // Set by every connect; 0 only if it were not.
+        self.connection.acked_features().unwrap_or(0)
     }
 
     /// Whether virtio feature `bit` was acked.
     pub fn has_feature(&self, bit: u32) -> bool {
-        bit < 64 && self.features & (1 << bit) != 0
+        bit < 64 && self.features() & (1 << bit) != 0
     }
 
     /// Protocol features the backend offered.
     pub fn offered_protocol_features(&self) -> VhostUserProtocolFeatures {
-        self.offered_protocol
+        self.connection.offered_protocol_features()
     }
 
     /// Protocol features we acked.
     pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        self.protocol
+        self.connection.protocol_features()
     }
 
     /// Queues the backend has (GET_QUEUE_NUM, or 1 without MQ).
     pub fn num_queues(&self) -> u64 {
-        self.num_queues
+        u64::from(self.connection.num_queues())
     }
 
     /// The underlying frontend, for tests that send messages of their own.
     pub fn frontend(&mut self) -> &mut Frontend {
-        &mut self.frontend
+        self.connection.frontend()
+    }
+
+    /// The vhost-user connection, for tests that want its typed requests (stopping
+    /// vrings, config space writes) rather than raw messages.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.connection
     }
 
     /// Creates queue `index` with `size` entries in guest memory and hands it to the
@@ -334,10 +267,10 @@ impl Driver {
     /// features were negotiated and [`DriverConfig::ring_enable`] is
     /// [`RingEnable::AfterKick`].
     pub fn setup_queue(&mut self, index: u16, size: u16) -> Result<Queue> {
-        if u64::from(index) >= self.num_queues {
+        if u64::from(index) >= self.num_queues() {
             return Err(Error::BadQueueIndex {
                 index,
-                count: self.num_queues,
+                count: self.num_queues(),
             });
         }
         let indirect = if self.has_feature(VIRTIO_RING_F_INDIRECT_DESC) {
@@ -354,29 +287,23 @@ impl Driver {
     /// Sends the vring messages for a queue made with [`Queue::new`] (what
     /// [`Driver::setup_queue`] does after creating it).
     pub fn attach_queue(&mut self, queue: &Queue) -> Result<()> {
-        let i = usize::from(queue.index());
         let a = queue.addrs();
         let l = queue.layout();
-        let config = VringConfigData {
-            queue_max_size: queue.size(),
-            queue_size: queue.size(),
-            flags: 0,
-            desc_table_addr: self.mem.host_address(a.desc, l.desc_table_bytes())?,
-            used_ring_addr: self.mem.host_address(a.used, l.used_bytes())?,
-            avail_ring_addr: self.mem.host_address(a.avail, l.avail_bytes())?,
-            log_addr: None,
+        let vring = VringSetup {
+            index: queue.index(),
+            size: queue.size(),
+            addrs: VringHostAddrs {
+                desc: self.mem.host_address(a.desc, l.desc_table_bytes())?,
+                avail: self.mem.host_address(a.avail, l.avail_bytes())?,
+                used: self.mem.host_address(a.used, l.used_bytes())?,
+            },
+            base: 0,
+            call: queue.call_fd(),
+            kick: queue.kick_fd(),
+            err: None,
+            enable: self.ring_enable == RingEnable::AfterKick,
         };
-        self.request("SET_VRING_NUM", |f| f.set_vring_num(i, queue.size()))?;
-        self.request("SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
-        self.request("SET_VRING_BASE", |f| f.set_vring_base(i, 0))?;
-        self.request("SET_VRING_CALL", |f| f.set_vring_call(i, queue.call_fd()))?;
-        self.request("SET_VRING_KICK", |f| f.set_vring_kick(i, queue.kick_fd()))?;
-        if self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0
-            && self.ring_enable == RingEnable::AfterKick
-        {
-            self.request("SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
-        }
-        Ok(())
+        Ok(self.connection.set_up_vring(&vring)?)
     }
 
     /// Sets up queues `0..count`, all of `size` entries.
@@ -386,88 +313,17 @@ impl Driver {
 
     /// SET_VRING_ENABLE.
     pub fn set_vring_enable(&mut self, index: u16, enable: bool) -> Result<()> {
-        self.request("SET_VRING_ENABLE", |f| {
-            f.set_vring_enable(usize::from(index), enable)
-        })
-    }
-
-    /// SET_VRING_ENABLE before SET_FEATURES, written to the socket by hand (the
-    /// frontend refuses to send it before PROTOCOL_FEATURES is acked): the header
-    /// (request, flags with protocol version 1, body size; little-endian u32s), the
-    /// ring state and, with REPLY_ACK, the backend's ack (a header and a u64) read back.
-    fn early_vring_enable(&mut self, index: u16, enable: bool) -> Result<()> {
-        const REQUEST: &str = "SET_VRING_ENABLE (before SET_FEATURES)";
-        const VERSION_1: u32 = 0x1;
-        let need_reply = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
-        let mut flags = VERSION_1;
-        if need_reply {
-            flags |= VhostUserHeaderFlag::NEED_REPLY.bits();
-        }
-        let code = u32::from(FrontendReq::SET_VRING_ENABLE);
-        let body = VhostUserVringState::new(u32::from(index), u32::from(enable));
-        let mut msg = Vec::new();
-        for word in [code, flags, body.as_slice().len() as u32] {
-            msg.extend_from_slice(&word.to_le_bytes());
-        }
-        msg.extend_from_slice(body.as_slice());
-        if let Some(w) = &self.watchdog {
-            w.arm();
-        }
-        let raw = &mut self.raw;
-        let r = (|| -> io::Result<u64> {
-            raw.write_all(&msg)?;
-            if !need_reply {
-                return Ok(0);
-            }
-            let mut reply = [0u8; 12 + 8];
-            raw.read_exact(&mut reply)?;
-            let word = |i: usize| u32::from_le_bytes(reply[4 * i..4 * i + 4].try_into().unwrap());
-            if word(0) != code || word(1) & VhostUserHeaderFlag::REPLY.bits() == 0 || word(2) != 8 {
-                return Err(io::Error::other(format!(
-                    "unexpected reply header {:x?}",
-                    &reply[..12]
-                )));
-            }
-            Ok(u64::from_le_bytes(reply[12..].try_into().unwrap()))
-        })();
-        let fired = self.watchdog.as_ref().is_some_and(ControlWatchdog::disarm);
-        let source = match r {
-            Ok(0) => return Ok(()),
-            // What the frontend reports for a refusal (a non-zero ack).
-            Ok(_) => vhost::vhost_user::Error::BackendInternalError,
-            Err(e) => vhost::vhost_user::Error::SocketError(e),
-        };
-        Err(if fired {
-            Error::ControlTimeout { request: REQUEST }
-        } else {
-            Error::Vhost {
-                request: REQUEST,
-                source: vhost::Error::VhostUserProtocol(source),
-            }
-        })
+        Ok(self.connection.set_vring_enable(index, enable)?)
     }
 
     /// GET_VRING_BASE: stops the queue on the backend and returns its next avail index.
     pub fn get_vring_base(&mut self, index: u16) -> Result<u32> {
-        self.request("GET_VRING_BASE", |f| f.get_vring_base(usize::from(index)))
+        Ok(self.connection.get_vring_base(index)?)
     }
 
     /// Reads `len` bytes of device config space at `offset` (GET_CONFIG; needs the
     /// CONFIG protocol feature).
     pub fn get_config(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
-        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
-            return Err(Error::MissingFeature("the CONFIG protocol feature"));
-        }
-        let buf = vec![0u8; len as usize];
-        let (_, payload) = self.request("GET_CONFIG", |f| {
-            f.get_config(offset, len, VhostUserConfigFlags::empty(), &buf)
-        })?;
-        if payload.len() != len as usize {
-            return Err(Error::ConfigSize {
-                got: payload.len(),
-                wanted: len as usize,
-            });
-        }
-        Ok(payload)
+        Ok(self.connection.get_config(offset, len)?)
     }
 }
