@@ -987,9 +987,17 @@ mod tests {
             S_ACK_DRIVER,
             "the driver cannot set NEEDS_RESET"
         );
-        // Only a write of 0 clears bits.
+        // Only a write of 0 clears bits: a write that drops one is refused whole,
+        // even with a bit that would be accepted otherwise.
         t.w(STATUS, S_DRIVER);
         assert_eq!(t.r(STATUS), S_ACK_DRIVER);
+        t.ack(V1);
+        t.w(STATUS, S_ACKNOWLEDGE | S_FEATURES_OK);
+        assert_eq!(
+            t.r(STATUS),
+            S_ACK_DRIVER,
+            "DRIVER dropped, FEATURES_OK taken"
+        );
         assert!(t.log().activated.is_empty());
 
         t.w(STATUS, 0);
