@@ -1,5 +1,5 @@
 //! Target `vmm_mmio`: the VMM's virtio-mmio register handlers
-//! ([`MmioDevice::read`] and [`MmioDevice::write`], what a vCPU's MMIO exit calls)
+//! ([`MmioTransport::read`] and [`MmioTransport::write`], what a vCPU's MMIO exit calls)
 //! driven by a sequence of register accesses, against a real vhost-user-blk
 //! daemon (the vhost-blk library's `run`) served from a thread of this process on
 //! a 1 MiB image, as `vmm/tests/virtio_mmio.rs` does with the daemon binary. Status
@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use vhostkit_common::lifecycle::StopHandle;
 use vhostkit_vmm::memory::{self, GuestMemory};
-use vhostkit_vmm::virtio::mmio::{DeviceConfig, MmioDevice, MMIO_WINDOW, STATUS};
+use vhostkit_vmm::virtio::devices::{blk, fs, net, DeviceLayout, VhostUserDevice};
+use vhostkit_vmm::virtio::mmio::{MmioTransport, MMIO_WINDOW, STATUS};
 use vhostkit_vmm::virtio::vhost_user::Backend;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -53,7 +54,7 @@ const S_NEEDS_RESET: u32 = 0x40;
 struct State {
     socket: PathBuf,
     mem: Arc<GuestMemory>,
-    device: Option<(u8, MmioDevice)>,
+    device: Option<(u8, MmioTransport)>,
     connections: u32,
     _stop: StopHandle,
 }
@@ -69,17 +70,17 @@ pub fn run(data: &[u8]) {
 /// QueueNumMax offered: the daemon's default `--queue-size`.
 const QUEUE_SIZE: u16 = 256;
 
-fn device_config(kind: u8, backend_queues: u16) -> DeviceConfig {
+fn device_layout(kind: u8, backend_queues: u16) -> DeviceLayout {
     match kind {
-        0 => DeviceConfig::blk(backend_queues, None, QUEUE_SIZE),
-        1 => DeviceConfig::blk(backend_queues, Some(1), QUEUE_SIZE),
-        2 => DeviceConfig::net(
+        0 => blk::layout(backend_queues, None, QUEUE_SIZE),
+        1 => blk::layout(backend_queues, Some(1), QUEUE_SIZE),
+        2 => net::layout(
             backend_queues,
             [0x52, 0x54, 0, 0x12, 0x34, 0x56],
             None,
             QUEUE_SIZE,
         ),
-        _ => DeviceConfig::fs(backend_queues, "fuzz", None, QUEUE_SIZE),
+        _ => fs::layout(backend_queues, "fuzz", None, QUEUE_SIZE),
     }
 }
 
@@ -133,7 +134,7 @@ impl State {
     }
 
     /// The device of `kind`, made again on a new connection if needed.
-    fn device(&mut self, kind: u8) -> &mut MmioDevice {
+    fn device(&mut self, kind: u8) -> &mut MmioTransport {
         let reuse = matches!(&self.device, Some((k, dev)) if *k == kind && dev.status() & S_NEEDS_RESET == 0);
         if !reuse {
             // Close the old connection first: the daemon serves one at a time.
@@ -141,8 +142,9 @@ impl State {
             let backend = Backend::connect(&self.socket)
                 .unwrap_or_else(|e| panic!("vhost-user handshake with the daemon: {e}"));
             self.connections += 1;
-            let config = device_config(kind, backend.num_queues());
-            let dev = MmioDevice::new(backend, self.mem.clone(), config).expect("device");
+            let layout = device_layout(kind, backend.num_queues());
+            let device = VhostUserDevice::new(backend, layout);
+            let dev = MmioTransport::new(Box::new(device), self.mem.clone()).expect("device");
             self.device = Some((kind, dev));
         }
         match &mut self.device {

@@ -3,7 +3,8 @@
 //! Devices are given QEMU-style as comma-separated `key=value` lists (`--disk
 //! path=disk.img,readonly=on`) or as `[[disk]]`, `[[net]]` and `[[fs]]` tables of a
 //! TOML file with the same keys. Both go through the same spec structs and the same
-//! validation, so a key means the same thing in either place.
+//! validation, each kind's own ([`crate::virtio::devices`]: this file only lists the
+//! kinds), so a key means the same thing in either place.
 //!
 //! The TOML schema (every key optional; unknown keys are refused; relative paths
 //! resolve against the folder of the TOML file; options given on the command line
@@ -29,13 +30,23 @@
 //! num-queues = 1
 //! ```
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use vhostkit_common::cli::LogArgs;
 pub use vhostkit_common::seccomp::SeccompAction;
+
+use crate::virtio::devices::blk::{Blk, DiskSpec};
+use crate::virtio::devices::fs::{Fs, FsSpec};
+use crate::virtio::devices::net::{Net, NetSpec};
+pub use crate::virtio::devices::{
+    blk::MAX_BLK_QUEUES,
+    fs::{FS_QUEUE_SIZE, FS_TAG_BYTES, MAX_FS_REQUEST_QUEUES},
+    net::{parse_mac, MAX_NET_QUEUE_PAIRS},
+    DeviceBackend, DeviceConfig, DeviceKind, DEFAULT_QUEUE_SIZE, MAX_QUEUE_SIZE,
+};
+use crate::virtio::devices::{parse_spec, VirtioKind};
 
 /// Smallest guest memory: the boot area below 1 MiB plus room for a kernel.
 pub const MIN_MEMORY: u64 = 2 << 20;
@@ -45,23 +56,6 @@ pub const MAX_MEMORY: u64 = 64 << 30;
 pub const MAX_CPUS: u8 = 64;
 /// Most devices of all kinds together: the VMM has this many virtio-mmio slots.
 pub const MAX_DEVICES: usize = 8;
-/// Most queues of a disk (`num-queues`).
-pub const MAX_BLK_QUEUES: u16 = 64;
-/// Most queue pairs of a network device (`num-queue-pairs`): 64 virtqueues.
-pub const MAX_NET_QUEUE_PAIRS: u16 = 32;
-/// Most request queues of a virtio-fs device (`num-queues`): with the hiprio queue,
-/// 64 virtqueues.
-pub const MAX_FS_REQUEST_QUEUES: u16 = 63;
-/// QueueNumMax of a disk or network device unless `queue-size` says otherwise: our
-/// daemons' default `--queue-size`.
-pub const DEFAULT_QUEUE_SIZE: u16 = 256;
-/// QueueNumMax of a shared folder unless `queue-size` says otherwise, and the
-/// most our vhost-user-fs takes.
-pub const FS_QUEUE_SIZE: u16 = 1024;
-/// Largest split virtqueue.
-pub const MAX_QUEUE_SIZE: u16 = 32768;
-/// Size of the virtio-fs config-space tag field: the longest tag.
-pub const FS_TAG_BYTES: usize = 36;
 /// Default kernel command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 /// Default guest memory.
@@ -211,72 +205,6 @@ pub struct RunConfig {
     pub log_level: String,
 }
 
-/// One virtio device.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceConfig {
-    pub kind: DeviceKind,
-    pub backend: DeviceBackend,
-    /// The virtqueues the VMM should offer, if the user chose: for a disk its request
-    /// queues; for a network device rx + tx queues, i.e. 2 * num-queue-pairs (the
-    /// control queue not counted); for a shared folder its request queues (the
-    /// hiprio queue not counted: the device has `num_queues + 1` virtqueues, and
-    /// `num_queues` is its config-space `num_request_queues`). None: the default
-    /// (one queue, one pair).
-    pub num_queues: Option<u16>,
-    /// QueueNumMax: the largest queue the guest may set up, one the backend takes
-    /// (vhost-user has no message to ask a backend its limit: a daemon vhostkit
-    /// starts is given it, a socket backend's is the user's `queue-size`).
-    pub queue_size: u16,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeviceKind {
-    Block,
-    /// `mac`: the address in the device's config space (VIRTIO_NET_F_MAC), if given.
-    Net {
-        mac: Option<[u8; 6]>,
-    },
-    /// `tag`: the name the guest mounts, 1 to 36 bytes, no NUL.
-    Fs {
-        tag: String,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DeviceBackend {
-    /// A vhost-user backend already listening on this socket.
-    Socket(PathBuf),
-    /// One of our daemons, started by the VMM: the binary name (e.g. "vhost-user-blk")
-    /// and its arguments, without --socket-path (the VMM picks the socket).
-    Daemon { program: String, args: Vec<String> },
-}
-
-impl DeviceConfig {
-    /// How the user named this device, for messages: "--disk path=x.img",
-    /// "--net socket=/run/net.sock".
-    pub fn describe(&self) -> String {
-        let option = match self.kind {
-            DeviceKind::Block => "--disk",
-            DeviceKind::Net { .. } => "--net",
-            DeviceKind::Fs { .. } => "--fs",
-        };
-        match &self.backend {
-            DeviceBackend::Socket(path) => format!("{option} socket={}", path.display()),
-            DeviceBackend::Daemon { program, args } => {
-                let (flag, key) = match self.kind {
-                    DeviceKind::Block => ("--path", "path"),
-                    DeviceKind::Net { .. } => ("--tap", "tap"),
-                    DeviceKind::Fs { .. } => ("--shared-dir", "dir"),
-                };
-                match args.iter().position(|a| a == flag) {
-                    Some(i) if i + 1 < args.len() => format!("{option} {key}={}", args[i + 1]),
-                    _ => format!("{option} ({program} {})", args.join(" ")),
-                }
-            }
-        }
-    }
-}
-
 /// Parses "64M", "1G", "512K", "4096B", "64" (MiB) into bytes.
 pub fn parse_size(s: &str) -> Result<u64> {
     let bad = || ConfigError::BadSize(s.to_string());
@@ -299,71 +227,6 @@ pub fn parse_size(s: &str) -> Result<u64> {
     n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
-/// Parses a unicast MAC address "52:54:00:12:34:56".
-pub fn parse_mac(s: &str) -> std::result::Result<[u8; 6], String> {
-    let bad = || format!("mac {s}: expected six hex bytes separated by colons");
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in mac.iter_mut() {
-        let part = parts.next().ok_or_else(bad)?;
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    if mac[0] & 1 != 0 {
-        return Err(format!(
-            "mac {s}: a multicast address (lowest bit of the first byte set)"
-        ));
-    }
-    if mac == [0; 6] {
-        return Err(format!("mac {s}: the all-zero address"));
-    }
-    Ok(mac)
-}
-
-fn format_mac(mac: &[u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
-}
-
-/// A `--disk` spec or `[[disk]]` table, before validation.
-#[derive(Deserialize, Default, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct DiskSpec {
-    socket: Option<PathBuf>,
-    path: Option<PathBuf>,
-    readonly: Option<bool>,
-    num_queues: Option<u16>,
-    queue_size: Option<u16>,
-    direct: Option<bool>,
-}
-
-/// A `--net` spec or `[[net]]` table, before validation.
-#[derive(Deserialize, Default, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct NetSpec {
-    socket: Option<PathBuf>,
-    tap: Option<String>,
-    host_ip: Option<String>,
-    mac: Option<String>,
-    num_queue_pairs: Option<u16>,
-    queue_size: Option<u16>,
-}
-
-/// A `--fs` spec or `[[fs]]` table, before validation.
-#[derive(Deserialize, Default, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FsSpec {
-    socket: Option<PathBuf>,
-    dir: Option<PathBuf>,
-    tag: Option<String>,
-    num_queues: Option<u16>,
-    queue_size: Option<u16>,
-}
-
 /// The `--config` file.
 #[derive(Deserialize, Default, Clone, Debug)]
 #[serde(deny_unknown_fields)]
@@ -381,338 +244,9 @@ struct FileConfig {
     fs: Vec<FsSpec>,
 }
 
-/// Splits a QEMU-style `key=value,key=value` list, refusing malformed items, keys
-/// not in `known` and keys given twice. Errors are the reason only; `forms` names
-/// the accepted forms ("socket=PATH or path=IMG").
-fn split_kv<'a>(
-    value: &'a str,
-    forms: &str,
-    known: &[&str],
-) -> std::result::Result<Vec<(&'a str, &'a str)>, String> {
-    let mut out: Vec<(&str, &str)> = Vec::new();
-    for item in value.split(',') {
-        let Some((key, val)) = item.split_once('=') else {
-            return Err(format!(
-                "expected {forms}: key=value items separated by commas, got {item:?}"
-            ));
-        };
-        if !known.contains(&key) {
-            return Err(format!("unknown key {key:?} (known: {})", known.join(", ")));
-        }
-        if out.iter().any(|(k, _)| *k == key) {
-            return Err(format!("key {key} given twice"));
-        }
-        if val.is_empty() {
-            return Err(format!("{key}= needs a value"));
-        }
-        out.push((key, val));
-    }
-    Ok(out)
-}
-
-fn on_off(key: &str, val: &str) -> std::result::Result<bool, String> {
-    match val {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("{key}={val}: expected on or off")),
-    }
-}
-
-fn number(key: &str, val: &str) -> std::result::Result<u16, String> {
-    val.parse()
-        .map_err(|_| format!("{key}={val}: expected a number"))
-}
-
-/// `queue-size`: a power of two from 2 to `max`, or `default`.
-fn queue_size(n: Option<u16>, max: u16, default: u16) -> std::result::Result<u16, String> {
-    match n {
-        None => Ok(default),
-        Some(n) if (2..=max).contains(&n) && n.is_power_of_two() => Ok(n),
-        Some(n) => Err(format!(
-            "queue-size={n}: must be a power of two from 2 to {max}"
-        )),
-    }
-}
-
-fn check_range(key: &str, n: u16, max: u16) -> std::result::Result<u16, String> {
-    if (1..=max).contains(&n) {
-        Ok(n)
-    } else {
-        Err(format!("{key}={n}: must be 1 to {max}"))
-    }
-}
-
-/// A path as a daemon argument (our command lines come from UTF-8 strings; a
-/// `--config` file in a non-UTF-8 folder could make one that is not).
-fn path_arg(key: &str, path: &Path) -> std::result::Result<String, String> {
-    path.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("{key}={}: not valid UTF-8", path.display()))
-}
-
-impl DiskSpec {
-    fn parse(value: &str) -> std::result::Result<Self, String> {
-        const FORMS: &str = "socket=PATH or path=IMG";
-        let known = [
-            "socket",
-            "path",
-            "readonly",
-            "num-queues",
-            "queue-size",
-            "direct",
-        ];
-        let mut spec = DiskSpec::default();
-        for (key, val) in split_kv(value, FORMS, &known)? {
-            match key {
-                "socket" => spec.socket = Some(val.into()),
-                "path" => spec.path = Some(val.into()),
-                "readonly" => spec.readonly = Some(on_off(key, val)?),
-                "direct" => spec.direct = Some(on_off(key, val)?),
-                "queue-size" => spec.queue_size = Some(number(key, val)?),
-                _ => spec.num_queues = Some(number(key, val)?),
-            }
-        }
-        Ok(spec)
-    }
-
-    fn validate(self) -> std::result::Result<DeviceConfig, String> {
-        let num_queues = self
-            .num_queues
-            .map(|n| check_range("num-queues", n, MAX_BLK_QUEUES))
-            .transpose()?;
-        let queue_size = queue_size(self.queue_size, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE)?;
-        let backend = match (self.socket, self.path) {
-            (Some(_), Some(_)) => return Err("give socket or path, not both".into()),
-            (None, None) => {
-                return Err("needs socket=PATH (a vhost-user backend) or path=IMG (an image for our vhost-user-blk)".into())
-            }
-            (Some(socket), None) => {
-                if self.readonly.is_some() || self.direct.is_some() {
-                    return Err(
-                        "readonly and direct apply to path= only (a socket backend decides them)"
-                            .into(),
-                    );
-                }
-                DeviceBackend::Socket(socket)
-            }
-            (None, Some(path)) => {
-                match std::fs::metadata(&path) {
-                    Ok(m) if m.is_dir() => {
-                        return Err(format!("path={}: is a folder", path.display()))
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("path={}: {e}", path.display())),
-                }
-                let mut args = vec!["--path".to_string(), path_arg("path", &path)?];
-                if self.readonly == Some(true) {
-                    args.push("--readonly".into());
-                }
-                if let Some(n) = num_queues {
-                    args.extend(["--num-queues".into(), n.to_string()]);
-                }
-                if self.direct == Some(true) {
-                    args.push("--direct".into());
-                }
-                args.extend(["--queue-size".into(), queue_size.to_string()]);
-                DeviceBackend::Daemon {
-                    program: "vhost-user-blk".into(),
-                    args,
-                }
-            }
-        };
-        Ok(DeviceConfig {
-            kind: DeviceKind::Block,
-            backend,
-            num_queues,
-            queue_size,
-        })
-    }
-
-    fn resolve(&mut self, base: &Path) {
-        resolve(&mut self.socket, base);
-        resolve(&mut self.path, base);
-    }
-}
-
-impl NetSpec {
-    fn parse(value: &str) -> std::result::Result<Self, String> {
-        const FORMS: &str = "socket=PATH or tap=NAME";
-        let known = [
-            "socket",
-            "tap",
-            "host-ip",
-            "mac",
-            "num-queue-pairs",
-            "queue-size",
-        ];
-        let mut spec = NetSpec::default();
-        for (key, val) in split_kv(value, FORMS, &known)? {
-            match key {
-                "socket" => spec.socket = Some(val.into()),
-                "tap" => spec.tap = Some(val.into()),
-                "host-ip" => spec.host_ip = Some(val.into()),
-                "mac" => spec.mac = Some(val.into()),
-                "queue-size" => spec.queue_size = Some(number(key, val)?),
-                _ => spec.num_queue_pairs = Some(number(key, val)?),
-            }
-        }
-        Ok(spec)
-    }
-
-    fn validate(self) -> std::result::Result<DeviceConfig, String> {
-        let mac = self.mac.as_deref().map(parse_mac).transpose()?;
-        let pairs = self
-            .num_queue_pairs
-            .map(|n| check_range("num-queue-pairs", n, MAX_NET_QUEUE_PAIRS))
-            .transpose()?;
-        let queue_size = queue_size(self.queue_size, MAX_QUEUE_SIZE, DEFAULT_QUEUE_SIZE)?;
-        let backend = match (self.socket, self.tap) {
-            (Some(_), Some(_)) => return Err("give socket or tap, not both".into()),
-            (None, None) => {
-                return Err("needs socket=PATH (a vhost-user backend) or tap=NAME (a tap device for our vhost-user-net)".into())
-            }
-            (Some(socket), None) => {
-                if self.host_ip.is_some() {
-                    return Err("host-ip applies to tap= only".into());
-                }
-                DeviceBackend::Socket(socket)
-            }
-            (None, Some(tap)) => {
-                // Linux interface names: at most IFNAMSIZ - 1 bytes.
-                if tap.len() > 15 || tap.contains(['/', ':', '\0']) || tap.contains(char::is_whitespace) {
-                    return Err(format!(
-                        "tap={tap}: not an interface name (at most 15 bytes, no '/', ':' or spaces)"
-                    ));
-                }
-                let mut args = vec!["--tap".to_string(), tap];
-                if let Some(ip) = self.host_ip {
-                    check_host_ip(&ip)?;
-                    args.extend(["--host-ip".into(), ip]);
-                }
-                if let Some(mac) = &mac {
-                    args.extend(["--mac".into(), format_mac(mac)]);
-                }
-                if let Some(n) = pairs {
-                    args.extend(["--num-queue-pairs".into(), n.to_string()]);
-                }
-                args.extend(["--queue-size".into(), queue_size.to_string()]);
-                DeviceBackend::Daemon {
-                    program: "vhost-user-net".into(),
-                    args,
-                }
-            }
-        };
-        Ok(DeviceConfig {
-            kind: DeviceKind::Net { mac },
-            backend,
-            num_queues: pairs.map(|n| 2 * n),
-            queue_size,
-        })
-    }
-
-    fn resolve(&mut self, base: &Path) {
-        resolve(&mut self.socket, base);
-    }
-}
-
-/// Checks "ADDR/PREFIX" (IPv4 or IPv6).
-fn check_host_ip(s: &str) -> std::result::Result<(), String> {
-    let bad = || format!("host-ip={s}: expected ADDR/PREFIX, e.g. 192.168.100.1/24");
-    let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
-    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if prefix > max {
-        return Err(format!("host-ip={s}: prefix must be at most {max}"));
-    }
-    Ok(())
-}
-
-impl FsSpec {
-    fn parse(value: &str) -> std::result::Result<Self, String> {
-        const FORMS: &str = "socket=PATH,tag=TAG or dir=DIR,tag=TAG";
-        let known = ["socket", "dir", "tag", "num-queues", "queue-size"];
-        let mut spec = FsSpec::default();
-        for (key, val) in split_kv(value, FORMS, &known)? {
-            match key {
-                "socket" => spec.socket = Some(val.into()),
-                "dir" => spec.dir = Some(val.into()),
-                "tag" => spec.tag = Some(val.into()),
-                "queue-size" => spec.queue_size = Some(number(key, val)?),
-                _ => spec.num_queues = Some(number(key, val)?),
-            }
-        }
-        Ok(spec)
-    }
-
-    fn validate(self) -> std::result::Result<DeviceConfig, String> {
-        let Some(tag) = self.tag else {
-            return Err("needs tag=TAG (the name the guest mounts)".into());
-        };
-        if tag.is_empty() || tag.len() > FS_TAG_BYTES || tag.contains('\0') {
-            return Err(format!(
-                "tag={tag}: must be 1 to {FS_TAG_BYTES} bytes, without NUL"
-            ));
-        }
-        let num_queues = self
-            .num_queues
-            .map(|n| check_range("num-queues", n, MAX_FS_REQUEST_QUEUES))
-            .transpose()?;
-        // Our vhost-user-fs takes queues of up to 1024 entries.
-        let max = if self.dir.is_some() {
-            FS_QUEUE_SIZE
-        } else {
-            MAX_QUEUE_SIZE
-        };
-        let queue_size = queue_size(self.queue_size, max, FS_QUEUE_SIZE)?;
-        let backend = match (self.socket, self.dir) {
-            (Some(_), Some(_)) => return Err("give socket or dir, not both".into()),
-            (None, None) => {
-                return Err("needs socket=PATH (a vhost-user backend) or dir=DIR (a folder for our vhost-user-fs)".into())
-            }
-            (Some(socket), None) => DeviceBackend::Socket(socket),
-            (None, Some(dir)) => {
-                match std::fs::metadata(&dir) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => return Err(format!("dir={}: not a folder", dir.display())),
-                    Err(e) => return Err(format!("dir={}: {e}", dir.display())),
-                }
-                let mut args = vec![
-                    "--shared-dir".to_string(),
-                    path_arg("dir", &dir)?,
-                    "--tag".into(),
-                    tag.clone(),
-                ];
-                if let Some(n) = num_queues {
-                    args.extend(["--num-request-queues".into(), n.to_string()]);
-                }
-                DeviceBackend::Daemon {
-                    program: "vhost-user-fs".into(),
-                    args,
-                }
-            }
-        };
-        Ok(DeviceConfig {
-            kind: DeviceKind::Fs { tag },
-            backend,
-            num_queues,
-            queue_size,
-        })
-    }
-
-    fn resolve(&mut self, base: &Path) {
-        resolve(&mut self.socket, base);
-        resolve(&mut self.dir, base);
-    }
-}
-
 /// Makes a relative path relative to `base` (the `--config` file's folder).
 fn resolve(path: &mut Option<PathBuf>, base: &Path) {
-    if let Some(p) = path {
-        if p.is_relative() {
-            *p = base.join(&*p);
-        }
-    }
+    crate::virtio::devices::resolve(path, base);
 }
 
 /// Reads and parses a `--config` file; relative paths in it made relative to its
@@ -733,9 +267,6 @@ fn load_file(path: &Path) -> Result<FileConfig> {
     let base = path.parent().unwrap_or(Path::new(""));
     resolve(&mut file.kernel, base);
     resolve(&mut file.initrd, base);
-    file.disk.iter_mut().for_each(|d| d.resolve(base));
-    file.net.iter_mut().for_each(|n| n.resolve(base));
-    file.fs.iter_mut().for_each(|f| f.resolve(base));
     Ok(file)
 }
 
@@ -748,31 +279,57 @@ fn regular_file(path: &Path) -> std::result::Result<(), String> {
     }
 }
 
-/// Validates one kind of device from the file (its tables) and the command line
-/// (its specs), in that order.
-fn devices<S>(
-    option: &str,
-    file: Option<(&Path, Vec<S>)>,
+/// The devices of one kind, not validated yet: the `--config` file's tables (and
+/// the file) and the command line's specs.
+struct Pending<K: VirtioKind> {
+    file: Option<(PathBuf, Vec<K::Spec>)>,
+    cli: Vec<String>,
+}
+
+/// [`Pending`] of any kind: what [`RunConfig::try_from`] lists, one line a kind.
+trait PendingDevices {
+    fn count(&self) -> usize;
+    /// Validates the file's tables (relative paths resolved against its folder), then
+    /// the command line's specs.
+    fn validate(self: Box<Self>) -> Result<Vec<DeviceConfig>>;
+}
+
+fn pending<K: VirtioKind + 'static>(
+    file: Option<&Path>,
+    tables: Vec<K::Spec>,
     cli: &[String],
-    parse: fn(&str) -> std::result::Result<S, String>,
-    validate: fn(S) -> std::result::Result<DeviceConfig, String>,
-) -> Result<Vec<DeviceConfig>> {
-    let mut out = Vec::new();
-    if let Some((path, specs)) = file {
-        let table = option.trim_start_matches('-');
-        for (i, spec) in specs.into_iter().enumerate() {
-            let place = format!("--config {} [[{table}]] {}", path.display(), i + 1);
-            out.push(validate(spec).map_err(|e| ConfigError::Device(place, e))?);
+) -> Box<dyn PendingDevices> {
+    Box::new(Pending::<K> {
+        file: file.map(|f| (f.to_path_buf(), tables)),
+        cli: cli.to_vec(),
+    })
+}
+
+impl<K: VirtioKind> PendingDevices for Pending<K> {
+    fn count(&self) -> usize {
+        self.file.as_ref().map_or(0, |(_, t)| t.len()) + self.cli.len()
+    }
+
+    fn validate(self: Box<Self>) -> Result<Vec<DeviceConfig>> {
+        let mut out = Vec::new();
+        if let Some((path, specs)) = self.file {
+            let table = K::OPTION.trim_start_matches('-');
+            let base = path.parent().unwrap_or(Path::new(""));
+            for (i, mut spec) in specs.into_iter().enumerate() {
+                K::resolve(&mut spec, base);
+                let place = format!("--config {} [[{table}]] {}", path.display(), i + 1);
+                out.push(K::validate(spec).map_err(|e| ConfigError::Device(place, e))?);
+            }
         }
+        for value in &self.cli {
+            let place = format!("{} {value:?}", K::OPTION);
+            let dev = parse_spec::<K>(value)
+                .and_then(K::validate)
+                .map_err(|e| ConfigError::Device(place, e))?;
+            out.push(dev);
+        }
+        Ok(out)
     }
-    for value in cli {
-        let place = format!("{option} {value:?}");
-        let dev = parse(value)
-            .and_then(validate)
-            .map_err(|e| ConfigError::Device(place, e))?;
-        out.push(dev);
-    }
-    Ok(out)
 }
 
 impl TryFrom<RunArgs> for RunConfig {
@@ -804,37 +361,21 @@ impl TryFrom<RunArgs> for RunConfig {
         if let Some(initrd) = &initrd {
             regular_file(initrd).map_err(|e| ConfigError::Initrd(initrd.clone(), e))?;
         }
-        let count = file.disk.len()
-            + file.net.len()
-            + file.fs.len()
-            + args.disk.len()
-            + args.net.len()
-            + args.fs.len();
+        // The kinds, in slot order: disks, then nets, then folders.
+        let path = args.config.as_deref();
+        let kinds = [
+            pending::<Blk>(path, file.disk, &args.disk),
+            pending::<Net>(path, file.net, &args.net),
+            pending::<Fs>(path, file.fs, &args.fs),
+        ];
+        let count = kinds.iter().map(|k| k.count()).sum();
         if count > MAX_DEVICES {
             return Err(ConfigError::TooManyDevices(count));
         }
-        let path = args.config.as_deref();
-        let mut devices_ = devices(
-            "--disk",
-            path.map(|p| (p, file.disk)),
-            &args.disk,
-            DiskSpec::parse,
-            DiskSpec::validate,
-        )?;
-        devices_.extend(devices(
-            "--net",
-            path.map(|p| (p, file.net)),
-            &args.net,
-            NetSpec::parse,
-            NetSpec::validate,
-        )?);
-        devices_.extend(devices(
-            "--fs",
-            path.map(|p| (p, file.fs)),
-            &args.fs,
-            FsSpec::parse,
-            FsSpec::validate,
-        )?);
+        let mut devices_ = Vec::with_capacity(count);
+        for kind in kinds {
+            devices_.extend(kind.validate()?);
+        }
         Ok(RunConfig {
             kernel,
             initrd,

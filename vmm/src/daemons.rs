@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use clap::ValueEnum;
-
 use crate::config::{DeviceBackend, DeviceConfig, SeccompAction};
+use crate::virtio::devices::CommonArgs;
 
 /// How long a daemon may take to listen on its socket.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,10 +190,6 @@ impl Daemons {
         log_level: &str,
         seccomp: SeccompAction,
     ) -> Result<(Daemons, Vec<PathBuf>), DaemonError> {
-        let seccomp = seccomp
-            .to_possible_value()
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_else(|| "none".into());
         let bin_dir = exe.parent().unwrap_or(Path::new("."));
         // Every binary first, so a missing one fails before anything starts.
         for dev in devices {
@@ -218,10 +213,13 @@ impl Daemons {
                 DeviceBackend::Daemon { program, args } => {
                     let socket = daemons.dir.socket(format!("{i}-{program}.sock"));
                     let what = format!("{program} for {}", dev.describe());
+                    let common = CommonArgs {
+                        seccomp,
+                        socket_path: socket.clone(),
+                        log_level: log_level.into(),
+                    };
                     // On error, dropping `daemons` stops those started so far.
-                    let mut args = args.clone();
-                    args.extend(["--seccomp".into(), seccomp.clone()]);
-                    daemons.spawn(&bin_dir.join(program), &args, log_level, &socket, what)?;
+                    daemons.spawn(&bin_dir.join(program), args, &common, what)?;
                     sockets.push(socket);
                 }
             }
@@ -233,16 +231,13 @@ impl Daemons {
         &mut self,
         bin: &Path,
         args: &[String],
-        log_level: &str,
-        socket: &Path,
+        common: &CommonArgs,
         what: String,
     ) -> Result<(), DaemonError> {
+        let socket = common.socket_path.as_path();
         let mut cmd = Command::new(bin);
         cmd.args(args)
-            .arg("--socket-path")
-            .arg(socket)
-            .arg("--log-level")
-            .arg(log_level)
+            .args(common.to_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -15,7 +15,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi;
-use crate::virtio::mmio::{MmioDevice, MMIO_WINDOW};
+use crate::virtio::mmio::{MmioTransport, MMIO_WINDOW};
 
 /// Guest physical address of the first virtio-mmio device; the next ones follow
 /// every [`MMIO_WINDOW`] bytes (above 3 GiB, in the usual PCI hole).
@@ -26,16 +26,16 @@ pub const VIRTIO_MMIO_IRQ: u32 = 5;
 /// The MMIO bus: virtio-mmio devices, one 4 KiB window each.
 #[derive(Debug, Default)]
 pub struct MmioBus {
-    devices: Vec<(u64, MmioDevice)>,
+    devices: Vec<(u64, MmioTransport)>,
 }
 
 impl MmioBus {
     /// Adds `device` at `base` (windows must not overlap; the caller places them).
-    pub fn add(&mut self, base: u64, device: MmioDevice) {
+    pub fn add(&mut self, base: u64, device: MmioTransport) {
         self.devices.push((base, device));
     }
 
-    fn find(&mut self, addr: u64) -> Option<(u64, &mut MmioDevice)> {
+    fn find(&mut self, addr: u64) -> Option<(u64, &mut MmioTransport)> {
         self.devices
             .iter_mut()
             .find(|(base, _)| addr >= *base && addr - *base < MMIO_WINDOW)

@@ -35,6 +35,8 @@ pub enum Error {
     Daemons(#[from] daemons::DaemonError),
     #[error("{0}")]
     Device(String, #[source] virtio::mmio::MmioError),
+    #[error("{0}")]
+    Backend(String, #[source] virtio::vhost_user::BackendError),
     #[error("{0}: the vhost-user backend closed the connection")]
     BackendHangup(String),
     #[error("{0}")]
@@ -61,19 +63,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s.replace('\n', " ")
 }
 
-/// Guest MAC of the `index`th net device without `mac=`: QEMU's default pattern
-/// (52:54:00:12:34:56, counting up), so guests see the addresses they are used to.
-fn default_mac(index: usize) -> [u8; 6] {
-    [
-        0x52,
-        0x54,
-        0x00,
-        0x12,
-        0x34,
-        0x56u8.wrapping_add(index as u8),
-    ]
-}
-
 /// Boots `config.kernel` and runs until the guest powers off or reboots (Ok) or
 /// something fails: the guest (triple fault), KVM, a backend that hangs up, or one
 /// of the daemons the VMM started.
@@ -97,35 +86,27 @@ pub fn run(config: &RunConfig) -> Result<()> {
         virtio_mmio: Vec::new(),
     };
     let mut watched = Vec::new();
-    let mut nets = 0;
     for (i, (device, socket)) in config.devices.iter().zip(&sockets).enumerate() {
         let base = devices::VIRTIO_MMIO_BASE + i as u64 * virtio::mmio::MMIO_WINDOW;
         let irq = devices::VIRTIO_MMIO_IRQ + i as u32;
         let what = device.describe();
         let dev_err = |e: virtio::mmio::MmioError| Error::Device(what.clone(), e);
-        let backend =
-            virtio::vhost_user::Backend::connect(socket).map_err(|e| dev_err(e.into()))?;
-        let queues = backend.num_queues();
-        let device_config = match &device.kind {
-            config::DeviceKind::Block => {
-                virtio::mmio::DeviceConfig::blk(queues, device.num_queues, device.queue_size)
-            }
-            config::DeviceKind::Net { mac } => {
-                nets += 1;
-                let mac = mac.unwrap_or_else(|| default_mac(nets - 1));
-                virtio::mmio::DeviceConfig::net(queues, mac, device.num_queues, device.queue_size)
-            }
-            config::DeviceKind::Fs { tag } => {
-                virtio::mmio::DeviceConfig::fs(queues, tag, device.num_queues, device.queue_size)
-            }
-        };
+        let backend = virtio::vhost_user::Backend::connect(socket)
+            .map_err(|e| Error::Backend(what.clone(), e))?;
+        // The device's index among those of its kind (a net device's default MAC).
+        let nth = config.devices[..i]
+            .iter()
+            .filter(|d| std::mem::discriminant(&d.kind) == std::mem::discriminant(&device.kind))
+            .count();
+        let layout = device.kind.layout(device, backend.num_queues(), nth);
         let hangup = backend
             .socket()
             .try_clone_to_owned()
             .map_err(|e| dev_err(virtio::mmio::MmioError::EventFd(e)))?;
         watched.push((hangup, what.clone()));
+        let device = virtio::devices::VhostUserDevice::new(backend, layout);
         let mut dev =
-            virtio::mmio::MmioDevice::new(backend, mem.clone(), device_config).map_err(&dev_err)?;
+            virtio::mmio::MmioTransport::new(Box::new(device), mem.clone()).map_err(&dev_err)?;
         dev.register_ioeventfds(&vmfd, base).map_err(&dev_err)?;
         dev.register_irqfds(&vmfd, irq).map_err(&dev_err)?;
         info!(

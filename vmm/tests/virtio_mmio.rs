@@ -1,5 +1,5 @@
 //! The virtio-mmio transport and its vhost-user frontend, in process: register
-//! accesses go to the same `MmioDevice::read`/`write` handlers a vCPU's MMIO exit
+//! accesses go to the same `MmioTransport::read`/`write` handlers a vCPU's MMIO exit
 //! calls, against a real `vhost-user-blk` daemon, with memfd guest memory made as the
 //! VMM makes it. The test plays the guest driver, through registers only.
 
@@ -12,6 +12,7 @@ use std::time::Duration;
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
 use vhostkit_tests::util::TempDir;
 use vhostkit_vmm::memory::{self, GuestMemory};
+use vhostkit_vmm::virtio::devices::{blk, fs, net, DeviceLayout, VhostUserDevice};
 use vhostkit_vmm::virtio::mmio::*;
 use vhostkit_vmm::virtio::vhost_user::Backend;
 use vm_memory::{Bytes, GuestAddress};
@@ -32,19 +33,19 @@ struct Setup {
     _dir: TempDir,
     _daemon: DaemonProcess,
     image: std::path::PathBuf,
-    dev: MmioDevice,
+    dev: MmioTransport,
     mem: Arc<GuestMemory>,
 }
 
 /// Starts the daemon and makes the device, or None (after printing SKIPPED) when the
 /// daemon binary is not built.
 fn setup(tag: &str) -> Option<Setup> {
-    setup_with(tag, 1, |queues| DeviceConfig::blk(queues, None, 256))
+    setup_with(tag, 1, |queues| blk::layout(queues, None, 256))
 }
 
 /// [`setup`] with a daemon of `queues` queues and the device config `config` makes
 /// from the backend's queue count.
-fn setup_with(tag: &str, queues: u16, config: impl Fn(u16) -> DeviceConfig) -> Option<Setup> {
+fn setup_with(tag: &str, queues: u16, config: impl Fn(u16) -> DeviceLayout) -> Option<Setup> {
     setup_with_args(tag, queues, &[], config)
 }
 
@@ -53,7 +54,7 @@ fn setup_with_args(
     tag: &str,
     queues: u16,
     args: &[&str],
-    config: impl Fn(u16) -> DeviceConfig,
+    config: impl Fn(u16) -> DeviceLayout,
 ) -> Option<Setup> {
     let bin = workspace_bin("vhost-user-blk");
     if !bin.exists() {
@@ -82,7 +83,8 @@ fn setup_with_args(
     let backend = Backend::connect(&sock).expect("vhost-user handshake");
     assert_eq!(backend.num_queues(), queues);
     let config = config(backend.num_queues());
-    let dev = MmioDevice::new(backend, mem.clone(), config).unwrap();
+    let device = VhostUserDevice::new(backend, config);
+    let dev = MmioTransport::new(Box::new(device), mem.clone()).unwrap();
     Some(Setup {
         _dir: dir,
         _daemon: daemon,
@@ -92,23 +94,23 @@ fn setup_with_args(
     })
 }
 
-fn r32(dev: &mut MmioDevice, off: u64) -> u32 {
+fn r32(dev: &mut MmioTransport, off: u64) -> u32 {
     let mut b = [0u8; 4];
     dev.read(off, &mut b);
     u32::from_le_bytes(b)
 }
 
-fn w32(dev: &mut MmioDevice, off: u64, v: u32) {
+fn w32(dev: &mut MmioTransport, off: u64, v: u32) {
     dev.write(off, &v.to_le_bytes());
 }
 
-fn w64(dev: &mut MmioDevice, low: u64, v: u64) {
+fn w64(dev: &mut MmioTransport, low: u64, v: u64) {
     w32(dev, low, v as u32);
     w32(dev, low + 4, (v >> 32) as u32);
 }
 
 /// Waits up to 5 s for the call eventfd of queue 0 to be readable (not consuming it).
-fn wait_call(dev: &MmioDevice) -> bool {
+fn wait_call(dev: &MmioTransport) -> bool {
     let mut pfd = libc::pollfd {
         fd: dev.call_fd(0).unwrap().as_raw_fd(),
         events: libc::POLLIN,
@@ -121,7 +123,7 @@ fn wait_call(dev: &MmioDevice) -> bool {
 
 /// The driver's init sequence up to DRIVER_OK with queue 0 of QSIZE entries; zeroes
 /// the rings. Returns the acked features.
-fn init(dev: &mut MmioDevice, mem: &GuestMemory) -> u64 {
+fn init(dev: &mut MmioTransport, mem: &GuestMemory) -> u64 {
     assert_eq!(r32(dev, MAGIC_VALUE), 0x7472_6976);
     assert_eq!(r32(dev, VERSION), 2);
     assert_eq!(r32(dev, DEVICE_ID), 2, "block device");
@@ -160,7 +162,7 @@ fn init(dev: &mut MmioDevice, mem: &GuestMemory) -> u64 {
     offered
 }
 
-fn capacity(dev: &mut MmioDevice) -> u64 {
+fn capacity(dev: &mut MmioTransport) -> u64 {
     let mut b = [0u8; 8];
     dev.read(CONFIG, &mut b);
     let whole = u64::from_le_bytes(b);
@@ -422,19 +424,19 @@ fn kvm_ioeventfds_and_irqfds() {
     assert_eq!(r32(&mut s.dev, INTERRUPT_STATUS), 0);
 }
 
-fn offered_features(dev: &mut MmioDevice) -> u64 {
+fn offered_features(dev: &mut MmioTransport) -> u64 {
     w32(dev, DEVICE_FEATURES_SEL, 0);
     let low = r32(dev, DEVICE_FEATURES);
     w32(dev, DEVICE_FEATURES_SEL, 1);
     u64::from(low) | u64::from(r32(dev, DEVICE_FEATURES)) << 32
 }
 
-fn queue_num_max(dev: &mut MmioDevice, q: u32) -> u32 {
+fn queue_num_max(dev: &mut MmioTransport, q: u32) -> u32 {
     w32(dev, QUEUE_SEL, q);
     r32(dev, QUEUE_NUM_MAX)
 }
 
-fn config_u16(dev: &mut MmioDevice, off: u64) -> u16 {
+fn config_u16(dev: &mut MmioTransport, off: u64) -> u16 {
     let mut b = [0u8; 2];
     dev.read(CONFIG + off, &mut b);
     u16::from_le_bytes(b)
@@ -444,7 +446,7 @@ fn config_u16(dev: &mut MmioDevice, off: u64) -> u16 {
 fn num_queues_caps_the_backends_queues() {
     const BLK_F_MQ: u64 = 1 << 12;
     // All four of the daemon's queues.
-    let Some(mut s) = setup_with("vmm-mq4", 4, |q| DeviceConfig::blk(q, None, 256)) else {
+    let Some(mut s) = setup_with("vmm-mq4", 4, |q| blk::layout(q, None, 256)) else {
         return;
     };
     assert_eq!(s.dev.num_queues(), 4);
@@ -455,7 +457,7 @@ fn num_queues_caps_the_backends_queues() {
     drop(s);
 
     // num-queues=2 of four: the guest sees two, and the config says two.
-    let Some(mut s) = setup_with("vmm-mq2", 4, |q| DeviceConfig::blk(q, Some(2), 256)) else {
+    let Some(mut s) = setup_with("vmm-mq2", 4, |q| blk::layout(q, Some(2), 256)) else {
         return;
     };
     assert_eq!(s.dev.num_queues(), 2);
@@ -473,12 +475,12 @@ fn num_queues_caps_the_backends_queues() {
     drop(s);
 
     // One queue: MQ is not offered at all.
-    let Some(mut s) = setup_with("vmm-mq1", 4, |q| DeviceConfig::blk(q, Some(1), 256)) else {
+    let Some(mut s) = setup_with("vmm-mq1", 4, |q| blk::layout(q, Some(1), 256)) else {
         return;
     };
     assert_eq!(offered_features(&mut s.dev) & BLK_F_MQ, 0, "MQ hidden");
     // Asking for more than the backend has gives the backend's count.
-    let c = DeviceConfig::blk(4, Some(9), 256);
+    let c = blk::layout(4, Some(9), 256);
     assert_eq!(c.num_queues, 4);
 }
 
@@ -487,7 +489,7 @@ fn vmm_held_config_spaces_for_net_and_fs() {
     // The transport part of net and fs devices (their own daemons are tested in
     // their issues): config space held by the VMM, queue layout, feature bits.
     let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-    let Some(mut s) = setup_with("vmm-netcfg", 4, |q| DeviceConfig::net(q, mac, None, 256)) else {
+    let Some(mut s) = setup_with("vmm-netcfg", 4, |q| net::layout(q, mac, None, 256)) else {
         return;
     };
     assert_eq!(r32(&mut s.dev, DEVICE_ID), 1, "network device");
@@ -512,8 +514,7 @@ fn vmm_held_config_spaces_for_net_and_fs() {
     assert_eq!(config_u16(&mut s.dev, 12), 0);
     drop(s);
 
-    let Some(mut s) = setup_with("vmm-fscfg", 4, |q| DeviceConfig::fs(q, "share", None, 1024))
-    else {
+    let Some(mut s) = setup_with("vmm-fscfg", 4, |q| fs::layout(q, "share", None, 1024)) else {
         return;
     };
     assert_eq!(r32(&mut s.dev, DEVICE_ID), 26, "filesystem device");
@@ -526,7 +527,7 @@ fn vmm_held_config_spaces_for_net_and_fs() {
         "num_request_queues: the backend's queues after hiprio"
     );
     assert_eq!(s.dev.num_queues(), 4);
-    assert_eq!(DeviceConfig::fs(4, "t", Some(1), 1024).num_queues, 2);
+    assert_eq!(fs::layout(4, "t", Some(1), 1024).num_queues, 2);
 }
 
 #[test]
@@ -575,7 +576,7 @@ fn queue_num_max_is_what_the_backend_takes() {
     let queue_size = c.devices[0].queue_size;
     assert_eq!(queue_size, QSIZE);
     let Some(mut s) = setup_with_args("vmm-qsize", 1, &["--queue-size", "16"], |q| {
-        DeviceConfig::blk(q, None, queue_size)
+        blk::layout(q, None, queue_size)
     }) else {
         return;
     };

@@ -1,5 +1,8 @@
-//! Virtio devices: the virtio-mmio transport ([`mmio`]) with a vhost-user backend
-//! behind it ([`vhost_user`]).
+//! Virtio devices: the virtio-mmio transport ([`mmio`]), which drives any
+//! [`device::VirtioDevice`]; the device kinds the VMM offers ([`devices`]), each a
+//! vhost-user backend behind it ([`vhost_user`]: the frontend).
 
+pub mod device;
+pub mod devices;
 pub mod mmio;
 pub mod vhost_user;

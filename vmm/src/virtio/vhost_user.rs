@@ -4,11 +4,12 @@
 //! [`Backend::connect`] runs what QEMU does when it creates the device: GET_FEATURES,
 //! GET/SET_PROTOCOL_FEATURES (MQ, REPLY_ACK, CONFIG where offered), GET_QUEUE_NUM
 //! (with MQ), SET_OWNER. When the guest driver sets DRIVER_OK, the transport
-//! ([`super::mmio`]) calls [`Backend::set_features`], [`Backend::set_mem_table`] and,
-//! per ready queue, [`Backend::set_up_vring`] (SET_VRING_NUM/ADDR/BASE/CALL/KICK/
-//! ENABLE). A device reset calls [`Backend::reset`] (SET_VRING_ENABLE 0 and
-//! GET_VRING_BASE for each started vring). The guest owns the rings; the VMM only
-//! passes their host addresses on.
+//! ([`super::mmio`]) activates the device, and the vhost-user device
+//! ((`devices::vhost_user_device`)) calls [`Backend::set_features`],
+//! [`Backend::set_mem_table`] and, per ready queue, [`Backend::set_up_vring`]
+//! (SET_VRING_NUM/ADDR/BASE/CALL/KICK/ENABLE). A device reset stops each started
+//! vring ([`Backend::stop_vring`]: SET_VRING_ENABLE 0 and GET_VRING_BASE). The guest
+//! owns the rings; the VMM only passes their host addresses on.
 
 use std::time::Duration;
 
