@@ -13,10 +13,10 @@ use vhostkit_tests::TempDir;
 fn quick_run_measures_every_row() {
     let ours = workspace_bin("vhost-user-fs");
     if !ours.exists() {
-        println!(
-            "SKIPPED: {} not built (cargo build -p vhost-fs)",
+        vhostkit_tests::skip::skip(format_args!(
+            "{} not built (cargo build -p vhost-fs)",
             ours.display()
-        );
+        ));
         return;
     }
     let virtiofsd = FsTools::default_dir().join("bin/virtiofsd");

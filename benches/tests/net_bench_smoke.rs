@@ -12,15 +12,15 @@ use vhostkit_tests::TempDir;
 fn quick_run_moves_frames_both_ways() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
-        println!("SKIPPED: needs root and /dev/net/tun");
+        vhostkit_tests::skip::skip(format_args!("needs root and /dev/net/tun"));
         return;
     }
     let ours = workspace_bin("vhost-user-net");
     if !ours.exists() {
-        println!(
-            "SKIPPED: {} not built (cargo build -p vhost-net)",
+        vhostkit_tests::skip::skip(format_args!(
+            "{} not built (cargo build -p vhost-net)",
             ours.display()
-        );
+        ));
         return;
     }
     let dir = TempDir::new("net-bench-smoke").unwrap();

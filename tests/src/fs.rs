@@ -41,16 +41,16 @@ use crate::guest::{FsDevice, Guest, GuestError, GuestImage, GuestOutput, Initrd}
 pub fn guest_prerequisites() -> Option<(GuestImage, FsTools)> {
     // SAFETY: geteuid() has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED: serving files of any owner (as virtiofsd and vhost-user-fs do) needs root"
-        );
+        crate::skip::skip(format_args!(
+            "serving files of any owner (as virtiofsd and vhost-user-fs do) needs root"
+        ));
         return None;
     }
     let image = crate::guest::qemu_guest_image("fs guest test")?;
     match FsTools::ensure() {
         Ok(tools) => Some((image, tools)),
         Err(e) => {
-            eprintln!("SKIPPED: no virtiofsd/pjdfstest: {e}");
+            crate::skip::skip(format_args!("no virtiofsd/pjdfstest: {e}"));
             None
         }
     }

@@ -258,13 +258,15 @@ pub fn qemu_guest_image(test: &str) -> Option<GuestImage> {
         .stderr(std::process::Stdio::null())
         .status();
     if qemu.is_err() {
-        eprintln!("SKIPPED: {test}: qemu-system-x86_64 is not installed (scripts/setup-host.sh)");
+        crate::skip::skip(format_args!(
+            "{test}: qemu-system-x86_64 is not installed (scripts/setup-host.sh)"
+        ));
         return None;
     }
     match GuestImage::ensure() {
         Ok(image) => Some(image),
         Err(e) => {
-            eprintln!("SKIPPED: {test}: no guest image: {e}");
+            crate::skip::skip(format_args!("{test}: no guest image: {e}"));
             None
         }
     }
@@ -1469,7 +1471,7 @@ VHOSTKIT-RUN-END rc=0\nVHOSTKIT-POWEROFF\n";
     #[test]
     fn cpio_unpacks_with_gnu_cpio() {
         if Command::new("cpio").arg("--version").output().is_err() {
-            eprintln!("SKIPPED: no cpio on this host");
+            crate::skip::skip(format_args!("no cpio on this host"));
             return;
         }
         let dir = TempDir::new("cpio-test").unwrap();

@@ -133,7 +133,7 @@ fn check(daemon: &str, args: &[&str]) {
 #[test]
 fn blk_socket_is_owner_only_or_group() {
     if !is_root() {
-        println!("SKIPPED: switching user ids needs root");
+        vhostkit_tests::skip::skip(format_args!("switching user ids needs root"));
         return;
     }
     let dir = TempDir::new("sockperm-img").unwrap();
@@ -144,7 +144,7 @@ fn blk_socket_is_owner_only_or_group() {
 #[test]
 fn fs_socket_is_owner_only_or_group() {
     if !is_root() {
-        println!("SKIPPED: switching user ids needs root");
+        vhostkit_tests::skip::skip(format_args!("switching user ids needs root"));
         return;
     }
     let dir = TempDir::new("sockperm-share").unwrap();
@@ -157,7 +157,7 @@ fn fs_socket_is_owner_only_or_group() {
 #[test]
 fn net_socket_is_owner_only_or_group() {
     if !is_root() || !Path::new("/dev/net/tun").exists() {
-        println!("SKIPPED: needs root and /dev/net/tun");
+        vhostkit_tests::skip::skip(format_args!("needs root and /dev/net/tun"));
         return;
     }
     let tap = format!("vksock{}", std::process::id() % 100_000);

@@ -781,10 +781,10 @@ fn direct_io_completions_wake_the_worker() {
         .custom_flags(libc::O_DIRECT)
         .open(&image);
     if let Err(e) = probe {
-        println!(
-            "SKIPPED: {} does not support O_DIRECT ({e})",
+        vhostkit_tests::skip::skip(format_args!(
+            "{} does not support O_DIRECT ({e})",
             dir.path().display()
-        );
+        ));
         return;
     }
     let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--direct"]);
@@ -875,7 +875,9 @@ fn block_device_backing_with(extra: &[&str]) {
     let device = match LoopDevice::attach(&backing) {
         Ok(device) => device,
         Err(e) => {
-            println!("SKIPPED: cannot attach a loop device ({e}); needs root and loop support");
+            vhostkit_tests::skip::skip(format_args!(
+                "cannot attach a loop device ({e}); needs root and loop support"
+            ));
             return;
         }
     };

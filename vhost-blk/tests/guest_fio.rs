@@ -80,7 +80,7 @@ fn guest_image() -> Option<GuestImage> {
     match GuestImage::ensure() {
         Ok(image) => Some(image),
         Err(e) => {
-            eprintln!("SKIPPED: no guest image: {e}");
+            vhostkit_tests::skip::skip(format_args!("no guest image: {e}"));
             None
         }
     }
@@ -234,7 +234,7 @@ fn fio_verify_and_discard_on_vhost_user_blk() {
 #[test]
 fn fio_verify_and_discard_on_qemu_storage_daemon() {
     if !have("qemu-storage-daemon") {
-        eprintln!("SKIPPED: qemu-storage-daemon is not installed");
+        vhostkit_tests::skip::skip(format_args!("qemu-storage-daemon is not installed"));
         return;
     }
     let Some(image) = guest_image() else { return };

@@ -93,7 +93,9 @@ fn socket_group_sets_the_socket_owner_group() {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: changing a socket's group to an arbitrary one needs root");
+        vhostkit_tests::skip::skip(format_args!(
+            "changing a socket's group to an arbitrary one needs root"
+        ));
         return;
     }
     let dir = TempDir::new("fs-cli-group").unwrap();
@@ -166,11 +168,15 @@ fn sandboxes_without_root_are_refused_with_one_line_and_exit_1() {
             mode,
         ];
         let Some((code, text)) = run_unprivileged(&args) else {
-            println!("SKIPPED: cannot run the daemon as an unprivileged user");
+            vhostkit_tests::skip::skip(format_args!(
+                "cannot run the daemon as an unprivileged user"
+            ));
             return;
         };
         if text.contains("Permission denied") && !text.contains("--sandbox") {
-            println!("SKIPPED: the binary is not reachable by an unprivileged user: {text}");
+            vhostkit_tests::skip::skip(format_args!(
+                "the binary is not reachable by an unprivileged user: {text}"
+            ));
             return;
         }
         assert_eq!(code, 1, "{mode}: {text}");
@@ -197,7 +203,9 @@ fn mandatory_file_handles_without_the_capability_are_refused_with_exit_1() {
         "--inode-file-handles=mandatory",
     ];
     let Some((code, text)) = run_unprivileged(&args) else {
-        println!("SKIPPED: cannot run the daemon as an unprivileged user");
+        vhostkit_tests::skip::skip(format_args!(
+            "cannot run the daemon as an unprivileged user"
+        ));
         return;
     };
     assert_eq!(code, 1, "{text}");

@@ -110,7 +110,7 @@ fn without_seccomp_no_filter_is_installed() {
 #[test]
 fn sandbox_namespace_pivots_into_the_shared_folder() {
     if !is_root() {
-        println!("SKIPPED: --sandbox namespace needs root");
+        vhostkit_tests::skip::skip(format_args!("--sandbox namespace needs root"));
         return;
     }
     let fx = Fixture::new(
@@ -157,7 +157,7 @@ fn sandbox_namespace_pivots_into_the_shared_folder() {
 #[test]
 fn sandbox_chroot_serves_from_inside_the_shared_folder() {
     if !is_root() {
-        println!("SKIPPED: --sandbox chroot needs root");
+        vhostkit_tests::skip::skip(format_args!("--sandbox chroot needs root"));
         return;
     }
     let mut fx = Fixture::new("fs-chroot", &["--sandbox", "chroot", "--xattr"]);

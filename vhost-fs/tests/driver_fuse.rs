@@ -520,10 +520,10 @@ fn announce_submounts_marks_mount_points() {
         )
     };
     if rc != 0 {
-        println!(
-            "SKIPPED: cannot mount a tmpfs here: {}",
+        vhostkit_tests::skip::skip(format_args!(
+            "cannot mount a tmpfs here: {}",
             std::io::Error::last_os_error()
-        );
+        ));
         return;
     }
     struct Unmount(std::ffi::CString);
@@ -577,7 +577,7 @@ fn file_handles_keep_no_descriptor_per_inode() {
 
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: file handles need CAP_DAC_READ_SEARCH (root)");
+        vhostkit_tests::skip::skip(format_args!("file handles need CAP_DAC_READ_SEARCH (root)"));
         return;
     }
     let fx = Fixture::new("fs-handles", &["--inode-file-handles=mandatory"]);
@@ -688,7 +688,7 @@ fn polling_spares_the_driver_its_kicks() {
 #[test]
 fn a_reused_inode_number_is_a_new_node_with_file_handles() {
     if !is_root() {
-        println!("SKIPPED: file handles need CAP_DAC_READ_SEARCH (root)");
+        vhostkit_tests::skip::skip(format_args!("file handles need CAP_DAC_READ_SEARCH (root)"));
         return;
     }
     let fx = Fixture::new("fs-reuse", &["--inode-file-handles=mandatory"]);
@@ -708,7 +708,9 @@ fn a_reused_inode_number_is_a_new_node_with_file_handles() {
         }
     }
     let Some(name) = reused else {
-        println!("SKIPPED: this file system did not reuse inode {old_ino}");
+        vhostkit_tests::skip::skip(format_args!(
+            "this file system did not reuse inode {old_ino}"
+        ));
         return;
     };
     let new = s.lookup(1, &name).unwrap();
@@ -809,7 +811,9 @@ fn init_log_lines_are_rate_limited() {
 #[test]
 fn create_on_an_existing_name_checks_the_requesters_permissions() {
     if !is_root() {
-        println!("SKIPPED: switching to the requester's credentials needs root");
+        vhostkit_tests::skip::skip(format_args!(
+            "switching to the requester's credentials needs root"
+        ));
         return;
     }
     let fx = Fixture::new("fs-create-existing", &[]);

@@ -262,7 +262,7 @@ fn only_o_path_descriptors(pid: u32, names: &[String]) -> usize {
 
 fn special_files_are_never_opened(tag: &str, args: &[&str], sandboxed: bool) {
     if !is_root() {
-        println!("SKIPPED: making device nodes needs root");
+        vhostkit_tests::skip::skip(format_args!("making device nodes needs root"));
         return;
     }
     let mut all_args = vec!["--xattr"];

@@ -68,6 +68,6 @@ fn a_tap_that_cannot_be_opened_fails_with_exit_code_1() {
         assert_eq!(code, 1, "{text}");
         assert!(text.contains("MTU of tap vkcli1"), "{text}");
     } else {
-        println!("SKIPPED: no /dev/net/tun");
+        vhostkit_tests::skip::skip(format_args!("no /dev/net/tun"));
     }
 }

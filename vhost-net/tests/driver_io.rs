@@ -37,7 +37,7 @@ fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root || !std::path::Path::new("/dev/net/tun").exists() {
-        println!("SKIPPED: needs root and /dev/net/tun");
+        vhostkit_tests::skip::skip(format_args!("needs root and /dev/net/tun"));
         return false;
     }
     true

@@ -75,7 +75,7 @@ fn check(out: &GuestOutput, tap_rx: Option<u64>) -> Result<(), String> {
 #[test]
 fn default_daemon_under_default_qemu_device() {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED: guest_default: {why}");
+        vhostkit_tests::skip::skip(format_args!("guest_default: {why}"));
         return;
     }
     let Some(image) = qemu_guest_image("guest_default") else {

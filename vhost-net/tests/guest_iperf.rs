@@ -158,19 +158,21 @@ fn check(out: &GuestOutput) -> Result<(f64, f64), String> {
 #[test]
 fn iperf3_through_vhost_user_net() {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED: guest_iperf: {why}");
+        vhostkit_tests::skip::skip(format_args!("guest_iperf: {why}"));
         return;
     }
     for tool in ["iperf3", "qemu-system-x86_64"] {
         if !have(tool) {
-            eprintln!("SKIPPED: guest_iperf: {tool} is not installed on the host");
+            vhostkit_tests::skip::skip(format_args!(
+                "guest_iperf: {tool} is not installed on the host"
+            ));
             return;
         }
     }
     let image = match GuestImage::ensure() {
         Ok(image) => image,
         Err(e) => {
-            eprintln!("SKIPPED: guest_iperf: no guest image: {e}");
+            vhostkit_tests::skip::skip(format_args!("guest_iperf: no guest image: {e}"));
             return;
         }
     };

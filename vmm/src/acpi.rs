@@ -576,7 +576,9 @@ mod tests {
         {
             Ok(out) => out,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("SKIPPED: iasl not installed (Debian acpica-tools)");
+                vhostkit_tests::skip::skip(format_args!(
+                    "iasl not installed (Debian acpica-tools)"
+                ));
                 return None;
             }
             Err(e) => panic!("iasl: {e}"),

@@ -850,9 +850,9 @@ mod tests {
             "/../build/guest/vmlinuz"
         ));
         if !path.exists() {
-            eprintln!(
-                "SKIPPED: build/guest/vmlinuz missing (scripts/build-guest-image.sh builds it)"
-            );
+            vhostkit_tests::skip::skip(format_args!(
+                "build/guest/vmlinuz missing (scripts/build-guest-image.sh builds it)"
+            ));
             return;
         }
         let mem_size = 256 * MIB;

@@ -385,10 +385,10 @@ mod tests {
     fn exe_in_bin_dir() -> Option<PathBuf> {
         let bin = workspace_bin("vhost-user-blk");
         if !bin.exists() {
-            println!(
-                "SKIPPED: {} not built (run `cargo build --workspace --bins` first)",
+            vhostkit_tests::skip::skip(format_args!(
+                "{} not built (run `cargo build --workspace --bins` first)",
                 bin.display()
-            );
+            ));
             return None;
         }
         Some(bin.with_file_name("vhostkit"))

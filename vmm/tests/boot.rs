@@ -250,7 +250,7 @@ fn guest_driver_writes_and_reads_a_sector_through_qemu_storage_daemon() {
         return;
     }
     let Some(version) = vhostkit_tests::daemon::qemu_storage_daemon_version() else {
-        println!("SKIPPED: qemu-storage-daemon is not installed");
+        vhostkit_tests::skip::skip(format_args!("qemu-storage-daemon is not installed"));
         return;
     };
     println!("backend: {version}");

@@ -17,9 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
-use vhostkit_tests::guest::{
-    hardware_kvm, BlkDevice, Guest, GuestImage, Initrd, Vmm, MARK_POWEROFF,
-};
+use vhostkit_tests::guest::{BlkDevice, Guest, GuestImage, Initrd, Vmm, MARK_POWEROFF};
 use vhostkit_tests::TempDir;
 
 const VHOSTKIT: &str = env!("CARGO_BIN_EXE_vhostkit");
@@ -52,13 +50,12 @@ echo "VHOSTKIT-RESULT done ok"
 /// (`guest` builds it; the initrd is the per-test one a run writes), if the guest
 /// image is there.
 fn can_boot_linux(guest: impl FnOnce(&GuestImage) -> Guest<'_>) -> bool {
-    if hardware_kvm() {
+    if vhostkit_tests::skip::skip_without_hardware_virtualization(
+        "Linux through vhostkit needs hardware virtualization (vmx/svm); \
+         /dev/kvm here is kvm_pvm, which cannot boot a stock kernel in useful time",
+    ) {
         return true;
     }
-    println!(
-        "SKIPPED: Linux through vhostkit needs hardware virtualization (vmx/svm); \
-         /dev/kvm here is kvm_pvm, which cannot boot a stock kernel in useful time"
-    );
     if let Ok(image) = GuestImage::locate() {
         if let Ok(line) = guest(&image).command_line(std::path::Path::new("INITRD")) {
             println!("  would run: {line}");
@@ -71,7 +68,7 @@ fn guest_image() -> Option<GuestImage> {
     match GuestImage::ensure() {
         Ok(image) => Some(image),
         Err(e) => {
-            println!("SKIPPED: no guest image: {e}");
+            vhostkit_tests::skip::skip(format_args!("no guest image: {e}"));
             None
         }
     }

@@ -128,7 +128,7 @@ fn net_tap_form_starts_vhost_user_net_itself() {
         return;
     }
     if Command::new("ip").arg("-V").output().is_err() {
-        println!("SKIPPED: no `ip` (iproute2)");
+        vhostkit_tests::skip::skip(format_args!("no `ip` (iproute2)"));
         return;
     }
     // A persistent multi-queue tap made first, so the test can listen on it before

@@ -13,7 +13,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn have_qemu_and_kvm() -> bool {
     if !Path::new("/dev/kvm").exists() {
-        println!("SKIPPED: no /dev/kvm");
+        vhostkit_tests::skip::skip(format_args!("no /dev/kvm"));
         return false;
     }
     if Command::new(QEMU)
@@ -23,7 +23,7 @@ fn have_qemu_and_kvm() -> bool {
         .status()
         .is_err()
     {
-        println!("SKIPPED: {QEMU} is not installed");
+        vhostkit_tests::skip::skip(format_args!("{QEMU} is not installed"));
         return false;
     }
     true

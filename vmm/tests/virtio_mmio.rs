@@ -58,10 +58,10 @@ fn setup_with_args(
 ) -> Option<Setup> {
     let bin = workspace_bin("vhost-user-blk");
     if !bin.exists() {
-        println!(
-            "SKIPPED: {} not built (run `cargo build --workspace --bins` first)",
+        vhostkit_tests::skip::skip(format_args!(
+            "{} not built (run `cargo build --workspace --bins` first)",
             bin.display()
-        );
+        ));
         return None;
     }
     let dir = TempDir::new(tag).unwrap();
@@ -405,7 +405,7 @@ fn kvm_ioeventfds_and_irqfds() {
         return;
     };
     let Ok((_kvm, vm)) = vhostkit_vmm::vm::create() else {
-        println!("SKIPPED: no usable /dev/kvm");
+        vhostkit_tests::skip::skip(format_args!("no usable /dev/kvm"));
         return;
     };
     let base = 0xd000_0000;

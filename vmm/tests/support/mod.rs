@@ -32,7 +32,7 @@ pub fn vhostkit(args: &[&str]) -> Finished {
 pub fn have_paths(paths: &[&str]) -> bool {
     for p in paths {
         if !Path::new(p).exists() {
-            println!("SKIPPED: no {p}");
+            vhostkit_tests::skip::skip(format_args!("no {p}"));
             return false;
         }
     }
@@ -49,10 +49,10 @@ pub fn built(name: &str) -> Option<PathBuf> {
     if bin.exists() {
         return Some(bin);
     }
-    println!(
-        "SKIPPED: {} not built (cargo build --workspace --bins)",
+    vhostkit_tests::skip::skip(format_args!(
+        "{} not built (cargo build --workspace --bins)",
         bin.display()
-    );
+    ));
     None
 }
 
