@@ -54,13 +54,18 @@ mod tests {
 
     #[test]
     fn strict_mode_turns_a_skip_into_a_failure() {
-        // The variable is read per call; set it for this process only.
+        // The variable is read per call; set it for this process only, and put
+        // back what CI set afterwards.
+        let before = std::env::var(STRICT_ENV).ok();
         std::env::set_var(STRICT_ENV, "1");
         let strict_skip = std::panic::catch_unwind(|| skip("no frobnicator"));
         let hw = std::panic::catch_unwind(|| skip_without_hardware_virtualization("no vmx"));
         std::env::set_var(STRICT_ENV, "0");
         let lenient_skip = std::panic::catch_unwind(|| skip("no frobnicator"));
-        std::env::remove_var(STRICT_ENV);
+        match before {
+            Some(v) => std::env::set_var(STRICT_ENV, v),
+            None => std::env::remove_var(STRICT_ENV),
+        }
         assert!(strict_skip.is_err(), "a skip fails under {STRICT_ENV}=1");
         assert!(
             hw.is_ok(),
