@@ -91,6 +91,18 @@ fn ifreq_for(name: &str) -> Result<libc::ifreq> {
 }
 
 impl Tap {
+    /// A tap whose queues are the given files (in tests: one end of a socket pair
+    /// per queue, standing for the kernel's tap).
+    #[cfg(test)]
+    pub(crate) fn from_files(name: &str, queues: Vec<File>) -> Self {
+        let attached = Mutex::new(vec![true; queues.len()]);
+        Tap {
+            name: name.to_string(),
+            queues,
+            attached,
+        }
+    }
+
     /// Opens (creating it if needed) tap `name` with `num_queues` queues, each
     /// non-blocking, with a 12-byte vnet header (`virtio_net_hdr_v1`, which is what
     /// the guest puts before every frame with VERSION_1) and no offloads yet.
