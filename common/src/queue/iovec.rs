@@ -53,8 +53,9 @@ pub struct IoVecs {
     len: usize,
     /// The guest memory the entries point into, held while there are entries.
     memory: Option<Arc<GuestMemoryMmap<()>>>,
-    /// A byte of our own a list may end with (see [`Self::push_spill_byte`]).
-    spill: Box<[u8; 1]>,
+    /// A byte of our own a list may end with (see [`Self::push_spill_byte`]),
+    /// allocated the first time one is asked for.
+    spill: Option<Box<[u8; 1]>>,
 }
 
 // SAFETY: the raw pointers point into guest memory that `memory` keeps mapped (or
@@ -144,8 +145,9 @@ impl IoVecs {
         if self.iovecs.len() >= IOV_MAX {
             return Err(IoVecError::TooMany);
         }
+        let spill = self.spill.get_or_insert_with(|| Box::new([0]));
         self.iovecs.push(libc::iovec {
-            iov_base: self.spill.as_mut_ptr().cast(),
+            iov_base: spill.as_mut_ptr().cast(),
             iov_len: 1,
         });
         Ok(())
@@ -210,10 +212,21 @@ impl IoVecs {
 
     /// Puts bytes `skip..skip + len` of this list into `out` (as far as this list
     /// reaches, and at most [`IOV_MAX`] entries): a view for one system call.
-    pub fn sub_range(&self, mut skip: usize, mut len: usize, out: &mut IoVecs) {
+    pub fn sub_range(&self, skip: usize, len: usize, out: &mut IoVecs) {
         out.clear();
+        out.len = self.range_entries(skip, len, &mut out.iovecs);
+        if !out.iovecs.is_empty() {
+            out.memory = self.memory.clone();
+        }
+    }
+
+    /// The entries of bytes `skip..skip + len` into `out` (cleared first, at most
+    /// IOV_MAX); returns their total length. Valid while `self` is.
+    fn range_entries(&self, mut skip: usize, mut len: usize, out: &mut Vec<libc::iovec>) -> usize {
+        out.clear();
+        let mut total = 0;
         for iov in &self.iovecs {
-            if len == 0 || out.iovecs.len() == IOV_MAX {
+            if len == 0 || out.len() == IOV_MAX {
                 break;
             }
             if skip >= iov.iov_len {
@@ -221,16 +234,16 @@ impl IoVecs {
                 continue;
             }
             let take = (iov.iov_len - skip).min(len);
-            out.iovecs.push(libc::iovec {
+            out.push(libc::iovec {
                 // SAFETY: `skip < iov_len`, so the pointer stays inside the buffer.
                 iov_base: unsafe { iov.iov_base.cast::<u8>().add(skip) }.cast(),
                 iov_len: take,
             });
-            out.len += take;
+            total += take;
             skip = 0;
             len -= take;
         }
-        out.memory = self.memory.clone();
+        total
     }
 
     /// Copies `data` into the front of the buffers, as far as they reach; returns
@@ -337,18 +350,20 @@ impl IoVecs {
         offset: i64,
         mut op: impl FnMut(&[libc::iovec], i64) -> isize,
     ) -> io::Result<usize> {
-        let mut view = IoVecs::default();
+        // A view of the entries for each call: no guest memory of its own to hold
+        // (`self` holds it throughout).
+        let mut view = Vec::with_capacity(self.iovecs.len().min(IOV_MAX));
         let mut done = 0usize;
         while done < len {
-            self.sub_range(skip + done, len - done, &mut view);
-            if view.iovecs.is_empty() {
+            self.range_entries(skip + done, len - done, &mut view);
+            if view.is_empty() {
                 break;
             }
             let at = i64::try_from(done)
                 .ok()
                 .and_then(|d| offset.checked_add(d))
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-            let n = op(&view.iovecs, at);
+            let n = op(&view, at);
             let Ok(n) = usize::try_from(n) else {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
