@@ -50,7 +50,7 @@ pub(crate) mod sys;
 mod xattr;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::ffi::{CStr, CString};
 use std::fs::File;

@@ -21,13 +21,13 @@ const ROOT: Inode = Inode::ROOT;
 
 /// `base/share` (the shared folder, holding `file` = "contents" and the folder
 /// `sub`) and `base/outside`, removed on drop.
-struct Scratch {
+pub(crate) struct Scratch {
     base: PathBuf,
-    share: PathBuf,
+    pub(crate) share: PathBuf,
 }
 
 impl Scratch {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let base = std::env::temp_dir().join(format!(
             "vhost-fs-passthrough-{tag}-{}-{}",
@@ -58,7 +58,7 @@ impl Drop for Scratch {
     }
 }
 
-fn options() -> FsOptions {
+pub(crate) fn options() -> FsOptions {
     FsOptions {
         readonly: false,
         xattr: true,

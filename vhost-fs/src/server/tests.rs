@@ -4,15 +4,14 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::Server;
-use crate::config::CachePolicy;
 use crate::filesystem::FileData;
 use crate::fuse::*;
+use crate::passthrough::tests::{options, Scratch};
 use crate::passthrough::{FsOptions, PassthroughFs};
 
 /// File data through a plain buffer, for tests without guest memory.
@@ -32,31 +31,6 @@ impl FileData for Bounce {
         use std::os::unix::fs::FileExt;
         let len = len.min(self.write_data.len());
         file.write_at(&self.write_data[..len], offset as u64)
-    }
-}
-
-fn scratch_dir(tag: &str) -> std::path::PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let base = std::env::temp_dir().join(format!(
-        "vhost-fs-unit-{tag}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let dir = base.join("share");
-    std::fs::create_dir_all(dir.join("sub")).unwrap();
-    std::fs::create_dir_all(base.join("outside")).unwrap();
-    std::fs::write(dir.join("file"), b"contents").unwrap();
-    dir
-}
-
-fn options() -> FsOptions {
-    FsOptions {
-        readonly: false,
-        xattr: true,
-        cache: CachePolicy::Auto,
-        announce_submounts: true,
-        file_handles: false,
-        allow_direct_io: false,
     }
 }
 
@@ -100,7 +74,8 @@ fn initialised_fs(fs: PassthroughFs) -> Server<PassthroughFs> {
 
 #[test]
 fn lookups_are_counted_and_forgotten() {
-    let dir = scratch_dir("forget");
+    let scratch = Scratch::new("forget");
+    let dir = scratch.share.clone();
     let fs = initialised(&dir);
     let mut data = Bounce {
         write_data: Vec::new(),
@@ -174,7 +149,8 @@ fn xattr_request(op: Opcode, nodeid: u64, name: &str, value: &[u8]) -> Request {
 /// unsupported: it is never opened (an open would block this thread).
 #[test]
 fn xattrs_without_xattrat_never_open_a_special_file() {
-    let dir = scratch_dir("xattr-fallback");
+    let scratch = Scratch::new("xattr-fallback");
+    let dir = scratch.share.clone();
     let fifo = CString::new(dir.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
@@ -242,7 +218,8 @@ fn xattrs_without_xattrat_never_open_a_special_file() {
 /// EINVAL.
 #[test]
 fn xattr_opcodes_without_xattrs_are_enosys_whatever_the_body() {
-    let dir = scratch_dir("xattr-off");
+    let scratch = Scratch::new("xattr-off");
+    let dir = scratch.share.clone();
     let mut data = Bounce {
         write_data: Vec::new(),
         read_back: Vec::new(),
@@ -291,7 +268,8 @@ proptest! {
             1..24,
         )
     ) {
-        let dir = scratch_dir("prop");
+        let scratch = Scratch::new("prop");
+    let dir = scratch.share.clone();
         let fs = initialised(&dir);
         let mut data = Bounce { write_data: vec![0x5a; 64], read_back: Vec::new() };
         for (opcode, nodeid, body, room) in requests {
