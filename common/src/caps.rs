@@ -40,44 +40,7 @@ fn last_cap() -> u32 {
 /// process has one thread, or before the threads that must lose them start
 /// (capabilities are per thread: threads started earlier keep theirs).
 pub fn drop_all() -> io::Result<()> {
-    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes below.
-    for cap in 0..=last_cap() {
-        // SAFETY: prctl with integer arguments only.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            // EPERM: no CAP_SETPCAP (an unprivileged daemon has nothing to drop);
-            // EINVAL: a capability this kernel does not have.
-            if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) {
-                return Err(e);
-            }
-        }
-    }
-    // SAFETY: prctl with integer arguments only.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    let header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [CapData::default(); 2];
-    // SAFETY: capset reads the header and two CapData structs (version 3 layout),
-    // all valid for the call.
-    if unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    keep_only(&[])
 }
 
 /// Capability numbers (linux/capability.h) a daemon may keep.
@@ -117,6 +80,7 @@ fn capget() -> io::Result<[CapData; 2]> {
 /// from now on), as [`drop_all`] does for all; sets no_new_privs.
 pub fn keep_only(keep: &[u32]) -> io::Result<()> {
     let mask: u64 = keep.iter().fold(0, |m, &c| m | 1u64 << c);
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes below.
     for cap in 0..=last_cap() {
         if mask & (1u64 << cap) != 0 {
             continue;
@@ -125,6 +89,8 @@ pub fn keep_only(keep: &[u32]) -> io::Result<()> {
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         if rc != 0 {
             let e = io::Error::last_os_error();
+            // EPERM: no CAP_SETPCAP (an unprivileged daemon has nothing to drop);
+            // EINVAL: a capability this kernel does not have.
             if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) {
                 return Err(e);
             }
