@@ -163,21 +163,8 @@ pub fn virtiofsd_cmd_with(bin: &Path, socket: &Path, shared_dir: &Path, cache: &
     cmd
 }
 
-/// Our `vhost-user-fs` serving `shared_dir` on `socket` with `tag` (the binary:
-/// e.g. `env!("CARGO_BIN_EXE_vhost-user-fs")`, or
-/// [`crate::daemon::workspace_bin`]`("vhost-user-fs")`).
-pub fn vhost_user_fs_cmd(bin: &Path, socket: &Path, shared_dir: &Path, tag: &str) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.arg("--socket-path")
-        .arg(socket)
-        .arg("--shared-dir")
-        .arg(shared_dir)
-        .arg("--tag")
-        .arg(tag);
-    cmd
-}
-
-/// Starts a daemon command from [`virtiofsd_cmd`] or [`vhost_user_fs_cmd`] and
+/// Starts a daemon command from [`virtiofsd_cmd`] or for our vhost-user-fs
+/// ([`crate::launch::Launch`] of [`crate::launch::fs::FsArgs`]) and
 /// waits until its socket listens, without connecting to it (virtiofsd serves one
 /// frontend and exits when it hangs up, so a probe connection would end it): start
 /// one per guest. Killed and reaped when dropped.

@@ -10,3 +10,6 @@ pub mod skip;
 pub mod util;
 
 pub use util::{wait_for_log, Rng, TempDir};
+
+/// Our daemons' command lines from typed values (the `vhostkit-launch` crate).
+pub use vhostkit_launch as launch;

@@ -138,6 +138,60 @@ mod tests {
         BlkConfig::try_from(args)
     }
 
+    /// The launcher's typed options (vhostkit-launch, used by the VMM, the tests
+    /// and the benchmarks) render flags and values this parser takes, each to the
+    /// value meant: a flag renamed on either side fails here.
+    #[test]
+    fn launch_args_parse() {
+        use vhostkit_tests::launch::blk::{BlkArgs, Engine};
+        use vhostkit_tests::launch::{Launch, LogLevel, SeccompAction};
+        let engines = [
+            (Engine::IoUring, EngineKind::IoUring),
+            (Engine::Sync, EngineKind::Sync),
+            (Engine::Null, EngineKind::Null),
+        ];
+        for (engine, kind) in engines {
+            let daemon = BlkArgs {
+                readonly: true,
+                num_queues: Some(3),
+                queue_size: Some(64),
+                direct: true,
+                serial: Some("sn-1".into()),
+                engine: Some(engine),
+                poll_us: Some(20),
+                ..BlkArgs::new("/tmp/d.img")
+            };
+            let launch = Launch::on_socket("/tmp/b.sock", daemon)
+                .socket_group("0")
+                .seccomp(SeccompAction::Kill)
+                .log_level(LogLevel::Warn);
+            let args = Args::try_parse_from(
+                std::iter::once("vhost-user-blk".into()).chain(launch.to_args()),
+            )
+            .unwrap();
+            assert_eq!(args.listen.socket_group.as_deref(), Some("0"));
+            let c = BlkConfig::try_from(args).unwrap();
+            assert_eq!(
+                c.listen,
+                ListenAddr::Path {
+                    path: "/tmp/b.sock".into(),
+                    group: Some(0)
+                }
+            );
+            assert_eq!(c.path, std::path::Path::new("/tmp/d.img"));
+            assert!(c.readonly && c.direct);
+            assert_eq!((c.num_queues, c.queue_size), (3, 64));
+            assert_eq!(&c.serial[..5], b"sn-1\0");
+            assert_eq!(c.engine, kind);
+            assert_eq!(c.poll, Duration::from_micros(20));
+            assert_eq!(c.seccomp, SeccompAction::Kill);
+            assert_eq!(c.log_level, "warn");
+        }
+        let fd = Launch::on_fd(7, BlkArgs::new("/tmp/d.img")).to_args();
+        let args = Args::try_parse_from(std::iter::once("x".into()).chain(fd)).unwrap();
+        assert_eq!(BlkConfig::try_from(args).unwrap().listen, ListenAddr::Fd(7));
+    }
+
     #[test]
     fn defaults() {
         let c = parse(&["--socket-path", "/tmp/b.sock", "--path", "/tmp/disk.img"]).unwrap();

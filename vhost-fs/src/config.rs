@@ -278,6 +278,79 @@ mod tests {
         FsConfig::try_from(args)
     }
 
+    /// The launcher's typed options (vhostkit-launch, used by the VMM, the tests
+    /// and the benchmarks) render flags and values this parser takes, each to the
+    /// value meant: a flag renamed on either side fails here.
+    #[test]
+    fn launch_args_parse() {
+        use vhostkit_tests::launch::fs::{self as launch_fs, FsArgs};
+        use vhostkit_tests::launch::{Launch, LogLevel};
+        let choices = [
+            (
+                launch_fs::Cache::Auto,
+                launch_fs::Sandbox::Namespace,
+                launch_fs::InodeFileHandles::Never,
+            ),
+            (
+                launch_fs::Cache::Always,
+                launch_fs::Sandbox::Chroot,
+                launch_fs::InodeFileHandles::Prefer,
+            ),
+            (
+                launch_fs::Cache::Never,
+                launch_fs::Sandbox::None,
+                launch_fs::InodeFileHandles::Mandatory,
+            ),
+        ];
+        let meant = [
+            (
+                CachePolicy::Auto,
+                Sandbox::Namespace,
+                InodeFileHandles::Never,
+            ),
+            (
+                CachePolicy::Always,
+                Sandbox::Chroot,
+                InodeFileHandles::Prefer,
+            ),
+            (
+                CachePolicy::Never,
+                Sandbox::None,
+                InodeFileHandles::Mandatory,
+            ),
+        ];
+        for ((cache, sandbox, handles), want) in choices.into_iter().zip(meant) {
+            let daemon = FsArgs {
+                cache: Some(cache),
+                xattr: true,
+                readonly: true,
+                num_request_queues: Some(4),
+                allow_direct_io: true,
+                poll_us: Some(0),
+                sandbox: Some(sandbox),
+                inode_file_handles: Some(handles),
+                announce_submounts: true,
+                ..FsArgs::tagged("/tmp", "t1")
+            };
+            let launch = Launch::on_socket("/tmp/f.sock", daemon)
+                .seccomp(SeccompAction::Log)
+                .log_level(LogLevel::Error);
+            let argv: Vec<OsString> = std::iter::once("vhost-user-fs".into())
+                .chain(launch.to_args())
+                .collect();
+            refuse_unsupported_flags(&argv).unwrap();
+            let c = FsConfig::try_from(Args::try_parse_from(argv).unwrap()).unwrap();
+            assert_eq!(c.shared_dir, PathBuf::from("/tmp"));
+            assert_eq!(&c.tag.unwrap()[..3], b"t1\0");
+            assert_eq!((c.cache, c.sandbox, c.inode_file_handles), want);
+            assert!(c.xattr && c.readonly && c.allow_direct_io && c.announce_submounts);
+            assert_eq!(c.num_request_queues, 4);
+            assert!(c.poll.is_zero());
+            assert_eq!(c.seccomp, SeccompAction::Log);
+            assert_eq!(c.log_level, "error");
+        }
+    }
+
     #[test]
     fn defaults_and_the_vmm_command_line() {
         let c = parse(&[

@@ -20,9 +20,11 @@ use std::time::Duration;
 
 use vhostkit_tests::fs::{
     compare, guest_prerequisites, run_fio_and_data_checks, run_pjdfstest, spawn_fs_daemon,
-    vhost_user_fs_cmd, virtiofsd_cmd, FsTools, PjdfsResults, Selection, VIRTIOFSD_TAG,
+    virtiofsd_cmd, FsTools, PjdfsResults, Selection, VIRTIOFSD_TAG,
 };
 use vhostkit_tests::guest::{FsDevice, GuestImage};
+use vhostkit_tests::launch::fs::{FsArgs, InodeFileHandles, Sandbox};
+use vhostkit_tests::launch::{Launch, LogLevel, SeccompAction};
 use vhostkit_tests::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-fs");
@@ -52,14 +54,18 @@ fn pjdfstest_on(
     std::fs::create_dir(&shared).unwrap();
     let socket = dir.join("fs.sock");
     let (name, cmd, tag) = if server != Server::Virtiofsd {
-        let mut cmd = vhost_user_fs_cmd(Path::new(BIN), &socket, &shared, TAG);
         // Hardened, as virtiofsd runs by default: a guest's whole POSIX workload
         // must stay inside the seccomp allow-list and work from inside the sandbox.
-        cmd.args(["--sandbox", "namespace", "--seccomp", "kill"]);
-        if server == Server::OursWithFileHandles {
-            cmd.arg("--inode-file-handles=mandatory");
-        }
-        cmd.args(["--log-level", "warn"]);
+        let daemon = FsArgs {
+            sandbox: Some(Sandbox::Namespace),
+            inode_file_handles: (server == Server::OursWithFileHandles)
+                .then_some(InodeFileHandles::Mandatory),
+            ..FsArgs::tagged(&shared, TAG)
+        };
+        let cmd = Launch::on_socket(&socket, daemon)
+            .seccomp(SeccompAction::Kill)
+            .log_level(LogLevel::Warn)
+            .command(Path::new(BIN));
         let name = match server {
             Server::OursWithFileHandles => "vhost-user-fs (file handles)",
             _ => "vhost-user-fs",
@@ -125,10 +131,15 @@ fn fio_verify_and_host_data_through_vhost_user_fs() {
     let shared = dir.join("shared");
     std::fs::create_dir(&shared).unwrap();
     let socket = dir.join("fs.sock");
-    let mut cmd = vhost_user_fs_cmd(Path::new(BIN), &socket, &shared, TAG);
     // Hardened, as in the pjdfstest runs.
-    cmd.args(["--sandbox", "namespace", "--seccomp", "kill"]);
-    cmd.args(["--log-level", "warn"]);
+    let daemon = FsArgs {
+        sandbox: Some(Sandbox::Namespace),
+        ..FsArgs::tagged(&shared, TAG)
+    };
+    let cmd = Launch::on_socket(&socket, daemon)
+        .seccomp(SeccompAction::Kill)
+        .log_level(LogLevel::Warn)
+        .command(Path::new(BIN));
     let _daemon = spawn_fs_daemon("vhost-user-fs", cmd, &socket).expect("the daemon starts");
     let check = run_fio_and_data_checks(&image, &FsDevice::new(&socket, TAG), &shared, 16, TIMEOUT)
         .unwrap_or_else(|e| panic!("vhost-user-fs: {e}"));

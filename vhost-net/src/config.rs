@@ -169,6 +169,48 @@ mod tests {
         parse(&v)
     }
 
+    /// The launcher's typed options (vhostkit-launch, used by the VMM, the tests
+    /// and the benchmarks) render flags and values this parser takes, each to the
+    /// value meant: a flag renamed on either side fails here.
+    #[test]
+    fn launch_args_parse() {
+        use vhostkit_tests::launch::net::{HostIp, Mac, NetArgs};
+        use vhostkit_tests::launch::{Launch, LogLevel, SeccompAction};
+        let daemon = NetArgs {
+            host_ip: Some(HostIp {
+                addr: Ipv4Addr::new(10, 9, 8, 1).into(),
+                prefix: 24,
+            }),
+            mac: Some(Mac([0x52, 0x54, 0, 0xab, 0xcd, 0xef])),
+            mtu: Some(9000),
+            num_queue_pairs: Some(3),
+            queue_size: Some(512),
+            poll_us: Some(15),
+            ..NetArgs::new("vk7")
+        };
+        let launch = Launch::on_socket("/tmp/n.sock", daemon)
+            .seccomp(SeccompAction::Trap)
+            .log_level(LogLevel::Debug);
+        let args =
+            Args::try_parse_from(std::iter::once("vhost-user-net".into()).chain(launch.to_args()))
+                .unwrap();
+        let c = NetConfig::try_from(args).unwrap();
+        assert_eq!(
+            c.listen,
+            ListenAddr::Path {
+                path: "/tmp/n.sock".into(),
+                group: None
+            }
+        );
+        assert_eq!(c.tap, "vk7");
+        assert_eq!(c.host_ip, Some((Ipv4Addr::new(10, 9, 8, 1), 24)));
+        assert_eq!(c.mac, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
+        assert_eq!((c.mtu, c.num_queue_pairs, c.queue_size), (9000, 3, 512));
+        assert_eq!(c.poll, Duration::from_micros(15));
+        assert_eq!(c.seccomp, SeccompAction::Trap);
+        assert_eq!(c.log_level, "debug");
+    }
+
     #[test]
     fn defaults() {
         let c = with(&[]).unwrap();

@@ -18,7 +18,6 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,8 @@ use vhostkit_benches::setup::{ours_bin, parse_size, RunDir};
 use vhostkit_driver::blk::{BlkDevice, BlkQueue, BlkRequest, SECTOR_SIZE, VIRTIO_BLK_S_OK};
 use vhostkit_driver::{DriverConfig, VIRTIO_RING_F_EVENT_IDX};
 use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, qemu_storage_daemon_version, DaemonProcess};
+use vhostkit_tests::launch::blk::{BlkArgs, Engine};
+use vhostkit_tests::launch::{Launch, LogLevel};
 use vhostkit_tests::Rng;
 
 /// Compare vhost-user-blk with qemu-storage-daemon through a user-space driver.
@@ -65,8 +66,8 @@ struct Args {
     queue_size: u16,
 
     /// I/O engine of our daemon for the comparison rows.
-    #[arg(long, default_value = "io_uring", value_parser = ["io_uring", "sync"])]
-    engine: String,
+    #[arg(long, value_enum, default_value_t = Engine::IoUring)]
+    engine: Engine,
 
     /// qemu-storage-daemon aio mode; io_uring falls back to threads if refused.
     #[arg(long, default_value = "io_uring", value_parser = ["io_uring", "threads", "native"])]
@@ -141,7 +142,7 @@ fn workloads() -> Vec<Workload> {
 /// A backend as started for one measurement.
 #[derive(Clone, Debug)]
 enum Backend {
-    Ours { bin: PathBuf, engine: String },
+    Ours { bin: PathBuf, engine: Engine },
     Qsd { aio: String },
 }
 
@@ -166,19 +167,15 @@ impl Backend {
         });
         let (name, cmd) = match self {
             Backend::Ours { bin, engine } => {
-                let mut cmd = Command::new(bin);
-                cmd.arg("--socket-path")
-                    .arg(&socket)
-                    .arg("--path")
-                    .arg(image)
-                    .arg("--num-queues")
-                    .arg(queues.to_string())
-                    .arg("--queue-size")
-                    .arg(qsize.to_string())
-                    .arg("--engine")
-                    .arg(engine)
-                    .arg("--log-level")
-                    .arg("warn");
+                let daemon = BlkArgs {
+                    num_queues: Some(queues),
+                    queue_size: Some(qsize),
+                    engine: Some(*engine),
+                    ..BlkArgs::new(image)
+                };
+                let cmd = Launch::on_socket(&socket, daemon)
+                    .log_level(LogLevel::Warn)
+                    .command(bin);
                 ("vhost-user-blk", cmd)
             }
             Backend::Qsd { aio } => (
@@ -522,11 +519,11 @@ fn run(mut args: Args) -> Result<(), String> {
     };
     let ours = Backend::Ours {
         bin: bin.clone(),
-        engine: args.engine.clone(),
+        engine: args.engine,
     };
     let ours_null = Backend::Ours {
         bin,
-        engine: "null".into(),
+        engine: Engine::Null,
     };
 
     // qemu-storage-daemon: the requested aio mode, or threads if it refuses it.

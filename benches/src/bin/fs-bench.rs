@@ -36,7 +36,9 @@ use vhostkit_benches::setup::{ours_bin, parse_size, RunDir};
 use vhostkit_driver::fs::{body, opcode, reply, FsDevice, FsQueue, ReplyHeader};
 use vhostkit_driver::{DriverConfig, GuestMem};
 use vhostkit_tests::daemon::DaemonProcess;
-use vhostkit_tests::fs::{spawn_fs_daemon, vhost_user_fs_cmd, virtiofsd_cmd, FsTools};
+use vhostkit_tests::fs::{spawn_fs_daemon, virtiofsd_cmd, FsTools};
+use vhostkit_tests::launch::fs::FsArgs;
+use vhostkit_tests::launch::{Launch, LogLevel};
 use vhostkit_tests::Rng;
 
 const LONG_ABOUT: &str = "\
@@ -277,12 +279,14 @@ impl Backend {
         let log = dir.join(format!("{}.log", self.label()));
         let mut cmd = match self {
             Backend::Ours(bin, extra) => {
-                let mut cmd = vhost_user_fs_cmd(bin, &socket, share, "ours");
-                cmd.arg("--num-request-queues")
-                    .arg(queues.to_string())
-                    .args(["--log-level", "warn"])
-                    .args(extra);
-                cmd
+                let daemon = FsArgs {
+                    num_request_queues: Some(queues),
+                    ..FsArgs::tagged(share, "ours")
+                };
+                Launch::on_socket(&socket, daemon)
+                    .log_level(LogLevel::Warn)
+                    .extra(extra)
+                    .command(bin)
             }
             Backend::Virtiofsd(bin) => {
                 let tools = FsTools {

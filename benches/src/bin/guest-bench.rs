@@ -45,6 +45,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -52,18 +53,22 @@ use vhostkit_benches::report::{process_cpu_seconds, Measurement, OutputArgs, Rep
 use vhostkit_tests::daemon::{
     qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
 };
-use vhostkit_tests::fs::{spawn_fs_daemon, vhost_user_fs_cmd, virtiofsd_bin, virtiofsd_cmd_with};
+use vhostkit_tests::fs::{spawn_fs_daemon, virtiofsd_bin, virtiofsd_cmd_with};
 use vhostkit_tests::guest::{
     hardware_kvm, vhostkit_bin, Accel, BlkDevice, FsDevice, Guest, GuestImage, NetDevice, Vmm,
 };
+use vhostkit_tests::launch::blk::{BlkArgs, Engine};
+use vhostkit_tests::launch::fs::{Cache, FsArgs};
+use vhostkit_tests::launch::net::{HostIp, Mac, NetArgs};
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::netns::{self, NetNs};
 use vhostkit_tests::TempDir;
 
 const NUM_QUEUES: u16 = 2;
 /// Queue pairs of the guest's network device, on both backends.
 const NET_QUEUE_PAIRS: u16 = 2;
-const GUEST_MAC: &str = "52:54:00:77:00:02";
-const HOST_IP: &str = "10.77.0.1";
+const GUEST_MAC: Mac = Mac([0x52, 0x54, 0x00, 0x77, 0x00, 0x02]);
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const GUEST_IP: &str = "10.77.0.2";
 const IPERF_PORT: u16 = 5201;
 /// The virtio-fs tags: `vkfs-ours`, `vkfs-peer`.
@@ -261,8 +266,8 @@ struct Args {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(64..=16384))]
     image_mib: u64,
     /// I/O engine of our daemon (its --engine).
-    #[arg(long, default_value = "io_uring")]
-    engine: String,
+    #[arg(long, value_enum, default_value_t = Engine::IoUring)]
+    engine: Engine,
     /// qemu-storage-daemon's aio mode (threads or io_uring; native needs O_DIRECT,
     /// which /dev/shm does not offer).
     #[arg(long, default_value = "io_uring")]
@@ -300,6 +305,15 @@ impl FsCache {
             FsCache::Auto => "auto",
             FsCache::Always => "always",
             FsCache::Never => "never",
+        }
+    }
+
+    /// Our daemon's `--cache` of the same name.
+    fn ours(self) -> Cache {
+        match self {
+            FsCache::Auto => Cache::Auto,
+            FsCache::Always => Cache::Always,
+            FsCache::Never => Cache::Never,
         }
     }
 }
@@ -1392,12 +1406,17 @@ impl NetHost {
             Some(bin) => {
                 let log = File::create(&log_path)
                     .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+                let daemon = NetArgs {
+                    mac: Some(GUEST_MAC),
+                    num_queue_pairs: Some(NET_QUEUE_PAIRS),
+                    host_ip: Some(HostIp {
+                        addr: HOST_IP.into(),
+                        prefix: 24,
+                    }),
+                    ..NetArgs::new(&tap)
+                };
                 let mut cmd = ns.command(bin);
-                cmd.arg("--socket-path")
-                    .arg(socket)
-                    .args(["--tap", &tap, "--mac", GUEST_MAC])
-                    .args(["--num-queue-pairs", &NET_QUEUE_PAIRS.to_string()])
-                    .args(["--host-ip", &format!("{HOST_IP}/24")])
+                cmd.args(Launch::on_socket(socket, daemon).to_args())
                     .stdout(Stdio::null())
                     .stderr(Stdio::from(log));
                 let daemon =
@@ -1406,18 +1425,27 @@ impl NetHost {
                             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                             format!("{e}\n----- vhost-user-net log -----\n{log}")
                         })?;
-                let dev = NetDevice::vhost_user(socket, NET_QUEUE_PAIRS).mac(GUEST_MAC);
+                let dev = NetDevice::vhost_user(socket, NET_QUEUE_PAIRS).mac(GUEST_MAC.to_string());
                 (Some(daemon), dev)
             }
             None => {
                 ns.add_tap(&tap, NET_QUEUE_PAIRS > 1, &format!("{HOST_IP}/24"))
                     .map_err(|e| format!("cannot make the tap for QEMU: {e}"))?;
-                (None, NetDevice::tap(&tap, NET_QUEUE_PAIRS).mac(GUEST_MAC))
+                (
+                    None,
+                    NetDevice::tap(&tap, NET_QUEUE_PAIRS).mac(GUEST_MAC.to_string()),
+                )
             }
         };
         let server = ns
             .command("iperf3")
-            .args(["-s", "-B", HOST_IP, "-p", &IPERF_PORT.to_string()])
+            .args([
+                "-s",
+                "-B",
+                &HOST_IP.to_string(),
+                "-p",
+                &IPERF_PORT.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1488,16 +1516,12 @@ fn boot_once(
         let mut cmd = if use_peer {
             qemu_storage_daemon_cmd(&disk, &socket, NUM_QUEUES, &args.peer_aio)
         } else {
-            let mut cmd = Command::new(bins.blk);
-            cmd.arg("--socket-path")
-                .arg(&socket)
-                .arg("--path")
-                .arg(&disk)
-                .arg("--num-queues")
-                .arg(NUM_QUEUES.to_string())
-                .arg("--engine")
-                .arg(&args.engine);
-            cmd
+            let daemon = BlkArgs {
+                num_queues: Some(NUM_QUEUES),
+                engine: Some(args.engine),
+                ..BlkArgs::new(&disk)
+            };
+            Launch::on_socket(&socket, daemon).command(bins.blk)
         };
         let log = File::create(&log_path)
             .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
@@ -1876,8 +1900,11 @@ impl FsHost {
                 virtiofsd_cmd_with(bin, &socket, &shared, cache),
             )
         } else {
-            let mut cmd = vhost_user_fs_cmd(bins.fs, &socket, &shared, &fs_tag(tag));
-            cmd.args(["--cache", cache]);
+            let daemon = FsArgs {
+                cache: Some(args.fs_cache.ours()),
+                ..FsArgs::tagged(&shared, fs_tag(tag))
+            };
+            let cmd = Launch::on_socket(&socket, daemon).command(bins.fs);
             ("vhost-user-fs", cmd)
         };
         let log = File::create(&log_path)
