@@ -130,11 +130,9 @@ pub enum LogLevel {
     Off,
 }
 
-/// A daemon with its own options (`A`) and those every daemon takes.
+/// The options every daemon takes, after its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Launch<A> {
-    /// The daemon's own options.
-    pub daemon: A,
+pub struct CommonArgs {
     pub listen: Listen,
     /// `--socket-group`.
     pub socket_group: Option<String>,
@@ -142,6 +140,44 @@ pub struct Launch<A> {
     pub seccomp: Option<SeccompAction>,
     /// `--log-level`; `None`: the daemon's default (info).
     pub log_level: Option<LogLevel>,
+}
+
+impl CommonArgs {
+    /// Listening on `listen`, the rest the daemon's defaults.
+    pub fn new(listen: Listen) -> Self {
+        CommonArgs {
+            listen,
+            socket_group: None,
+            seccomp: None,
+            log_level: None,
+        }
+    }
+
+    /// Adds the options to `args`, each with its flag.
+    pub fn render(&self, args: &mut ArgList) {
+        match &self.listen {
+            Listen::Path(p) => args.path("--socket-path", p),
+            Listen::Fd(fd) => args.value("--fd", fd),
+        };
+        args.opt_value("--socket-group", self.socket_group.as_deref())
+            .choice("--seccomp", self.seccomp)
+            .choice("--log-level", self.log_level);
+    }
+
+    /// The options as arguments.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args = ArgList::default();
+        self.render(&mut args);
+        args.into_vec()
+    }
+}
+
+/// A daemon with its own options (`A`) and those every daemon takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch<A> {
+    /// The daemon's own options.
+    pub daemon: A,
+    pub common: CommonArgs,
     /// Arguments after all the others, as they are: see [`ArgList::raw`].
     pub extra: Vec<OsString>,
 }
@@ -160,26 +196,23 @@ impl<A: DaemonArgs> Launch<A> {
     fn new(listen: Listen, daemon: A) -> Self {
         Launch {
             daemon,
-            listen,
-            socket_group: None,
-            seccomp: None,
-            log_level: None,
+            common: CommonArgs::new(listen),
             extra: Vec::new(),
         }
     }
 
     pub fn socket_group(mut self, group: impl Into<String>) -> Self {
-        self.socket_group = Some(group.into());
+        self.common.socket_group = Some(group.into());
         self
     }
 
     pub fn seccomp(mut self, action: SeccompAction) -> Self {
-        self.seccomp = Some(action);
+        self.common.seccomp = Some(action);
         self
     }
 
     pub fn log_level(mut self, level: LogLevel) -> Self {
-        self.log_level = Some(level);
+        self.common.log_level = Some(level);
         self
     }
 
@@ -196,7 +229,7 @@ impl<A: DaemonArgs> Launch<A> {
 
     /// The socket path, if the daemon creates one.
     pub fn socket_path(&self) -> Option<&Path> {
-        match &self.listen {
+        match &self.common.listen {
             Listen::Path(p) => Some(p),
             Listen::Fd(_) => None,
         }
@@ -207,14 +240,8 @@ impl<A: DaemonArgs> Launch<A> {
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args = ArgList::default();
         self.daemon.render(&mut args);
-        match &self.listen {
-            Listen::Path(p) => args.path("--socket-path", p),
-            Listen::Fd(fd) => args.value("--fd", fd),
-        };
-        args.opt_value("--socket-group", self.socket_group.as_deref())
-            .choice("--seccomp", self.seccomp)
-            .choice("--log-level", self.log_level)
-            .raw(&self.extra);
+        self.common.render(&mut args);
+        args.raw(&self.extra);
         args.into_vec()
     }
 
