@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use vhostkit_common::lifecycle::StopHandle;
+use vhostkit_launch::blk::{BlkArgs, Engine};
+use vhostkit_launch::{DaemonArgs, Launch, LogLevel};
 use vhostkit_vmm::memory::{self, GuestMemory};
 use vhostkit_vmm::virtio::devices::{blk, fs, net, DeviceLayout, VhostUserDevice};
 use vhostkit_vmm::virtio::mmio::{MmioTransport, MMIO_WINDOW, STATUS};
@@ -91,20 +93,14 @@ impl State {
         let file = std::fs::File::create(&image).expect("create the image");
         file.set_len(IMAGE_SIZE).expect("size the image");
         let socket = dir.join("blk.sock");
-        let args = vhost_blk::Args::try_parse_from([
-            "vhost-user-blk".as_ref(),
-            "--socket-path".as_ref(),
-            socket.as_os_str(),
-            "--path".as_ref(),
-            image.as_os_str(),
-            "--num-queues".as_ref(),
-            DAEMON_QUEUES.to_string().as_ref(),
-            "--engine".as_ref(),
-            "sync".as_ref(),
-            "--log-level".as_ref(),
-            "off".as_ref(),
-        ])
-        .expect("daemon arguments");
+        let daemon = BlkArgs {
+            num_queues: Some(DAEMON_QUEUES),
+            engine: Some(Engine::Sync),
+            ..BlkArgs::new(&image)
+        };
+        let launch = Launch::on_socket(&socket, daemon).log_level(LogLevel::Off);
+        let argv = std::iter::once(BlkArgs::PROGRAM.into()).chain(launch.to_args());
+        let args = vhost_blk::Args::try_parse_from(argv).expect("daemon arguments");
         let config = vhost_blk::BlkConfig::try_from(args).expect("daemon config");
         let stop = StopHandle::new().expect("stop handle");
         let daemon_stop = stop.clone();

@@ -64,8 +64,8 @@ impl DaemonArgs for BlkArgs {
         args.path("--path", &self.path)
             .switch("--readonly", self.readonly)
             .opt_value("--num-queues", self.num_queues)
-            .opt_value("--queue-size", self.queue_size)
             .switch("--direct", self.direct)
+            .opt_value("--queue-size", self.queue_size)
             .opt_value("--serial", self.serial.as_deref())
             .choice("--engine", self.engine)
             .opt_value("--poll-us", self.poll_us);

@@ -395,6 +395,7 @@ impl TryFrom<RunArgs> for RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
     use vhostkit_tests::TempDir;
 
     fn parse(args: &[&str]) -> std::result::Result<RunConfig, String> {
@@ -420,15 +421,12 @@ mod tests {
 
     /// Our daemon `program` with `args`; blk and net get the `--queue-size` vhostkit
     /// always passes (the default unless a spec gave one).
-    fn daemon(program: &str, args: &[&str]) -> DeviceBackend {
-        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    fn daemon(program: &'static str, args: &[&str]) -> DeviceBackend {
+        let mut args: Vec<OsString> = args.iter().map(OsString::from).collect();
         if program != "vhost-user-fs" && !args.iter().any(|a| a == "--queue-size") {
-            args.extend(["--queue-size".into(), DEFAULT_QUEUE_SIZE.to_string()]);
+            args.extend(["--queue-size".into(), DEFAULT_QUEUE_SIZE.to_string().into()]);
         }
-        DeviceBackend::Daemon {
-            program: program.into(),
-            args,
-        }
+        DeviceBackend::Daemon { program, args }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! log lines are seen; it gets SIGTERM if the thread that started it dies
 //! (`PR_SET_PDEATHSIG`), and dropping [`Daemons`] stops and reaps them all.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use crate::config::{DeviceBackend, DeviceConfig, SeccompAction};
-use crate::virtio::devices::CommonArgs;
+use clap::ValueEnum;
+use vhostkit_launch::{CommonArgs, Listen, LogLevel};
 
 /// How long a daemon may take to listen on its socket.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,7 +35,7 @@ pub enum DaemonError {
     #[error("cannot find the vhostkit executable")]
     CurrentExe(#[source] io::Error),
     #[error("{program} not found next to {exe} (build it: cargo build --workspace --bins)")]
-    NotFound { program: String, exe: PathBuf },
+    NotFound { program: &'static str, exe: PathBuf },
     #[error("cannot create a folder for the daemons' sockets under {0}")]
     TempDir(PathBuf, #[source] io::Error),
     #[error("cannot start {0}")]
@@ -196,7 +197,7 @@ impl Daemons {
             if let DeviceBackend::Daemon { program, .. } = &dev.backend {
                 if !bin_dir.join(program).is_file() {
                     return Err(DaemonError::NotFound {
-                        program: program.clone(),
+                        program,
                         exe: exe.to_path_buf(),
                     });
                 }
@@ -214,12 +215,13 @@ impl Daemons {
                     let socket = daemons.dir.socket(format!("{i}-{program}.sock"));
                     let what = format!("{program} for {}", dev.describe());
                     let common = CommonArgs {
-                        seccomp,
-                        socket_path: socket.clone(),
-                        log_level: log_level.into(),
+                        seccomp: Some(seccomp),
+                        // The VMM's parser took its level from the same names.
+                        log_level: LogLevel::from_str(log_level, false).ok(),
+                        ..CommonArgs::new(Listen::Path(socket.clone()))
                     };
                     // On error, dropping `daemons` stops those started so far.
-                    daemons.spawn(&bin_dir.join(program), args, &common, what)?;
+                    daemons.spawn(&bin_dir.join(program), args, &common, &socket, what)?;
                     sockets.push(socket);
                 }
             }
@@ -230,11 +232,11 @@ impl Daemons {
     fn spawn(
         &mut self,
         bin: &Path,
-        args: &[String],
+        args: &[OsString],
         common: &CommonArgs,
+        socket: &Path,
         what: String,
     ) -> Result<(), DaemonError> {
-        let socket = common.socket_path.as_path();
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .args(common.to_args())
@@ -372,8 +374,8 @@ mod tests {
         DeviceConfig {
             kind: DeviceKind::Block,
             backend: DeviceBackend::Daemon {
-                program: "vhost-user-blk".into(),
-                args: args.iter().map(|s| s.to_string()).collect(),
+                program: "vhost-user-blk",
+                args: args.iter().map(OsString::from).collect(),
             },
             num_queues: None,
             queue_size: crate::config::DEFAULT_QUEUE_SIZE,
@@ -465,7 +467,7 @@ mod tests {
         let dev = DeviceConfig {
             kind: DeviceKind::Net { mac: None },
             backend: DeviceBackend::Daemon {
-                program: "vhost-user-net".into(),
+                program: "vhost-user-net",
                 args: vec!["--tap".into(), "vk0".into()],
             },
             num_queues: None,

@@ -13,11 +13,12 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
 use vhostkit_tests::guest::{BlkDevice, Guest, GuestImage, Initrd, Vmm, MARK_POWEROFF};
+use vhostkit_tests::launch::blk::BlkArgs;
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::TempDir;
 
 const VHOSTKIT: &str = env!("CARGO_BIN_EXE_vhostkit");
@@ -145,13 +146,11 @@ fn linux_boots_through_vhostkit_and_runs_fio_with_verify() {
         .and_then(|f| f.set_len(IMAGE_BYTES))
         .expect("create the disk image");
     let socket = dir.join("blk.sock");
-    let mut cmd = Command::new(&daemon);
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .arg("--path")
-        .arg(&disk)
-        .arg("--num-queues")
-        .arg(NUM_QUEUES.to_string());
+    let options = BlkArgs {
+        num_queues: Some(NUM_QUEUES),
+        ..BlkArgs::new(&disk)
+    };
+    let cmd = Launch::on_socket(&socket, options).command(&daemon);
     let mut daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &socket, Duration::from_secs(10))
         .expect("start vhost-user-blk");
 

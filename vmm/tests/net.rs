@@ -5,12 +5,15 @@
 
 mod support;
 
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use support::*;
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
+use vhostkit_tests::launch::net::{HostIp, NetArgs};
+use vhostkit_tests::launch::{Launch, LogLevel};
 use vhostkit_tests::packet::{frame, PacketSocket, ETHERTYPE_TEST};
 use vhostkit_tests::util::{run_to_end, Finished, TempDir};
 
@@ -89,11 +92,16 @@ fn net_guest_sends_and_receives_a_frame_through_vhost_user_net() {
     let dir = TempDir::new("vmm-net").unwrap();
     let sock_path = dir.join("net.sock");
     let tap = tap_name();
-    let mut cmd = Command::new(workspace_bin("vhost-user-net"));
-    cmd.arg("--socket-path")
-        .arg(&sock_path)
-        .args(["--tap", &tap, "--host-ip", "10.214.7.1/24"])
-        .args(["--log-level", "warn"]);
+    let daemon = NetArgs {
+        host_ip: Some(HostIp {
+            addr: Ipv4Addr::new(10, 214, 7, 1).into(),
+            prefix: 24,
+        }),
+        ..NetArgs::new(&tap)
+    };
+    let cmd = Launch::on_socket(&sock_path, daemon)
+        .log_level(LogLevel::Warn)
+        .command(&workspace_bin("vhost-user-net"));
     let _daemon =
         DaemonProcess::spawn("vhost-user-net", cmd, &sock_path, Duration::from_secs(10)).unwrap();
     let mac = "52:54:00:ab:cd:01";

@@ -5,11 +5,12 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
+use vhostkit_tests::launch::blk::BlkArgs;
+use vhostkit_tests::launch::{Launch, LogLevel};
 use vhostkit_tests::util::TempDir;
 use vhostkit_vmm::memory::{self, GuestMemory};
 use vhostkit_vmm::virtio::devices::{blk, fs, net, DeviceLayout, VhostUserDevice};
@@ -46,14 +47,14 @@ fn setup(tag: &str) -> Option<Setup> {
 /// [`setup`] with a daemon of `queues` queues and the device config `config` makes
 /// from the backend's queue count.
 fn setup_with(tag: &str, queues: u16, config: impl Fn(u16) -> DeviceLayout) -> Option<Setup> {
-    setup_with_args(tag, queues, &[], config)
+    setup_with_queue_size(tag, queues, None, config)
 }
 
-/// [`setup_with`], the daemon given `args` as well.
-fn setup_with_args(
+/// [`setup_with`], the daemon given `--queue-size` if `queue_size` says.
+fn setup_with_queue_size(
     tag: &str,
     queues: u16,
-    args: &[&str],
+    queue_size: Option<u16>,
     config: impl Fn(u16) -> DeviceLayout,
 ) -> Option<Setup> {
     let bin = workspace_bin("vhost-user-blk");
@@ -67,16 +68,14 @@ fn setup_with_args(
     let dir = TempDir::new(tag).unwrap();
     let image = dir.image(IMAGE_SIZE).unwrap();
     let sock = dir.join("blk.sock");
-    let mut cmd = Command::new(bin);
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .arg("--path")
-        .arg(&image)
-        .arg("--num-queues")
-        .arg(queues.to_string())
-        .arg("--log-level")
-        .arg("warn")
-        .args(args);
+    let daemon = BlkArgs {
+        num_queues: Some(queues),
+        queue_size,
+        ..BlkArgs::new(&image)
+    };
+    let cmd = Launch::on_socket(&sock, daemon)
+        .log_level(LogLevel::Warn)
+        .command(&bin);
     let daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10))
         .expect("vhost-user-blk starts");
     let mem = Arc::new(memory::create(MEM_SIZE).unwrap());
@@ -575,7 +574,7 @@ fn queue_num_max_is_what_the_backend_takes() {
     let c = RunConfig::try_from(run).unwrap();
     let queue_size = c.devices[0].queue_size;
     assert_eq!(queue_size, QSIZE);
-    let Some(mut s) = setup_with_args("vmm-qsize", 1, &["--queue-size", "16"], |q| {
+    let Some(mut s) = setup_with_queue_size("vmm-qsize", 1, Some(16), |q| {
         blk::layout(q, None, queue_size)
     }) else {
         return;

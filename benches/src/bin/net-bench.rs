@@ -41,6 +41,8 @@ use vhostkit_driver::net::{
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
 };
 use vhostkit_driver::{Buf, DriverConfig};
+use vhostkit_tests::launch::net::{Mac, NetArgs};
+use vhostkit_tests::launch::{Launch, LogLevel};
 
 /// Compare vhost-user-net with DPDK's vhost-user PMD through a user-space driver.
 #[derive(Parser, Debug)]
@@ -381,13 +383,14 @@ impl Backend {
     fn command(&self, socket: &Path, tap: &str, qsize: u16) -> Command {
         match self {
             Backend::Ours { bin } => {
-                let mut cmd = Command::new(bin);
-                cmd.arg("--socket-path")
-                    .arg(socket)
-                    .args(["--tap", tap, "--mac", "52:54:00:12:34:56"])
-                    .args(["--queue-size", &qsize.max(256).to_string()])
-                    .args(["--log-level", "warn"]);
-                cmd
+                let daemon = NetArgs {
+                    mac: Some(Mac(GUEST_MAC)),
+                    queue_size: Some(qsize.max(256)),
+                    ..NetArgs::new(tap)
+                };
+                Launch::on_socket(socket, daemon)
+                    .log_level(LogLevel::Warn)
+                    .command(bin)
             }
             Backend::Dpdk { bin, lcores } => {
                 let mut cmd = Command::new(bin);

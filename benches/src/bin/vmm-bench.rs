@@ -39,6 +39,8 @@ use clap::Parser;
 use vhostkit_benches::report::{Measurement, OutputArgs, Report, Row};
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
 use vhostkit_tests::guest::{hardware_kvm, GuestImage};
+use vhostkit_tests::launch::blk::BlkArgs;
+use vhostkit_tests::launch::{Launch, LogLevel};
 use vhostkit_tests::TempDir;
 
 const HELLO_LINE: &str = "vhostkit test guest: hello";
@@ -408,12 +410,9 @@ fn blk_row(
     for round in 0..rounds {
         let image = dir.image(1 << 20).map_err(|e| format!("image: {e}"))?;
         let sock = dir.join("blk.sock");
-        let mut cmd = Command::new(&daemon_bin);
-        cmd.arg("--socket-path")
-            .arg(&sock)
-            .arg("--path")
-            .arg(&image)
-            .args(["--log-level", "warn"]);
+        let cmd = Launch::on_socket(&sock, BlkArgs::new(&image))
+            .log_level(LogLevel::Warn)
+            .command(&daemon_bin);
         let mut daemon =
             DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10))
                 .map_err(|e| format!("vhost-user-blk: {e}"))?;
@@ -500,12 +499,9 @@ fn notification_row(
     let dir = TempDir::new("vmm-bench-notify").map_err(|e| format!("temp dir: {e}"))?;
     let image = dir.image(1 << 20).map_err(|e| format!("image: {e}"))?;
     let sock = dir.join("blk.sock");
-    let mut cmd = Command::new(&daemon_bin);
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .arg("--path")
-        .arg(&image)
-        .args(["--log-level", "warn"]);
+    let cmd = Launch::on_socket(&sock, BlkArgs::new(&image))
+        .log_level(LogLevel::Warn)
+        .command(&daemon_bin);
     let mut daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10))
         .map_err(|e| format!("vhost-user-blk: {e}"))?;
     let start = Instant::now();

@@ -9,6 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
+use vhostkit_tests::launch::blk::BlkArgs;
+use vhostkit_tests::launch::{Launch, LogLevel};
 use vhostkit_tests::util::{run_to_end, Finished, TempDir};
 
 pub const VHOSTKIT: &str = env!("CARGO_BIN_EXE_vhostkit");
@@ -59,12 +61,9 @@ pub fn built(name: &str) -> Option<PathBuf> {
 /// vhost-user-blk serving `image` on `dir`/blk.sock (warnings only).
 pub fn blk_daemon(dir: &TempDir, image: &Path) -> DaemonProcess {
     let sock = dir.join("blk.sock");
-    let mut cmd = Command::new(workspace_bin("vhost-user-blk"));
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .arg("--path")
-        .arg(image)
-        .args(["--log-level", "warn"]);
+    let cmd = Launch::on_socket(&sock, BlkArgs::new(image))
+        .log_level(LogLevel::Warn)
+        .command(&workspace_bin("vhost-user-blk"));
     DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10))
         .expect("vhost-user-blk starts")
 }

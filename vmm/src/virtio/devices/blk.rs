@@ -6,13 +6,13 @@ use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use vhostkit_launch::blk::BlkArgs;
 use virtio_bindings::virtio_blk::{virtio_blk_config, VIRTIO_BLK_F_MQ};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
 use super::{
-    check_range, check_utf8, number, on_off, queue_size, resolve, ArgList, ConfigSpace, DaemonArgs,
-    DeviceBackend, DeviceConfig, DeviceKind, DeviceLayout, QueueRequest, VirtioKind,
-    DEFAULT_QUEUE_SIZE, MAX_QUEUE_SIZE,
+    check_range, number, on_off, queue_size, resolve, ConfigSpace, DeviceBackend, DeviceConfig,
+    DeviceKind, DeviceLayout, QueueRequest, VirtioKind, DEFAULT_QUEUE_SIZE, MAX_QUEUE_SIZE,
 };
 
 /// Most queues of a disk (`num-queues`).
@@ -36,33 +36,6 @@ pub struct DiskSpec {
     num_queues: Option<u16>,
     queue_size: Option<u16>,
     direct: Option<bool>,
-}
-
-/// vhost-user-blk's options, as the VMM starts it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlkDaemonArgs {
-    /// `--path`: the image.
-    pub path: PathBuf,
-    /// `--readonly`.
-    pub readonly: bool,
-    /// `--num-queues`, if the user chose.
-    pub num_queues: Option<u16>,
-    /// `--direct` (O_DIRECT).
-    pub direct: bool,
-    /// `--queue-size`: always given, the VMM's QueueNumMax.
-    pub queue_size: u16,
-}
-
-impl DaemonArgs for BlkDaemonArgs {
-    const PROGRAM: &'static str = "vhost-user-blk";
-
-    fn render(&self, args: &mut ArgList) {
-        args.path("--path", &self.path)
-            .switch("--readonly", self.readonly)
-            .opt_value("--num-queues", self.num_queues)
-            .switch("--direct", self.direct)
-            .value("--queue-size", self.queue_size);
-    }
 }
 
 impl VirtioKind for Blk {
@@ -125,13 +98,13 @@ impl VirtioKind for Blk {
                     Ok(_) => {}
                     Err(e) => return Err(format!("path={}: {e}", path.display())),
                 }
-                check_utf8("path", &path)?;
-                DeviceBackend::daemon(&BlkDaemonArgs {
-                    path,
+                DeviceBackend::daemon(&BlkArgs {
                     readonly: spec.readonly == Some(true),
                     num_queues,
                     direct: spec.direct == Some(true),
-                    queue_size,
+                    // Always given: the VMM's QueueNumMax.
+                    queue_size: Some(queue_size),
+                    ..BlkArgs::new(path)
                 })
             }
         };
@@ -177,31 +150,42 @@ mod tests {
         assert_eq!(CONFIG_NUM_QUEUES, 34);
     }
 
-    /// Each option its flag, in one order, `--queue-size` always.
+    /// The daemon the VMM starts for `path=`: each option the spec sets, and
+    /// `--queue-size` always.
     #[test]
     fn daemon_command_line() {
-        let mut a = BlkDaemonArgs {
-            path: "/i.img".into(),
-            readonly: false,
-            num_queues: None,
-            direct: false,
-            queue_size: 256,
+        let args = |spec: DiskSpec| match Blk::validate(spec).unwrap().backend {
+            DeviceBackend::Daemon { program, args } => {
+                assert_eq!(program, "vhost-user-blk");
+                args
+            }
+            other => panic!("{other:?}"),
         };
-        assert_eq!(a.to_args(), ["--path", "/i.img", "--queue-size", "256"]);
-        a.readonly = true;
-        a.direct = true;
-        a.num_queues = Some(2);
+        let path = Some(PathBuf::from("/dev/null"));
+        let plain = DiskSpec {
+            path: path.clone(),
+            ..Default::default()
+        };
+        assert_eq!(args(plain), ["--path", "/dev/null", "--queue-size", "256"]);
+        let full = DiskSpec {
+            path,
+            readonly: Some(true),
+            direct: Some(true),
+            num_queues: Some(2),
+            queue_size: Some(64),
+            ..Default::default()
+        };
         assert_eq!(
-            a.to_args(),
+            args(full),
             [
                 "--path",
-                "/i.img",
+                "/dev/null",
                 "--readonly",
                 "--num-queues",
                 "2",
                 "--direct",
                 "--queue-size",
-                "256"
+                "64"
             ]
         );
     }

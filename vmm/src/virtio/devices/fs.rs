@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use vhostkit_launch::fs::FsArgs;
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 
 use super::{
-    check_range, check_utf8, number, queue_size, resolve, ArgList, ConfigSpace, DaemonArgs,
-    DeviceBackend, DeviceConfig, DeviceKind, DeviceLayout, QueueRequest, VirtioKind,
-    MAX_QUEUE_SIZE,
+    check_range, number, queue_size, resolve, ConfigSpace, DeviceBackend, DeviceConfig, DeviceKind,
+    DeviceLayout, QueueRequest, VirtioKind, MAX_QUEUE_SIZE,
 };
 
 /// Most request queues of a virtio-fs device (`num-queues`): with the hiprio queue,
@@ -38,28 +38,6 @@ pub struct FsSpec {
     tag: Option<String>,
     num_queues: Option<u16>,
     queue_size: Option<u16>,
-}
-
-/// vhost-user-fs's options, as the VMM starts it (no `--sandbox`: see
-/// docs/vmm.md).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FsDaemonArgs {
-    /// `--shared-dir`.
-    pub shared_dir: PathBuf,
-    /// `--tag`.
-    pub tag: String,
-    /// `--num-request-queues`.
-    pub num_request_queues: Option<u16>,
-}
-
-impl DaemonArgs for FsDaemonArgs {
-    const PROGRAM: &'static str = "vhost-user-fs";
-
-    fn render(&self, args: &mut ArgList) {
-        args.path("--shared-dir", &self.shared_dir)
-            .value("--tag", &self.tag)
-            .opt_value("--num-request-queues", self.num_request_queues);
-    }
 }
 
 impl VirtioKind for Fs {
@@ -118,11 +96,9 @@ impl VirtioKind for Fs {
                     Ok(_) => return Err(format!("dir={}: not a folder", dir.display())),
                     Err(e) => return Err(format!("dir={}: {e}", dir.display())),
                 }
-                check_utf8("dir", &dir)?;
-                DeviceBackend::daemon(&FsDaemonArgs {
-                    shared_dir: dir,
-                    tag: tag.clone(),
+                DeviceBackend::daemon(&FsArgs {
                     num_request_queues: num_queues,
+                    ..FsArgs::tagged(dir, &tag)
                 })
             }
         };
@@ -169,20 +145,32 @@ pub fn layout(
 mod tests {
     use super::*;
 
+    /// The daemon the VMM starts for `dir=`: the folder, the tag, the request
+    /// queues if given.
     #[test]
     fn daemon_command_line() {
-        let mut a = FsDaemonArgs {
-            shared_dir: "/srv".into(),
-            tag: "share".into(),
-            num_request_queues: None,
+        let args = |spec: FsSpec| match Fs::validate(spec).unwrap().backend {
+            DeviceBackend::Daemon { program, args } => {
+                assert_eq!(program, "vhost-user-fs");
+                args
+            }
+            other => panic!("{other:?}"),
         };
-        assert_eq!(a.to_args(), ["--shared-dir", "/srv", "--tag", "share"]);
-        a.num_request_queues = Some(2);
+        let spec = FsSpec {
+            dir: Some("/".into()),
+            tag: Some("share".into()),
+            ..Default::default()
+        };
+        assert_eq!(args(spec.clone()), ["--shared-dir", "/", "--tag", "share"]);
+        let two = FsSpec {
+            num_queues: Some(2),
+            ..spec
+        };
         assert_eq!(
-            a.to_args(),
+            args(two),
             [
                 "--shared-dir",
-                "/srv",
+                "/",
                 "--tag",
                 "share",
                 "--num-request-queues",

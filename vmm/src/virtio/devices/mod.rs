@@ -4,24 +4,24 @@
 //! A kind implements [`VirtioKind`]: how the user asks for a device (its
 //! `--OPTION key=value,...` spec and `[[TABLE]]` of the `--config` file, parsed and
 //! validated into a [`DeviceConfig`]), the daemon of ours that serves it (a typed
-//! options struct rendered to a command line by [`daemon_args`]), and what the
+//! options struct of `vhostkit-launch`, rendered to its command line), and what the
 //! guest sees (device ID, features, config space, queues: a [`DeviceLayout`] that
 //! [`VhostUserDevice`] serves over the backend's connection). Adding a kind: a
 //! module, a variant of [`DeviceKind`] with its arms here, and its option and table
 //! in `config.rs` (docs/developers.md, "Adding a device kind").
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
 pub mod blk;
-pub mod daemon_args;
 pub mod fs;
 pub mod net;
 mod vhost_user_device;
 
-pub use daemon_args::{ArgList, CommonArgs, DaemonArgs};
 pub use vhost_user_device::{ConfigSpace, DeviceLayout, VhostUserDevice};
+pub use vhostkit_launch::DaemonArgs;
 
 /// QueueNumMax of a disk or network device unless `queue-size` says otherwise: our
 /// daemons' default `--queue-size`.
@@ -104,16 +104,20 @@ pub enum DeviceBackend {
     /// A vhost-user backend already listening on this socket.
     Socket(PathBuf),
     /// One of our daemons, started by the VMM: the binary name (e.g. "vhost-user-blk")
-    /// and its arguments, without the ones every daemon gets ([`CommonArgs`]: the
-    /// VMM picks the socket). Rendered from a kind's [`DaemonArgs`] struct.
-    Daemon { program: String, args: Vec<String> },
+    /// and its arguments, without the ones every daemon gets
+    /// ([`vhostkit_launch::CommonArgs`]: the VMM picks the socket). Rendered from
+    /// the daemon's [`DaemonArgs`] struct.
+    Daemon {
+        program: &'static str,
+        args: Vec<OsString>,
+    },
 }
 
 impl DeviceBackend {
     /// The command line of a daemon `options` describe.
     pub fn daemon<A: DaemonArgs>(options: &A) -> Self {
         DeviceBackend::Daemon {
-            program: A::PROGRAM.into(),
+            program: A::PROGRAM,
             args: options.to_args(),
         }
     }
@@ -129,8 +133,13 @@ impl DeviceConfig {
             DeviceBackend::Daemon { program, args } => {
                 let (key, flag) = self.kind.daemon_key();
                 match args.iter().position(|a| a == flag) {
-                    Some(i) if i + 1 < args.len() => format!("{option} {key}={}", args[i + 1]),
-                    _ => format!("{option} ({program} {})", args.join(" ")),
+                    Some(i) if i + 1 < args.len() => {
+                        format!("{option} {key}={}", args[i + 1].to_string_lossy())
+                    }
+                    _ => {
+                        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+                        format!("{option} ({program} {})", args.join(" "))
+                    }
                 }
             }
         }
@@ -258,15 +267,6 @@ pub fn check_range(key: &str, n: u16, max: u16) -> Result<u16, String> {
         Ok(n)
     } else {
         Err(format!("{key}={n}: must be 1 to {max}"))
-    }
-}
-
-/// Checks that a path can be a daemon argument (our command lines are UTF-8
-/// strings; a `--config` file in a non-UTF-8 folder could make one that is not).
-pub fn check_utf8(key: &str, path: &Path) -> Result<(), String> {
-    match path.to_str() {
-        Some(_) => Ok(()),
-        None => Err(format!("{key}={}: not valid UTF-8", path.display())),
     }
 }
 

@@ -3,12 +3,12 @@
 //! up, `max_virtqueue_pairs`) is the VMM's, as in QEMU and cloud-hypervisor; so are
 //! the MAC and STATUS features.
 
-use std::fmt;
 use std::mem::offset_of;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use vhostkit_launch::net::{HostIp, Mac, NetArgs};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     virtio_net_config, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ,
@@ -16,9 +16,8 @@ use virtio_bindings::virtio_net::{
 };
 
 use super::{
-    check_range, number, queue_size, resolve, ArgList, ConfigSpace, DaemonArgs, DeviceBackend,
-    DeviceConfig, DeviceKind, DeviceLayout, QueueRequest, VirtioKind, DEFAULT_QUEUE_SIZE,
-    MAX_QUEUE_SIZE,
+    check_range, number, queue_size, resolve, ConfigSpace, DeviceBackend, DeviceConfig, DeviceKind,
+    DeviceLayout, QueueRequest, VirtioKind, DEFAULT_QUEUE_SIZE, MAX_QUEUE_SIZE,
 };
 
 /// Most queue pairs of a network device (`num-queue-pairs`): 64 virtqueues.
@@ -45,56 +44,6 @@ pub struct NetSpec {
     mac: Option<String>,
     num_queue_pairs: Option<u16>,
     queue_size: Option<u16>,
-}
-
-/// `--host-ip ADDR/PREFIX`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostIp {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl fmt::Display for HostIp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// A MAC address as a daemon argument: lower-case hex bytes with colons.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Mac(pub [u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.map(|b| format!("{b:02x}")).join(":"))
-    }
-}
-
-/// vhost-user-net's options, as the VMM starts it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetDaemonArgs {
-    /// `--tap`: the interface name.
-    pub tap: String,
-    /// `--host-ip`: the tap's address on the host.
-    pub host_ip: Option<HostIp>,
-    /// `--mac`: the guest's address.
-    pub mac: Option<Mac>,
-    /// `--num-queue-pairs`.
-    pub num_queue_pairs: Option<u16>,
-    /// `--queue-size`: always given, the VMM's QueueNumMax.
-    pub queue_size: u16,
-}
-
-impl DaemonArgs for NetDaemonArgs {
-    const PROGRAM: &'static str = "vhost-user-net";
-
-    fn render(&self, args: &mut ArgList) {
-        args.value("--tap", &self.tap)
-            .opt_value("--host-ip", self.host_ip)
-            .opt_value("--mac", self.mac)
-            .opt_value("--num-queue-pairs", self.num_queue_pairs)
-            .value("--queue-size", self.queue_size);
-    }
 }
 
 /// Parses a unicast MAC address "52:54:00:12:34:56".
@@ -199,12 +148,13 @@ impl VirtioKind for Net {
                     ));
                 }
                 let host_ip = spec.host_ip.as_deref().map(parse_host_ip).transpose()?;
-                DeviceBackend::daemon(&NetDaemonArgs {
-                    tap,
+                DeviceBackend::daemon(&NetArgs {
                     host_ip,
                     mac: mac.map(Mac),
                     num_queue_pairs: pairs,
-                    queue_size,
+                    // Always given: the VMM's QueueNumMax.
+                    queue_size: Some(queue_size),
+                    ..NetArgs::new(tap)
                 })
             }
         };
@@ -262,17 +212,23 @@ mod tests {
         assert_eq!(CTRL_FEATURES, 1 << 17 | 1 << 22);
     }
 
+    /// The daemon the VMM starts for `tap=`: each option the spec sets, and
+    /// `--queue-size` always.
     #[test]
     fn daemon_command_line() {
-        let a = NetDaemonArgs {
-            tap: "vk1".into(),
-            host_ip: Some(parse_host_ip("192.168.100.1/24").unwrap()),
-            mac: Some(Mac([2, 0, 0, 0, 0, 0x0a])),
+        let spec = NetSpec {
+            tap: Some("vk1".into()),
+            host_ip: Some("192.168.100.1/24".into()),
+            mac: Some("02:00:00:00:00:0a".into()),
             num_queue_pairs: Some(3),
-            queue_size: 256,
+            ..Default::default()
         };
+        let DeviceBackend::Daemon { program, args } = Net::validate(spec).unwrap().backend else {
+            panic!("not a daemon");
+        };
+        assert_eq!(program, "vhost-user-net");
         assert_eq!(
-            a.to_args(),
+            args,
             [
                 "--tap",
                 "vk1",
