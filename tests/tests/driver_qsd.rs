@@ -17,6 +17,8 @@ use vhostkit_driver::{
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, workspace_bin, DaemonProcess};
+use vhostkit_tests::launch::blk::BlkArgs;
+use vhostkit_tests::launch::{Launch, LogLevel};
 use vhostkit_tests::TempDir;
 
 const IMAGE_SIZE: u64 = 64 << 20;
@@ -142,15 +144,13 @@ fn start_ours(dir: &Path, queues: u16) -> Option<DaemonProcess> {
         .and_then(|f| f.set_len(IMAGE_SIZE))
         .expect("create image");
     let socket = dir.join("ours.sock");
-    let mut cmd = std::process::Command::new(bin);
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .arg("--path")
-        .arg(&image)
-        .arg("--num-queues")
-        .arg(queues.to_string())
-        .arg("--log-level")
-        .arg("warn");
+    let daemon = BlkArgs {
+        num_queues: Some(queues),
+        ..BlkArgs::new(&image)
+    };
+    let cmd = Launch::on_socket(&socket, daemon)
+        .log_level(LogLevel::Warn)
+        .command(&bin);
     Some(
         DaemonProcess::spawn("vhost-user-blk", cmd, &socket, Duration::from_secs(10))
             .expect("start vhost-user-blk"),

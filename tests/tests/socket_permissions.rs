@@ -12,10 +12,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use vhostkit_tests::daemon::{workspace_bin, DaemonProcess};
+use vhostkit_tests::launch::blk::BlkArgs;
+use vhostkit_tests::launch::fs::FsArgs;
+use vhostkit_tests::launch::net::NetArgs;
+use vhostkit_tests::launch::{DaemonArgs, Launch};
 use vhostkit_tests::TempDir;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,14 +74,11 @@ fn can_connect(path: &Path, uid: libc::uid_t, gid: libc::gid_t) -> bool {
     }
 }
 
-/// Starts `daemon` with `args` under umask 000.
-fn start(dir: &TempDir, daemon: &str, args: &[&str]) -> DaemonProcess {
-    let sock = dir.join("d.sock");
-    let mut cmd = Command::new(workspace_bin(daemon));
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .args(args)
-        .env_remove("RUST_LOG")
+/// Starts `launch` under umask 000, its stderr in `dir/daemon.log`.
+fn start<A: DaemonArgs>(dir: &TempDir, launch: &Launch<A>) -> DaemonProcess {
+    let sock = launch.socket_path().expect("a daemon creating its socket");
+    let mut cmd = launch.command(&workspace_bin(A::PROGRAM));
+    cmd.env_remove("RUST_LOG")
         .stderr(Stdio::from(File::create(dir.join("daemon.log")).unwrap()));
     // SAFETY: umask is async-signal-safe and touches only the child's mask.
     unsafe {
@@ -86,16 +87,19 @@ fn start(dir: &TempDir, daemon: &str, args: &[&str]) -> DaemonProcess {
             Ok(())
         });
     }
-    DaemonProcess::spawn(daemon, cmd, &sock, TIMEOUT).unwrap()
+    DaemonProcess::spawn(A::PROGRAM, cmd, sock, TIMEOUT).unwrap()
 }
 
-fn check(daemon: &str, args: &[&str]) {
+/// The daemon run with `args` on `d.sock`, without and with `--socket-group`.
+fn check<A: DaemonArgs>(args: A) {
+    let daemon = A::PROGRAM;
     let dir = TempDir::new("sockperm").unwrap();
     // The folder must let others reach the socket: only its mode decides.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let sock = dir.join("d.sock");
 
-    let d = start(&dir, daemon, args);
+    let launch = Launch::on_socket(&sock, args);
+    let d = start(&dir, &launch);
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{daemon}");
     assert!(can_connect(&sock, 0, 0), "{daemon}: the owner connects");
@@ -109,10 +113,7 @@ fn check(daemon: &str, args: &[&str]) {
     );
     drop(d);
 
-    let group = SOCKET_GROUP.to_string();
-    let mut with_group = args.to_vec();
-    with_group.extend_from_slice(&["--socket-group", &group]);
-    let d = start(&dir, daemon, &with_group);
+    let d = start(&dir, &launch.socket_group(SOCKET_GROUP.to_string()));
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(
         (meta.permissions().mode() & 0o777, meta.gid()),
@@ -138,7 +139,7 @@ fn blk_socket_is_owner_only_or_group() {
     }
     let dir = TempDir::new("sockperm-img").unwrap();
     let image = dir.image(1 << 20).unwrap();
-    check("vhost-user-blk", &["--path", image.to_str().unwrap()]);
+    check(BlkArgs::new(&image));
 }
 
 #[test]
@@ -148,10 +149,7 @@ fn fs_socket_is_owner_only_or_group() {
         return;
     }
     let dir = TempDir::new("sockperm-share").unwrap();
-    check(
-        "vhost-user-fs",
-        &["--shared-dir", dir.path().to_str().unwrap()],
-    );
+    check(FsArgs::new(dir.path()));
 }
 
 #[test]
@@ -161,5 +159,5 @@ fn net_socket_is_owner_only_or_group() {
         return;
     }
     let tap = format!("vksock{}", std::process::id() % 100_000);
-    check("vhost-user-net", &["--tap", &tap]);
+    check(NetArgs::new(tap));
 }

@@ -1,6 +1,7 @@
 //! The daemon as a process: configuration errors, the listen/serve/accept-next
 //! lifecycle, signals, and inherited sockets.
 
+use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -8,6 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use vhostkit_tests::daemon::DaemonProcess;
+use vhostkit_tests::launch::blk::BlkArgs;
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::TempDir;
 
 fn wait_for_log(log: &Path, needle: &str) -> String {
@@ -16,7 +19,9 @@ fn wait_for_log(log: &Path, needle: &str) -> String {
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
 
-fn run_expecting_failure(args: &[&str]) -> (i32, String) {
+/// Runs the daemon with `args` (raw, for a malformed command line, or a
+/// [`Launch`]'s for one the daemon cannot serve) and checks that it fails.
+fn run_expecting_failure<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
     assert!(!out.status.success(), "{args:?} should have failed");
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -29,46 +34,43 @@ fn configuration_errors_give_a_clear_message_and_nonzero_exit() {
     let dir = TempDir::new("cli-config").unwrap();
     let image = dir.image(1 << 20).unwrap();
     let sock = dir.join("s.sock");
-    let sock = sock.to_str().unwrap();
-    let image = image.to_str().unwrap();
 
-    let (code, text) = run_expecting_failure(&["--socket-path", sock]);
+    // Malformed command lines, refused by the parser: written out as they are.
+    let (sock_arg, image_arg) = (sock.to_str().unwrap(), image.to_str().unwrap());
+    let (code, text) = run_expecting_failure(&["--socket-path", sock_arg]);
     assert_eq!(code, 2);
     assert!(text.contains("--path"), "{text}");
 
     let (code, text) = run_expecting_failure(&[
         "--socket-path",
-        sock,
+        sock_arg,
         "--path",
-        image,
+        image_arg,
         "--queue-size",
         "100",
     ]);
     assert_eq!(code, 2);
     assert!(text.contains("power of two"), "{text}");
 
-    let (code, text) =
-        run_expecting_failure(&["--socket-path", sock, "--path", "/nonexistent/disk.img"]);
+    // Well-formed ones the daemon cannot serve.
+    let launch = |socket: &Path, image: &str| Launch::on_socket(socket, BlkArgs::new(image));
+    let (code, text) = run_expecting_failure(&launch(&sock, "/nonexistent/disk.img").to_args());
     assert_eq!(code, 1);
     assert!(text.contains("cannot open /nonexistent/disk.img"), "{text}");
 
     let (_, text) =
-        run_expecting_failure(&["--socket-path", "/nonexistent-dir/s.sock", "--path", image]);
+        run_expecting_failure(&launch(Path::new("/nonexistent-dir/s.sock"), image_arg).to_args());
     assert!(text.contains("does not exist"), "{text}");
 
     // A read-write open of a file that is not a disk fails with a clear message.
-    let (_, text) = run_expecting_failure(&["--socket-path", sock, "--path", "/proc/version"]);
+    let (_, text) = run_expecting_failure(&launch(&sock, "/proc/version").to_args());
     assert!(text.contains("cannot open /proc/version"), "{text}");
-    assert!(
-        !Path::new(sock).exists(),
-        "no socket left behind after a failed start"
-    );
+    assert!(!sock.exists(), "no socket left behind after a failed start");
 }
 
 fn spawn_daemon(dir: &TempDir, image: &Path, log: &Path) -> DaemonProcess {
     let sock = dir.join("blk.sock");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--socket-path").arg(&sock).arg("--path").arg(image);
+    let mut cmd = Launch::on_socket(&sock, BlkArgs::new(image)).command(Path::new(BIN));
     cmd.stderr(Stdio::from(std::fs::File::create(log).unwrap()));
     DaemonProcess::spawn("vhost-user-blk", cmd, &sock, Duration::from_secs(10)).unwrap()
 }
@@ -129,11 +131,7 @@ fn serves_an_inherited_listening_socket_and_leaves_it_in_place() {
     let fd = unsafe { libc::dup(listener.as_raw_fd()) };
     assert!(fd >= 0);
     let log = dir.join("daemon.log");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--fd")
-        .arg(fd.to_string())
-        .arg("--path")
-        .arg(&image);
+    let mut cmd = Launch::on_fd(fd, BlkArgs::new(&image)).command(Path::new(BIN));
     cmd.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     let mut daemon = DaemonProcess::spawn_on_inherited_socket(
         "vhost-user-blk",
@@ -157,7 +155,7 @@ fn serves_an_inherited_listening_socket_and_leaves_it_in_place() {
     );
 
     // A descriptor that is not a socket is refused.
-    let (_, text) = run_expecting_failure(&["--fd", "0", "--path", image.to_str().unwrap()]);
+    let (_, text) = run_expecting_failure(&Launch::on_fd(0, BlkArgs::new(&image)).to_args());
     assert!(text.contains("not an open socket"), "{text}");
 }
 
@@ -217,11 +215,7 @@ fn refused_io_uring_falls_back_to_sync_with_one_warning() {
     let image = dir.image(1 << 20).unwrap();
     let sock = dir.join("blk.sock");
     let log = dir.join("daemon.log");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .arg("--path")
-        .arg(&image);
+    let mut cmd = Launch::on_socket(&sock, BlkArgs::new(&image)).command(Path::new(BIN));
     cmd.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     deny_io_uring(&mut cmd);
     let mut daemon =

@@ -20,6 +20,8 @@ use vhostkit_driver::blk::{
 };
 use vhostkit_driver::{DriverConfig, GuestMem};
 use vhostkit_tests::daemon::DaemonProcess;
+use vhostkit_tests::launch::blk::{BlkArgs, Engine};
+use vhostkit_tests::launch::{Launch, SeccompAction};
 use vhostkit_tests::{Rng, TempDir};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -31,16 +33,25 @@ const SECTOR: u64 = 512;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const PROTOCOL_FEATURES_BIT: u32 = 30;
 
-/// A daemon on `image` listening on `dir/blk.sock`, its stderr in `dir/<log>`.
-fn spawn_daemon(dir: &TempDir, image: &Path, log: &str, args: &[&str]) -> DaemonProcess {
+/// A daemon run with `daemon` listening on `dir/blk.sock`, its stderr in `dir/<log>`.
+fn spawn_daemon(dir: &TempDir, log: &str, daemon: BlkArgs) -> DaemonProcess {
+    spawn_confined(dir, log, daemon, None)
+}
+
+/// The same with `--seccomp seccomp` (`None`: the daemon's default).
+fn spawn_confined(
+    dir: &TempDir,
+    log: &str,
+    daemon: BlkArgs,
+    seccomp: Option<SeccompAction>,
+) -> DaemonProcess {
     let sock = dir.join("blk.sock");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .arg("--path")
-        .arg(image)
-        .args(args)
-        .env_remove("RUST_LOG")
+    let launch = Launch {
+        seccomp,
+        ..Launch::on_socket(&sock, daemon)
+    };
+    let mut cmd = launch.command(Path::new(BIN));
+    cmd.env_remove("RUST_LOG")
         .stderr(Stdio::from(File::create(dir.join(log)).unwrap()));
     DaemonProcess::spawn("vhost-user-blk", cmd, &sock, TIMEOUT).unwrap()
 }
@@ -149,12 +160,12 @@ fn scatter_room(len: u64, pieces: u64) -> u64 {
 fn config_space_and_offered_features() {
     let dir = TempDir::new("driver-io-config").unwrap();
     let image = dir.image(8 << 20).unwrap();
-    let _daemon = spawn_daemon(
-        &dir,
-        &image,
-        "daemon.log",
-        &["--num-queues", "2", "--queue-size", "128"],
-    );
+    let daemon = BlkArgs {
+        num_queues: Some(2),
+        queue_size: Some(128),
+        ..BlkArgs::new(&image)
+    };
+    let _daemon = spawn_daemon(&dir, "daemon.log", daemon);
     let dev = connect(&dir, 1 << 20);
 
     let bit = |b: u32| 1u64 << b;
@@ -207,7 +218,11 @@ fn config_space_and_offered_features() {
 fn readonly_disk_offers_ro_and_no_discard() {
     let dir = TempDir::new("driver-io-config-ro").unwrap();
     let image = dir.image(1 << 20).unwrap();
-    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--readonly"]);
+    let daemon = BlkArgs {
+        readonly: true,
+        ..BlkArgs::new(&image)
+    };
+    let _daemon = spawn_daemon(&dir, "daemon.log", daemon);
     let dev = connect(&dir, 1 << 20);
     let offered = dev.driver.offered_features();
     let bit = |b: u32| 1u64 << b;
@@ -426,20 +441,17 @@ fn hammer_queue(mut q: BlkQueue, mem: Arc<GuestMem>, first_sector: u64, seed: u6
     lanes.into_iter().flat_map(|l| l.shadow).collect()
 }
 
-fn read_write_suite(engine: &str, extra: &[&str]) {
+fn read_write_suite(engine: Engine, seccomp: Option<SeccompAction>) {
     let dir = TempDir::new(&format!("rw-{engine}")).unwrap();
     let region = LANES as u64 * LANE_BYTES;
     let image = dir.image(2 * region + (4 << 20)).unwrap();
-    let mut args = vec![
-        "--engine",
-        engine,
-        "--num-queues",
-        "2",
-        "--queue-size",
-        "256",
-    ];
-    args.extend_from_slice(extra);
-    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &args);
+    let daemon = BlkArgs {
+        engine: Some(engine),
+        num_queues: Some(2),
+        queue_size: Some(256),
+        ..BlkArgs::new(&image)
+    };
+    let _daemon = spawn_confined(&dir, "daemon.log", daemon, seccomp);
     wait_for_log(&dir, "daemon.log", &format!("engine {engine}"));
     let mut dev = connect(&dir, 48 << 20);
     let mut queues = dev.setup_queues(2, 256, LANES).unwrap();
@@ -474,12 +486,12 @@ fn read_write_suite(engine: &str, extra: &[&str]) {
 
 #[test]
 fn read_write_io_uring() {
-    read_write_suite("io_uring", &[]);
+    read_write_suite(Engine::IoUring, None);
 }
 
 #[test]
 fn read_write_sync() {
-    read_write_suite("sync", &[]);
+    read_write_suite(Engine::Sync, None);
 }
 
 // ---- FLUSH, GET_ID, DISCARD, WRITE_ZEROES ----------------------------------------
@@ -506,13 +518,16 @@ fn read_at(q: &mut BlkQueue, mem: &GuestMem, buf: u64, sector: u64, len: u32) ->
     mem.read_vec(buf, len as usize).unwrap()
 }
 
-fn flush_get_id_discard_write_zeroes(engine: &str, extra: &[&str]) {
+fn flush_get_id_discard_write_zeroes(engine: Engine, seccomp: Option<SeccompAction>) {
     let dir = TempDir::new(&format!("cmds-{engine}")).unwrap();
     let image = dir.image(4 << 20).unwrap();
     let serial = "vhostkit-serial-01";
-    let mut args = vec!["--engine", engine, "--serial", serial];
-    args.extend_from_slice(extra);
-    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &args);
+    let daemon = BlkArgs {
+        engine: Some(engine),
+        serial: Some(serial.into()),
+        ..BlkArgs::new(&image)
+    };
+    let _daemon = spawn_confined(&dir, "daemon.log", daemon, seccomp);
     wait_for_log(&dir, "daemon.log", &format!("engine {engine}"));
     let mut dev = connect(&dir, 4 << 20);
     let mut q = dev.setup_queues(1, 64, 4).unwrap().remove(0);
@@ -599,12 +614,12 @@ fn seg(sector: u64, num_sectors: u32, flags: u32) -> DiscardSegment {
 
 #[test]
 fn flush_get_id_discard_write_zeroes_io_uring() {
-    flush_get_id_discard_write_zeroes("io_uring", &[]);
+    flush_get_id_discard_write_zeroes(Engine::IoUring, None);
 }
 
 #[test]
 fn flush_get_id_discard_write_zeroes_sync() {
-    flush_get_id_discard_write_zeroes("sync", &[]);
+    flush_get_id_discard_write_zeroes(Engine::Sync, None);
 }
 
 // ---- the null engine ---------------------------------------------------------------
@@ -614,7 +629,11 @@ fn null_engine_completes_without_touching_the_file() {
     let dir = TempDir::new("driver-io-null").unwrap();
     let image = dir.image(1 << 20).unwrap();
     let before = read_file(&image, 0, 1 << 20);
-    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--engine", "null"]);
+    let daemon = BlkArgs {
+        engine: Some(Engine::Null),
+        ..BlkArgs::new(&image)
+    };
+    let _daemon = spawn_daemon(&dir, "daemon.log", daemon);
     wait_for_log(&dir, "daemon.log", "engine null");
     let mut dev = connect(&dir, 1 << 20);
     let mut q = dev.setup_queues(1, 64, 8).unwrap().remove(0);
@@ -658,10 +677,14 @@ fn null_engine_completes_without_touching_the_file() {
 
 // ---- acknowledged data survives a crash ------------------------------------------
 
-fn no_lost_acknowledged_data(engine: &str) {
+fn no_lost_acknowledged_data(engine: Engine) {
     let dir = TempDir::new(&format!("crash-{engine}")).unwrap();
     let image = dir.image(8 << 20).unwrap();
-    let mut daemon = spawn_daemon(&dir, &image, "daemon1.log", &["--engine", engine]);
+    let args = BlkArgs {
+        engine: Some(engine),
+        ..BlkArgs::new(&image)
+    };
+    let mut daemon = spawn_daemon(&dir, "daemon1.log", args.clone());
     let mut rng = Rng::new(11);
     let data = rng.bytes(2 << 20);
     {
@@ -690,7 +713,7 @@ fn no_lost_acknowledged_data(engine: &str) {
             .expect("SIGKILL ends the daemon");
         assert!(!status.success());
     }
-    let _daemon = spawn_daemon(&dir, &image, "daemon2.log", &["--engine", engine]);
+    let _daemon = spawn_daemon(&dir, "daemon2.log", args);
     let mut dev = connect(&dir, 8 << 20);
     let mut q = dev.setup_queues(1, 128, 4).unwrap().remove(0);
     let mem = dev.driver.memory().clone();
@@ -706,12 +729,12 @@ fn no_lost_acknowledged_data(engine: &str) {
 
 #[test]
 fn no_lost_acknowledged_data_io_uring() {
-    no_lost_acknowledged_data("io_uring");
+    no_lost_acknowledged_data(Engine::IoUring);
 }
 
 #[test]
 fn no_lost_acknowledged_data_sync() {
-    no_lost_acknowledged_data("sync");
+    no_lost_acknowledged_data(Engine::Sync);
 }
 
 /// CONFIG_WCE: the guest turns the write cache off (write-through) and on again
@@ -724,7 +747,7 @@ fn guest_switches_the_write_cache_through_config_space() {
 
     let dir = TempDir::new("driver-io-wce").unwrap();
     let image = dir.image(1 << 20).unwrap();
-    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &[]);
+    let _daemon = spawn_daemon(&dir, "daemon.log", BlkArgs::new(&image));
     let mut dev = connect(&dir, 1 << 20);
     let writeback = |dev: &mut BlkDevice| dev.driver.get_config(WRITEBACK, 1).unwrap()[0];
     assert_eq!(writeback(&mut dev), 1);
@@ -787,7 +810,11 @@ fn direct_io_completions_wake_the_worker() {
         ));
         return;
     }
-    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--direct"]);
+    let daemon = BlkArgs {
+        direct: true,
+        ..BlkArgs::new(&image)
+    };
+    let _daemon = spawn_daemon(&dir, "daemon.log", daemon);
     let mut dev = connect(&dir, 1 << 20);
     let mut queues = dev.setup_queues(1, 64, 8).unwrap();
     let mem = dev.driver.memory().clone();
@@ -807,10 +834,14 @@ fn direct_io_completions_wake_the_worker() {
 /// (and wake no thread). Without it every request after an idle moment is kicked.
 #[test]
 fn polling_spares_the_driver_its_kicks() {
-    for (poll_us, polling) in [("0", false), ("500000", true)] {
+    for (poll_us, polling) in [(0, false), (500_000, true)] {
         let dir = TempDir::new(&format!("driver-io-poll-{poll_us}")).unwrap();
         let image = dir.image(1 << 20).unwrap();
-        let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--poll-us", poll_us]);
+        let daemon = BlkArgs {
+            poll_us: Some(poll_us),
+            ..BlkArgs::new(&image)
+        };
+        let _daemon = spawn_daemon(&dir, "daemon.log", daemon);
         let mut dev = connect(&dir, 1 << 20);
         let mut queues = dev.setup_queues(1, 64, 8).unwrap();
         let mem = dev.driver.memory().clone();
@@ -866,10 +897,10 @@ impl Drop for LoopDevice {
 /// device, so in its backing file).
 #[test]
 fn block_device_backing() {
-    block_device_backing_with(&[]);
+    block_device_backing_with(None);
 }
 
-fn block_device_backing_with(extra: &[&str]) {
+fn block_device_backing_with(seccomp: Option<SeccompAction>) {
     let dir = TempDir::new("driver-io-blockdev").unwrap();
     let backing = dir.image(16 << 20).unwrap();
     let device = match LoopDevice::attach(&backing) {
@@ -881,9 +912,11 @@ fn block_device_backing_with(extra: &[&str]) {
             return;
         }
     };
-    let mut args = vec!["--engine", "io_uring"];
-    args.extend_from_slice(extra);
-    let _daemon = spawn_daemon(&dir, &device.0, "daemon.log", &args);
+    let daemon = BlkArgs {
+        engine: Some(Engine::IoUring),
+        ..BlkArgs::new(&device.0)
+    };
+    let _daemon = spawn_confined(&dir, "daemon.log", daemon, seccomp);
     let log = wait_for_log(&dir, "daemon.log", "serving");
     assert!(log.contains("16777216 bytes"), "{log}");
     let mut dev = connect(&dir, 1 << 20);
@@ -926,11 +959,15 @@ fn block_device_backing_with(extra: &[&str]) {
 /// engine continues a transfer the kernel cut short (a read system call moves at
 /// most 2 GiB - 4 KiB). A chain of 4 GiB or more is one the spec forbids ("longer
 /// than 2^32 bytes"): it is dropped, and the queue goes on.
-fn read_of_4_gib_and_more(engine: &str) {
+fn read_of_4_gib_and_more(engine: Engine) {
     let dir = TempDir::new(&format!("huge-read-{engine}")).unwrap();
     const BUF: u32 = 256 << 20;
     let image = dir.image(17 * u64::from(BUF) + (1 << 20)).unwrap();
-    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--engine", engine]);
+    let daemon = BlkArgs {
+        engine: Some(engine),
+        ..BlkArgs::new(&image)
+    };
+    let _daemon = spawn_daemon(&dir, "daemon.log", daemon);
     let mut dev = connect(&dir, u64::from(BUF) + (16 << 20));
     let mut q = dev.setup_queues(1, 64, 4).unwrap().remove(0);
     let mem = dev.driver.memory().clone();
@@ -961,12 +998,12 @@ fn read_of_4_gib_and_more(engine: &str) {
 
 #[test]
 fn read_of_4_gib_and_more_io_uring() {
-    read_of_4_gib_and_more("io_uring");
+    read_of_4_gib_and_more(Engine::IoUring);
 }
 
 #[test]
 fn read_of_4_gib_and_more_sync() {
-    read_of_4_gib_and_more("sync");
+    read_of_4_gib_and_more(Engine::Sync);
 }
 
 /// Discard and write-zeroes ranges are limited to 16 MiB each (what the config
@@ -982,7 +1019,7 @@ fn discard_and_write_zeroes_ranges_are_bounded() {
         .unwrap()
         .write_all_at(&[0x5a; 4096], 0)
         .unwrap();
-    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &[]);
+    let _daemon = spawn_daemon(&dir, "daemon.log", BlkArgs::new(&image));
     let mut dev = connect(&dir, 4 << 20);
     let mut q = dev.setup_queues(1, 64, 4).unwrap().remove(0);
     let max = 1u32 << 15;
@@ -1022,12 +1059,12 @@ fn discard_and_write_zeroes_ranges_are_bounded() {
 /// would kill the daemon and time the test out).
 #[test]
 fn seccomp_kill_serves_every_request_type() {
-    let kill = ["--seccomp", "kill"];
-    for engine in ["io_uring", "sync"] {
-        flush_get_id_discard_write_zeroes(engine, &kill);
-        read_write_suite(engine, &kill);
+    let kill = Some(SeccompAction::Kill);
+    for engine in [Engine::IoUring, Engine::Sync] {
+        flush_get_id_discard_write_zeroes(engine, kill);
+        read_write_suite(engine, kill);
     }
-    block_device_backing_with(&kill);
+    block_device_backing_with(kill);
 }
 
 /// With `--seccomp kill` every thread carries the filter, the daemon holds no
@@ -1037,7 +1074,12 @@ fn seccomp_kill_serves_every_request_type() {
 fn confined_daemon_runs_without_capabilities_and_stops_cleanly() {
     let dir = TempDir::new("confined").unwrap();
     let image = dir.image(1 << 20).unwrap();
-    let mut daemon = spawn_daemon(&dir, &image, "daemon.log", &["--seccomp", "kill"]);
+    let mut daemon = spawn_confined(
+        &dir,
+        "daemon.log",
+        BlkArgs::new(&image),
+        Some(SeccompAction::Kill),
+    );
     let pid = daemon.pid();
     for round in 0..2 {
         let mut dev = connect(&dir, 1 << 20);
@@ -1091,7 +1133,11 @@ fn per_request_log_lines_are_rate_limited() {
     use vhost::vhost_user::VhostUserFrontend;
     let dir = TempDir::new("driver-io-logflood").unwrap();
     let image = dir.image(1 << 20).unwrap();
-    let _daemon = spawn_daemon(&dir, &image, "daemon.log", &["--engine", "sync"]);
+    let daemon = BlkArgs {
+        engine: Some(Engine::Sync),
+        ..BlkArgs::new(&image)
+    };
+    let _daemon = spawn_daemon(&dir, "daemon.log", daemon);
     let mut dev = connect(&dir, 1 << 20);
     let started = Instant::now();
     for i in 0..200u8 {
@@ -1149,7 +1195,11 @@ fn per_request_log_lines_are_rate_limited() {
 fn reconnecting_frontends_leak_no_descriptors() {
     let dir = TempDir::new("driver-io-fdleak").unwrap();
     let image = dir.image(1 << 20).unwrap();
-    let daemon = spawn_daemon(&dir, &image, "daemon.log", &["--num-queues", "4"]);
+    let args = BlkArgs {
+        num_queues: Some(4),
+        ..BlkArgs::new(&image)
+    };
+    let daemon = spawn_daemon(&dir, "daemon.log", args);
     let open_fds = || {
         std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
             .unwrap()

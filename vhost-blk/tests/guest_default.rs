@@ -12,11 +12,14 @@
 //!     cargo test -p vhost-blk --test guest_default -- --nocapture
 
 use std::fs::File;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::guest::{qemu_guest_image, Guest, Initrd};
+use vhostkit_tests::launch::blk::BlkArgs;
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
@@ -46,12 +49,9 @@ fn default_daemon_under_default_qemu_device() {
     let disk = dir.image(16 << 20).unwrap();
     let socket = dir.join("blk.sock");
     let log_path = dir.join("daemon.log");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .arg("--path")
-        .arg(&disk)
-        .env_remove("RUST_LOG")
+    // Nothing but where to listen and what to serve.
+    let mut cmd = Launch::on_socket(&socket, BlkArgs::new(&disk)).command(Path::new(BIN));
+    cmd.env_remove("RUST_LOG")
         .stderr(Stdio::from(File::create(&log_path).unwrap()));
     let _daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &socket, Duration::from_secs(10))
         .expect("vhost-user-blk starts");

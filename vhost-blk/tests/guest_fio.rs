@@ -17,11 +17,22 @@ use std::process::Command;
 use std::time::Duration;
 use vhostkit_tests::daemon::{qemu_storage_daemon_cmd, DaemonProcess};
 use vhostkit_tests::guest::{BlkDevice, Guest, GuestError, GuestImage, GuestOutput};
+use vhostkit_tests::launch::blk::BlkArgs;
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::TempDir;
 
 const IMAGE_BYTES: u64 = 256 << 20;
 const NUM_QUEUES: u16 = 2;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Our vhost-user-blk serving `disk` with [`NUM_QUEUES`] queues on `socket`.
+fn vhost_user_blk_cmd(disk: &Path, socket: &Path) -> Command {
+    let daemon = BlkArgs {
+        num_queues: Some(NUM_QUEUES),
+        ..BlkArgs::new(disk)
+    };
+    Launch::on_socket(socket, daemon).command(Path::new(env!("CARGO_BIN_EXE_vhost-user-blk")))
+}
 
 /// fio random writes over the whole device (32 MiB of 4 KiB blocks at random
 /// offsets), each block read back and checked against its crc32c; then a discard of
@@ -219,13 +230,7 @@ fn fio_verify_and_discard_on_vhost_user_blk() {
     let dir = TempDir::new("guest-fio-ours").unwrap();
     let disk = make_image(&dir);
     let socket = dir.join("blk.sock");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-user-blk"));
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .arg("--path")
-        .arg(&disk)
-        .arg("--num-queues")
-        .arg(NUM_QUEUES.to_string());
+    let cmd = vhost_user_blk_cmd(&disk, &socket);
     let mut daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &socket, Duration::from_secs(10))
         .expect("start vhost-user-blk");
     fio_verify_discard("vhost-user-blk", &image, &mut daemon);
@@ -261,13 +266,7 @@ fn corrupted_data_fails_the_check() {
         let cmd = qemu_storage_daemon_cmd(&disk, &socket, NUM_QUEUES, "threads");
         ("qemu-storage-daemon", cmd)
     } else {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-user-blk"));
-        cmd.arg("--socket-path")
-            .arg(&socket)
-            .arg("--path")
-            .arg(&disk);
-        cmd.arg("--num-queues").arg(NUM_QUEUES.to_string());
-        ("vhost-user-blk", cmd)
+        ("vhost-user-blk", vhost_user_blk_cmd(&disk, &socket))
     };
     let _daemon = DaemonProcess::spawn(name, cmd, &socket, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("start {name}: {e}"));

@@ -19,7 +19,7 @@
 use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ use vhostkit_driver::blk::{
 use vhostkit_driver::virtq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use vhostkit_driver::{DriverConfig, GuestMem, RawDesc, Used, VIRTIO_RING_F_EVENT_IDX};
 use vhostkit_tests::daemon::DaemonProcess;
+use vhostkit_tests::launch::blk::{BlkArgs, Engine};
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::{Rng, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-blk");
@@ -133,19 +135,26 @@ struct Hostile {
 }
 
 impl Hostile {
-    fn new(name: &str, args: &[&str]) -> Self {
-        Self::with(name, args, QUEUE_SIZE, 4)
+    fn new(name: &str, daemon: BlkArgs) -> Self {
+        Self::with(name, daemon, QUEUE_SIZE, 4)
     }
 
-    /// A daemon run with `args`, and a frontend with queue 0 of `queue_size` entries
-    /// and room for `inflight` managed requests.
-    fn with(name: &str, args: &[&str], queue_size: u16, inflight: usize) -> Self {
-        Self::with_config(name, args, queue_size, inflight, Self::driver_config(true))
+    /// A daemon run with the options of `daemon` (its `path` and `queue_size` are
+    /// the case's own: the image and `queue_size`), and a frontend with queue 0 of
+    /// `queue_size` entries and room for `inflight` managed requests.
+    fn with(name: &str, daemon: BlkArgs, queue_size: u16, inflight: usize) -> Self {
+        Self::with_config(
+            name,
+            daemon,
+            queue_size,
+            inflight,
+            Self::driver_config(true),
+        )
     }
 
     fn with_config(
         name: &str,
-        args: &[&str],
+        daemon: BlkArgs,
         queue_size: u16,
         inflight: usize,
         cfg: DriverConfig,
@@ -154,15 +163,14 @@ impl Hostile {
         let image = dir.join("disk.img");
         std::fs::write(&image, pattern(0, IMAGE_BYTES as usize)).unwrap();
         let sock = dir.join("blk.sock");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--socket-path")
-            .arg(&sock)
-            .arg("--path")
-            .arg(&image)
-            .arg("--queue-size")
-            .arg(queue_size.to_string())
-            .args(args)
-            .env_remove("RUST_LOG")
+        let daemon = BlkArgs {
+            path: image.clone(),
+            queue_size: Some(queue_size),
+            ..daemon
+        };
+        let readonly = daemon.readonly;
+        let mut cmd = Launch::on_socket(&sock, daemon).command(Path::new(BIN));
+        cmd.env_remove("RUST_LOG")
             .stderr(Stdio::from(File::create(dir.join("daemon.log")).unwrap()));
         let daemon = DaemonProcess::spawn("vhost-user-blk", cmd, &sock, TIMEOUT).unwrap();
         let (dev, q) = finish_connect(start_connect(&sock, cfg.clone(), queue_size, inflight));
@@ -175,7 +183,7 @@ impl Hostile {
             cfg,
             q,
             mem,
-            readonly: args.contains(&"--readonly"),
+            readonly,
             rings: Vec::new(),
             scratch: 0,
             probe: 0,
@@ -542,7 +550,7 @@ const DROP_LOG: &str = "dropping request 0";
 
 #[test]
 fn data_outside_guest_memory_is_ioerr() {
-    let mut h = Hostile::new("data-outside", &[]);
+    let mut h = Hostile::new("data-outside", BlkArgs::default());
     let end = h.outside();
     let outside_log = "outside guest memory";
     let cases: &[(u32, u64, u32)] = &[
@@ -630,7 +638,7 @@ fn data_outside_guest_memory_is_ioerr() {
 
 #[test]
 fn header_outside_guest_memory_is_dropped() {
-    let mut h = Hostile::new("header-outside", &[]);
+    let mut h = Hostile::new("header-outside", BlkArgs::default());
     let end = h.outside();
     for hdr in [end, end - 8, 0, u64::MAX - 7] {
         let data = h.alloc(512);
@@ -647,7 +655,7 @@ fn header_outside_guest_memory_is_dropped() {
 
 #[test]
 fn status_outside_guest_memory_is_dropped() {
-    let mut h = Hostile::new("status-outside", &[]);
+    let mut h = Hostile::new("status-outside", BlkArgs::default());
     let end = h.outside();
     for (status, len) in [(end, 1), (0, 1), (u64::MAX, 1), (u64::MAX, 2), (end - 1, 2)] {
         let hdr = h.header(VIRTIO_BLK_T_IN, 0);
@@ -663,7 +671,7 @@ fn status_outside_guest_memory_is_dropped() {
 
 #[test]
 fn indirect_table_outside_guest_memory_is_dropped() {
-    let mut h = Hostile::new("indirect-outside", &[]);
+    let mut h = Hostile::new("indirect-outside", BlkArgs::default());
     let end = h.outside();
     // Outside, straddling the end, zero-length, not a multiple of 16 bytes.
     let tables = [(end, 48), (end - 32, 48), (0, 48), (u64::MAX - 15, 48)];
@@ -699,7 +707,7 @@ fn indirect_table_outside_guest_memory_is_dropped() {
 
 #[test]
 fn short_header_is_dropped() {
-    let mut h = Hostile::new("short-header", &[]);
+    let mut h = Hostile::new("short-header", BlkArgs::default());
     for len in [0, 8, 15] {
         let hdr = h.header(VIRTIO_BLK_T_IN, 0);
         let data = h.alloc(512);
@@ -718,7 +726,7 @@ fn short_header_is_dropped() {
 
 #[test]
 fn device_writable_header_is_dropped() {
-    let mut h = Hostile::new("writable-header", &[]);
+    let mut h = Hostile::new("writable-header", BlkArgs::default());
     let hdr = h.header(VIRTIO_BLK_T_IN, 0);
     let data = h.alloc(512);
     let status = h.alloc(1);
@@ -735,7 +743,7 @@ fn device_writable_header_is_dropped() {
 
 #[test]
 fn read_only_status_is_dropped() {
-    let mut h = Hostile::new("readonly-status", &[]);
+    let mut h = Hostile::new("readonly-status", BlkArgs::default());
     // A read: the read-only status follows the device-writable data.
     let hdr = h.header(VIRTIO_BLK_T_IN, 0);
     let data = h.alloc(512);
@@ -763,7 +771,7 @@ fn read_only_status_is_dropped() {
 
 #[test]
 fn missing_status_descriptor() {
-    let mut h = Hostile::new("missing-status", &[]);
+    let mut h = Hostile::new("missing-status", BlkArgs::default());
     // A write or a FLUSH without a status: nothing device-writable, dropped.
     let hdr = h.header(VIRTIO_BLK_T_OUT, 0);
     let data = h.alloc(512);
@@ -783,7 +791,7 @@ fn missing_status_descriptor() {
 
 #[test]
 fn data_length_not_a_sector_multiple_is_ioerr() {
-    let mut h = Hostile::new("odd-length", &[]);
+    let mut h = Hostile::new("odd-length", BlkArgs::default());
     for (kind, len) in [
         (VIRTIO_BLK_T_IN, 100),
         (VIRTIO_BLK_T_IN, 513),
@@ -807,7 +815,7 @@ fn data_length_not_a_sector_multiple_is_ioerr() {
 
 #[test]
 fn sectors_past_the_end_or_overflowing_are_ioerr() {
-    let mut h = Hostile::new("past-end", &[]);
+    let mut h = Hostile::new("past-end", BlkArgs::default());
     let cases: &[(u64, u32)] = &[
         (SECTORS, 512),
         (SECTORS - 1, 1024),
@@ -876,7 +884,7 @@ fn assert_unchanged_but_scratch(file: &[u8]) {
 
 #[test]
 fn request_ending_at_the_last_sector_is_ok() {
-    let mut h = Hostile::new("last-sector", &[]);
+    let mut h = Hostile::new("last-sector", BlkArgs::default());
     // Read the last sector, then the last 8.
     for (sector, len) in [(SECTORS - 1, 512u32), (SECTORS - 8, 4096)] {
         let hdr = h.header(VIRTIO_BLK_T_IN, sector);
@@ -934,7 +942,7 @@ fn request_ending_at_the_last_sector_is_ok() {
 
 #[test]
 fn looping_direct_chain_is_dropped() {
-    let mut h = Hostile::new("direct-loop", &[]);
+    let mut h = Hostile::new("direct-loop", BlkArgs::default());
     let hdr = h.header(VIRTIO_BLK_T_IN, 0);
     let data = h.alloc(512);
     let status = h.alloc(1);
@@ -973,7 +981,7 @@ fn looping_direct_chain_is_dropped() {
 
 #[test]
 fn looping_indirect_table_is_dropped() {
-    let mut h = Hostile::new("indirect-loop", &[]);
+    let mut h = Hostile::new("indirect-loop", BlkArgs::default());
     let cases: [&dyn Fn(u64, u64, u64) -> Vec<RawDesc>; 3] = [
         // Entry 2 leads back to entry 1.
         &|hdr, data, status| {
@@ -1008,7 +1016,7 @@ fn looping_indirect_table_is_dropped() {
 
 #[test]
 fn nested_indirect_descriptor_is_dropped() {
-    let mut h = Hostile::new("nested-indirect", &[]);
+    let mut h = Hostile::new("nested-indirect", BlkArgs::default());
     let hdr = h.header(VIRTIO_BLK_T_IN, 0);
     let data = h.alloc(512);
     let status = h.alloc(1);
@@ -1036,7 +1044,13 @@ fn nested_indirect_descriptor_is_dropped() {
 
 #[test]
 fn write_to_a_readonly_disk_is_ioerr() {
-    let mut h = Hostile::new("readonly", &["--readonly"]);
+    let mut h = Hostile::new(
+        "readonly",
+        BlkArgs {
+            readonly: true,
+            ..BlkArgs::default()
+        },
+    );
     let hdr = h.header(VIRTIO_BLK_T_OUT, 0);
     let data = h.alloc(4096);
     h.mem.write(data, &[0x11; 4096]).unwrap();
@@ -1082,7 +1096,7 @@ fn write_to_a_readonly_disk_is_ioerr() {
 
 #[test]
 fn unknown_request_type_is_unsupp() {
-    let mut h = Hostile::new("unknown-type", &[]);
+    let mut h = Hostile::new("unknown-type", BlkArgs::default());
     // 2 (legacy SCSI), 10 (GET_LIFETIME), 14 (SECURE_ERASE), 77, u32::MAX.
     for kind in [2, 10, 14, 77, u32::MAX] {
         for writable in [true, false] {
@@ -1104,7 +1118,7 @@ fn unknown_request_type_is_unsupp() {
 
 #[test]
 fn head_index_outside_the_queue_is_dropped() {
-    let mut h = Hostile::new("bad-head", &[]);
+    let mut h = Hostile::new("bad-head", BlkArgs::default());
     // Nothing can go in the used ring for such a head (its id would be invalid too):
     // the daemon skips it, logs it once, and serves what follows.
     for head in [QUEUE_SIZE, QUEUE_SIZE + 1, 1000, u16::MAX] {
@@ -1125,7 +1139,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn avail_index_far_ahead(event_idx: bool) {
     let mut h = Hostile::with_config(
         &format!("avail-jump-{event_idx}"),
-        &[],
+        BlkArgs::default(),
         QUEUE_SIZE,
         4,
         Hostile::driver_config(event_idx),
@@ -1208,14 +1222,15 @@ fn set_stopped(daemon: &mut DaemonProcess, stop: bool) {
     }
 }
 
-fn disconnect_mid_io(engine: &str, direct: bool) {
-    let mut args = vec!["--engine", engine];
-    if direct {
+fn disconnect_mid_io(engine: Engine, direct: bool) {
+    let daemon = BlkArgs {
+        engine: Some(engine),
         // O_DIRECT I/O goes to the device, so it is still in flight in the kernel
         // (writing guest memory, for reads) when the frontend hangs up.
-        args.push("--direct");
-    }
-    let mut h = Hostile::with(&format!("disconnect-{engine}-{direct}"), &args, 128, 64);
+        direct,
+        ..BlkArgs::default()
+    };
+    let mut h = Hostile::with(&format!("disconnect-{engine}-{direct}"), daemon, 128, 64);
     let mut rng = Rng::new(99);
     let mut unfinished = Vec::new();
     for round in 0..4 {
@@ -1267,17 +1282,17 @@ fn disconnect_mid_io(engine: &str, direct: bool) {
 
 #[test]
 fn frontend_disconnecting_mid_io_io_uring() {
-    disconnect_mid_io("io_uring", false);
+    disconnect_mid_io(Engine::IoUring, false);
 }
 
 #[test]
 fn frontend_disconnecting_mid_io_io_uring_direct() {
-    disconnect_mid_io("io_uring", true);
+    disconnect_mid_io(Engine::IoUring, true);
 }
 
 #[test]
 fn frontend_disconnecting_mid_io_sync() {
-    disconnect_mid_io("sync", false);
+    disconnect_mid_io(Engine::Sync, false);
 }
 
 /// A vhost-user message header: request, flags (version 1), payload size.
@@ -1290,7 +1305,7 @@ fn vu_header(request: u32, flags: u32, size: u32) -> Vec<u8> {
 
 #[test]
 fn garbage_on_the_socket_then_a_new_frontend_works() {
-    let mut h = Hostile::new("garbage", &[]);
+    let mut h = Hostile::new("garbage", BlkArgs::default());
     h.disconnect();
     let mut rng = Rng::new(7);
     let mut with_payload = vu_header(5, 1, 0x28); // SET_MEM_TABLE, no fds
@@ -1347,7 +1362,7 @@ fn garbage_on_the_socket_then_a_new_frontend_works() {
 #[test]
 fn a_flood_of_bad_requests_logs_a_bounded_number_of_lines() {
     const BATCH: u16 = 250;
-    let mut h = Hostile::with("flood", &[], 256, 4);
+    let mut h = Hostile::with("flood", BlkArgs::default(), 256, 4);
     let started = Instant::now();
     // 1000 chains without a status (dropped), 1000 reads into memory that does not
     // exist (IOERR, logged) and 1000 heads outside the queue.
@@ -1420,7 +1435,7 @@ fn a_flood_of_bad_requests_logs_a_bounded_number_of_lines() {
 /// (connected, ended) are each limited per call site: a few dozen lines, not 900.
 #[test]
 fn a_frontend_flooding_the_socket_logs_a_bounded_number_of_lines() {
-    let mut h = Hostile::new("socket-flood", &[]);
+    let mut h = Hostile::new("socket-flood", BlkArgs::default());
     h.disconnect();
     let sock = h.dir.join("blk.sock");
     let _ = h.new_log_lines();
