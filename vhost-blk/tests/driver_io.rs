@@ -46,10 +46,8 @@ fn spawn_confined(
     seccomp: Option<SeccompAction>,
 ) -> DaemonProcess {
     let sock = dir.join("blk.sock");
-    let launch = Launch {
-        seccomp,
-        ..Launch::on_socket(&sock, daemon)
-    };
+    let mut launch = Launch::on_socket(&sock, daemon);
+    launch.common.seccomp = seccomp;
     let mut cmd = launch.command(Path::new(BIN));
     cmd.env_remove("RUST_LOG")
         .stderr(Stdio::from(File::create(dir.join(log)).unwrap()));
