@@ -1,8 +1,11 @@
 //! The daemon as a process: configuration errors (one line, exit 2), refused
 //! virtiofsd flags, --print-capabilities.
 
+use std::path::Path;
 use std::process::Command;
 
+use vhostkit_tests::launch::fs::{FsArgs, InodeFileHandles, Sandbox};
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-fs");
@@ -100,13 +103,10 @@ fn socket_group_sets_the_socket_owner_group() {
     }
     let dir = TempDir::new("fs-cli-group").unwrap();
     let sock = dir.join("fs.sock");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .arg("--shared-dir")
-        .arg(dir.path())
-        .args(["--socket-group", "4242"])
-        .env_remove("RUST_LOG")
+    let mut cmd = Launch::on_socket(&sock, FsArgs::new(dir.path()))
+        .socket_group("4242")
+        .command(Path::new(BIN));
+    cmd.env_remove("RUST_LOG")
         .stderr(std::process::Stdio::null());
     let _daemon = vhostkit_tests::daemon::DaemonProcess::spawn(
         "vhost-user-fs",
@@ -118,12 +118,12 @@ fn socket_group_sets_the_socket_owner_group() {
     assert_eq!(std::fs::metadata(&sock).unwrap().gid(), 4242);
 }
 
-/// As an unprivileged user: with `user` set, the daemon runs as that uid (the test
-/// being root), else as whoever runs the test (not root).
-fn run_unprivileged(args: &[&str]) -> Option<(i32, String)> {
+/// `launch` as an unprivileged user: nobody (65534) when the test runs as root,
+/// else whoever runs the test.
+fn run_unprivileged(launch: &Launch<FsArgs>) -> Option<(i32, String)> {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("RUST_LOG");
+    let mut cmd = launch.command(Path::new(BIN));
+    cmd.env_remove("RUST_LOG");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         cmd.uid(65534).gid(65534);
@@ -157,17 +157,15 @@ fn sandboxes_without_root_are_refused_with_one_line_and_exit_1() {
     let perms = std::os::unix::fs::PermissionsExt::from_mode(0o777);
     std::fs::set_permissions(dir.path(), perms).unwrap();
     let sock = dir.join("fs.sock");
-    let shared = dir.path().to_str().unwrap();
-    for (mode, cap) in [("namespace", "CAP_SYS_ADMIN"), ("chroot", "CAP_SYS_CHROOT")] {
-        let args = [
-            "--socket-path",
-            sock.to_str().unwrap(),
-            "--shared-dir",
-            shared,
-            "--sandbox",
-            mode,
-        ];
-        let Some((code, text)) = run_unprivileged(&args) else {
+    for (sandbox, mode, cap) in [
+        (Sandbox::Namespace, "namespace", "CAP_SYS_ADMIN"),
+        (Sandbox::Chroot, "chroot", "CAP_SYS_CHROOT"),
+    ] {
+        let daemon = FsArgs {
+            sandbox: Some(sandbox),
+            ..FsArgs::new(dir.path())
+        };
+        let Some((code, text)) = run_unprivileged(&Launch::on_socket(&sock, daemon)) else {
             vhostkit_tests::skip::skip(format_args!(
                 "cannot run the daemon as an unprivileged user"
             ));
@@ -195,14 +193,11 @@ fn mandatory_file_handles_without_the_capability_are_refused_with_exit_1() {
     let perms = std::os::unix::fs::PermissionsExt::from_mode(0o777);
     std::fs::set_permissions(dir.path(), perms).unwrap();
     let sock = dir.join("fs.sock");
-    let args = [
-        "--socket-path",
-        sock.to_str().unwrap(),
-        "--shared-dir",
-        dir.path().to_str().unwrap(),
-        "--inode-file-handles=mandatory",
-    ];
-    let Some((code, text)) = run_unprivileged(&args) else {
+    let daemon = FsArgs {
+        inode_file_handles: Some(InodeFileHandles::Mandatory),
+        ..FsArgs::new(dir.path())
+    };
+    let Some((code, text)) = run_unprivileged(&Launch::on_socket(&sock, daemon)) else {
         vhostkit_tests::skip::skip(format_args!(
             "cannot run the daemon as an unprivileged user"
         ));

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use vhostkit_tests::launch::fs::{FsArgs, InodeFileHandles, Sandbox};
+use vhostkit_tests::launch::SeccompAction;
 
 fn gone(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -64,7 +66,14 @@ fn stops_cleanly(mut fx: Fixture) {
 
 #[test]
 fn seccomp_kill_serves_a_whole_session_with_the_filter_active() {
-    let fx = Fixture::new("fs-seccomp", &["--seccomp", "kill", "--xattr"]);
+    let fx = Fixture::launch(
+        "fs-seccomp",
+        FsArgs {
+            xattr: true,
+            ..FsArgs::default()
+        },
+        |launch| launch.seccomp(SeccompAction::Kill),
+    );
     let pid = fx.daemon.pid();
     assert_filtered(pid);
     full_workload(&fx);
@@ -100,7 +109,7 @@ fn seccomp_kill_serves_a_whole_session_with_the_filter_active() {
 
 #[test]
 fn without_seccomp_no_filter_is_installed() {
-    let fx = Fixture::new("fs-noseccomp", &[]);
+    let fx = Fixture::new("fs-noseccomp", FsArgs::default());
     assert_eq!(
         status_field(fx.daemon.pid(), "Seccomp").as_deref(),
         Some("0")
@@ -113,16 +122,15 @@ fn sandbox_namespace_pivots_into_the_shared_folder() {
         vhostkit_tests::skip::skip(format_args!("--sandbox namespace needs root"));
         return;
     }
-    let fx = Fixture::new(
+    let fx = Fixture::launch(
         "fs-namespace",
-        &[
-            "--sandbox",
-            "namespace",
-            "--seccomp",
-            "kill",
-            "--xattr",
-            "--inode-file-handles=mandatory",
-        ],
+        FsArgs {
+            sandbox: Some(Sandbox::Namespace),
+            xattr: true,
+            inode_file_handles: Some(InodeFileHandles::Mandatory),
+            ..FsArgs::default()
+        },
+        |launch| launch.seccomp(SeccompAction::Kill),
     );
     let child = sandboxed_child(fx.daemon.pid());
     vhostkit_tests::wait_for_log(&fx.dir.join("daemon.log"), "sandbox namespace", TIMEOUT);
@@ -160,7 +168,14 @@ fn sandbox_chroot_serves_from_inside_the_shared_folder() {
         vhostkit_tests::skip::skip(format_args!("--sandbox chroot needs root"));
         return;
     }
-    let mut fx = Fixture::new("fs-chroot", &["--sandbox", "chroot", "--xattr"]);
+    let mut fx = Fixture::new(
+        "fs-chroot",
+        FsArgs {
+            sandbox: Some(Sandbox::Chroot),
+            xattr: true,
+            ..FsArgs::default()
+        },
+    );
     let child = sandboxed_child(fx.daemon.pid());
     vhostkit_tests::wait_for_log(&fx.dir.join("daemon.log"), "sandbox chroot", TIMEOUT);
     assert_eq!(

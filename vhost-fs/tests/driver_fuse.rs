@@ -9,11 +9,18 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 use vhost_fs::fuse::*;
+use vhostkit_tests::launch::fs::{Cache, FsArgs, InodeFileHandles};
 use zerocopy::{FromBytes, IntoBytes};
 
 #[test]
 fn config_space_and_init() {
-    let fx = Fixture::new("fs-init", &["--num-request-queues", "2"]);
+    let fx = Fixture::new(
+        "fs-init",
+        FsArgs {
+            num_request_queues: Some(2),
+            ..FsArgs::default()
+        },
+    );
     let (dev, _hiprio, mut requests) = fx.connect(2);
     assert_eq!(dev.config.tag_str(), "testfs");
     assert_eq!(dev.config.num_request_queues, 2);
@@ -41,7 +48,7 @@ fn config_space_and_init() {
 
 #[test]
 fn file_operations_round_trip() {
-    file_operations_round_trip_on(&Fixture::new("fs-ops", &[]));
+    file_operations_round_trip_on(&Fixture::new("fs-ops", FsArgs::default()));
 }
 
 /// The guest kernel applies the guest's umask before sending MKDIR, MKNOD and CREATE
@@ -49,7 +56,7 @@ fn file_operations_round_trip() {
 /// masked again by the daemon's own umask (pjdfstest's rename/21.t found this).
 #[test]
 fn new_files_get_exactly_the_mode_the_guest_sent() {
-    let fx = Fixture::new("fs-mode", &[]);
+    let fx = Fixture::new("fs-mode", FsArgs::default());
     let mut s = fx.session();
     let mode_of = |name: &str| std::fs::metadata(fx.share.join(name)).unwrap().mode() & 0o7777;
     let mkdir = MkdirIn {
@@ -78,7 +85,7 @@ fn new_files_get_exactly_the_mode_the_guest_sent() {
 
 #[test]
 fn xattrs_only_with_the_flag() {
-    let fx = Fixture::new("fs-noxattr", &[]);
+    let fx = Fixture::new("fs-noxattr", FsArgs::default());
     let mut s = fx.session();
     let (entry, _) = s.create(1, "f", libc::O_RDWR).unwrap();
     let body = cat(&[
@@ -93,12 +100,18 @@ fn xattrs_only_with_the_flag() {
     drop(s);
     drop(fx);
 
-    xattr_round_trip(&Fixture::new("fs-xattr", &["--xattr"]));
+    xattr_round_trip(&Fixture::new(
+        "fs-xattr",
+        FsArgs {
+            xattr: true,
+            ..FsArgs::default()
+        },
+    ));
 }
 
 #[test]
 fn escapes_from_the_shared_folder_are_refused() {
-    let fx = Fixture::new("fs-escape", &[]);
+    let fx = Fixture::new("fs-escape", FsArgs::default());
     std::os::unix::fs::symlink(&fx.outside, fx.share.join("out")).unwrap();
     std::os::unix::fs::symlink(fx.outside.join("secret"), fx.share.join("secretlink")).unwrap();
     std::os::unix::fs::symlink("../outside/secret", fx.share.join("relative")).unwrap();
@@ -190,7 +203,7 @@ fn escapes_from_the_shared_folder_are_refused() {
 
 #[test]
 fn hostile_requests_get_errno_replies_and_the_daemon_keeps_serving() {
-    let fx = Fixture::new("fs-hostile", &[]);
+    let fx = Fixture::new("fs-hostile", FsArgs::default());
     let (_dev, _hiprio, mut requests) = fx.connect(1);
     let q = &mut requests[0];
     // Before INIT: EIO.
@@ -317,7 +330,13 @@ impl Session {
 
 #[test]
 fn readonly_refuses_modifications() {
-    let fx = Fixture::new("fs-ro", &["--readonly"]);
+    let fx = Fixture::new(
+        "fs-ro",
+        FsArgs {
+            readonly: true,
+            ..FsArgs::default()
+        },
+    );
     std::fs::write(fx.share.join("existing"), b"data").unwrap();
     let mut s = fx.session();
     assert_eq!(s.create(1, "new", libc::O_RDWR).unwrap_err(), libc::EROFS);
@@ -350,12 +369,15 @@ fn readonly_refuses_modifications() {
 
 #[test]
 fn a_second_frontend_gets_a_fresh_session() {
-    common::a_second_frontend_gets_a_fresh_session(&Fixture::new("fs-reconnect", &[]));
+    common::a_second_frontend_gets_a_fresh_session(&Fixture::new(
+        "fs-reconnect",
+        FsArgs::default(),
+    ));
 }
 
 #[test]
 fn data_spread_over_many_buffers_moves_intact() {
-    let fx = Fixture::new("fs-split", &[]);
+    let fx = Fixture::new("fs-split", FsArgs::default());
     let mut s = fx.session();
     let (_, open) = s.create(1, "data", libc::O_RDWR).unwrap();
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 253) as u8).collect();
@@ -429,7 +451,13 @@ fn data_spread_over_many_buffers_moves_intact() {
 
 #[test]
 fn request_queues_are_served_concurrently() {
-    let fx = Fixture::new("fs-mq", &["--num-request-queues", "3"]);
+    let fx = Fixture::new(
+        "fs-mq",
+        FsArgs {
+            num_request_queues: Some(3),
+            ..FsArgs::default()
+        },
+    );
     let (dev, _hiprio, mut requests) = fx.connect(3);
     assert_eq!(init(&mut requests[0]).error, 0);
     // One thread per queue, each with its own files; every queue answers while the
@@ -468,7 +496,7 @@ fn request_queues_are_served_concurrently() {
 
 #[test]
 fn destroy_ends_the_session_and_init_starts_a_new_one() {
-    let fx = Fixture::new("fs-destroy", &[]);
+    let fx = Fixture::new("fs-destroy", FsArgs::default());
     let mut s = fx.session();
     let (entry, open) = s.create(1, "f", libc::O_RDWR).unwrap();
     s.ok(Opcode::Destroy, 0, &[]);
@@ -486,25 +514,37 @@ fn destroy_ends_the_session_and_init_starts_a_new_one() {
 #[test]
 fn cache_policy_sets_timeouts_and_open_flags() {
     for (policy, valid, open_flags) in [
-        ("never", 0, FOPEN_DIRECT_IO),
-        ("auto", 1, 0),
-        ("always", 86400, FOPEN_KEEP_CACHE),
+        (Cache::Never, 0, FOPEN_DIRECT_IO),
+        (Cache::Auto, 1, 0),
+        (Cache::Always, 86400, FOPEN_KEEP_CACHE),
     ] {
-        let fx = Fixture::new("fs-cache", &["--cache", policy]);
+        let fx = Fixture::new(
+            "fs-cache",
+            FsArgs {
+                cache: Some(policy),
+                ..FsArgs::default()
+            },
+        );
         let mut s = fx.session();
         let (entry, open) = s.create(1, "f", libc::O_RDWR).unwrap();
         assert_eq!(
             (entry.entry_valid, entry.attr_valid),
             (valid, valid),
-            "{policy}"
+            "{policy:?}"
         );
-        assert_eq!(open.open_flags, open_flags, "{policy}");
+        assert_eq!(open.open_flags, open_flags, "{policy:?}");
     }
 }
 
 #[test]
 fn announce_submounts_marks_mount_points() {
-    let fx = Fixture::new("fs-submounts", &["--announce-submounts"]);
+    let fx = Fixture::new(
+        "fs-submounts",
+        FsArgs {
+            announce_submounts: true,
+            ..FsArgs::default()
+        },
+    );
     let mnt = fx.share.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     std::fs::create_dir(fx.share.join("plain")).unwrap();
@@ -568,7 +608,7 @@ fn descriptors_for_50_lookups(fx: &Fixture) -> usize {
 
 #[test]
 fn file_handles_keep_no_descriptor_per_inode() {
-    let fx = Fixture::new("fs-fds", &[]);
+    let fx = Fixture::new("fs-fds", FsArgs::default());
     let held = descriptors_for_50_lookups(&fx);
     assert!(
         held >= 49,
@@ -580,7 +620,13 @@ fn file_handles_keep_no_descriptor_per_inode() {
         vhostkit_tests::skip::skip(format_args!("file handles need CAP_DAC_READ_SEARCH (root)"));
         return;
     }
-    let fx = Fixture::new("fs-handles", &["--inode-file-handles=mandatory"]);
+    let fx = Fixture::new(
+        "fs-handles",
+        FsArgs {
+            inode_file_handles: Some(InodeFileHandles::Mandatory),
+            ..FsArgs::default()
+        },
+    );
     let held = descriptors_for_50_lookups(&fx);
     assert!(
         held < 5,
@@ -590,11 +636,16 @@ fn file_handles_keep_no_descriptor_per_inode() {
     // The whole workload with file handles.
     file_operations_round_trip_on(&Fixture::new(
         "fs-handles-ops",
-        &["--inode-file-handles=mandatory"],
+        FsArgs {
+            inode_file_handles: Some(InodeFileHandles::Mandatory),
+            ..FsArgs::default()
+        },
     ));
-    xattr_round_trip(&Fixture::new(
+    // The bare flag (prefer) followed by another: a form no typed field renders.
+    xattr_round_trip(&Fixture::launch(
         "fs-handles-xattr",
-        &["--inode-file-handles", "--xattr"],
+        FsArgs::default(),
+        |launch| launch.extra(["--inode-file-handles", "--xattr"]),
     ));
 }
 
@@ -621,8 +672,12 @@ fn host_open_flags(pid: u32, path: &std::path::Path) -> Option<i32> {
 /// not the host's, and some host file systems refuse it.
 #[test]
 fn o_direct_reaches_the_host_only_with_allow_direct_io() {
-    for (args, wanted) in [(&[][..], false), (&["--allow-direct-io"][..], true)] {
-        let fx = Fixture::new("fs-odirect", args);
+    for (allow_direct_io, wanted) in [(false, false), (true, true)] {
+        let args = FsArgs {
+            allow_direct_io,
+            ..FsArgs::default()
+        };
+        let fx = Fixture::new("fs-odirect", args.clone());
         let mut s = fx.session();
         let (_, open) = s
             .create(1, "direct", libc::O_RDWR | libc::O_DIRECT)
@@ -653,8 +708,14 @@ fn o_direct_reaches_the_host_only_with_allow_direct_io() {
 /// --poll-us 0 most requests are a kick.
 #[test]
 fn polling_spares_the_driver_its_kicks() {
-    let kicks = |poll_us: &str| {
-        let fx = Fixture::new("fs-poll", &["--poll-us", poll_us]);
+    let kicks = |poll_us: u64| {
+        let fx = Fixture::new(
+            "fs-poll",
+            FsArgs {
+                poll_us: Some(poll_us),
+                ..FsArgs::default()
+            },
+        );
         let mut s = fx.session();
         let before = s.q.q.stats();
         for _ in 0..200 {
@@ -666,14 +727,14 @@ fn polling_spares_the_driver_its_kicks() {
             after.kicks_suppressed - before.kicks_suppressed,
         )
     };
-    let (polled_kicks, suppressed) = kicks("1000000");
+    let (polled_kicks, suppressed) = kicks(1_000_000);
     assert!(
         polled_kicks < 20 && suppressed > 180,
         "a polling worker wants no kicks: {polled_kicks} kicks, {suppressed} suppressed"
     );
     // Without polling a request kicks unless the worker is still finishing the last
     // one when it comes (how often depends on scheduling; under load, often).
-    let (kicked, _) = kicks("0");
+    let (kicked, _) = kicks(0);
     assert!(
         kicked > polled_kicks,
         "without polling more requests kick: {kicked} against {polled_kicks}"
@@ -691,7 +752,13 @@ fn a_reused_inode_number_is_a_new_node_with_file_handles() {
         vhostkit_tests::skip::skip(format_args!("file handles need CAP_DAC_READ_SEARCH (root)"));
         return;
     }
-    let fx = Fixture::new("fs-reuse", &["--inode-file-handles=mandatory"]);
+    let fx = Fixture::new(
+        "fs-reuse",
+        FsArgs {
+            inode_file_handles: Some(InodeFileHandles::Mandatory),
+            ..FsArgs::default()
+        },
+    );
     let mut s = fx.session();
     std::fs::write(fx.share.join("old"), b"old file").unwrap();
     let old = s.lookup(1, "old").unwrap();
@@ -738,7 +805,7 @@ fn a_reused_inode_number_is_a_new_node_with_file_handles() {
 /// (a path looked up again per frontend would serve the replacement).
 #[test]
 fn the_shared_folder_is_held_from_start_up() {
-    let fx = Fixture::new("fs-held", &[]);
+    let fx = Fixture::new("fs-held", FsArgs::default());
     std::fs::write(fx.share.join("original"), b"o").unwrap();
     {
         let mut s = fx.session();
@@ -763,7 +830,7 @@ fn the_shared_folder_is_held_from_start_up() {
 /// virtio-queue refuses it with an error line per entry), and the queue goes on.
 #[test]
 fn heads_outside_the_queue_are_dropped_before_the_used_ring() {
-    let fx = Fixture::new("fs-bad-heads", &[]);
+    let fx = Fixture::new("fs-bad-heads", FsArgs::default());
     let mut s = fx.session();
     let q = &mut s.q.q;
     for _ in 0..40 {
@@ -788,7 +855,7 @@ fn heads_outside_the_queue_are_dropped_before_the_used_ring() {
 /// session) gets a burst of lines, not 200.
 #[test]
 fn init_log_lines_are_rate_limited() {
-    let fx = Fixture::new("fs-init-flood", &[]);
+    let fx = Fixture::new("fs-init-flood", FsArgs::default());
     let mut s = fx.session();
     let started = std::time::Instant::now();
     for _ in 0..200 {
@@ -816,7 +883,7 @@ fn create_on_an_existing_name_checks_the_requesters_permissions() {
         ));
         return;
     }
-    let fx = Fixture::new("fs-create-existing", &[]);
+    let fx = Fixture::new("fs-create-existing", FsArgs::default());
     let secret = fx.share.join("roots-file");
     std::fs::write(&secret, b"root only").unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -865,7 +932,13 @@ fn create_on_an_existing_name_checks_the_requesters_permissions() {
 /// connection).
 #[test]
 fn reconnecting_frontends_leak_no_descriptors() {
-    let fx = Fixture::new("fs-fdleak", &["--num-request-queues", "4"]);
+    let fx = Fixture::new(
+        "fs-fdleak",
+        FsArgs {
+            num_request_queues: Some(4),
+            ..FsArgs::default()
+        },
+    );
     let mut counts = Vec::new();
     for _ in 0..30 {
         // Accepted once the last connection is over; counted while set up.

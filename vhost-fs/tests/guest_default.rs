@@ -11,11 +11,14 @@
 //!     cargo test -p vhost-fs --test guest_default -- --nocapture
 
 use std::fs::File;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::guest::{qemu_guest_image, Guest, Initrd};
+use vhostkit_tests::launch::fs::FsArgs;
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-fs");
@@ -44,12 +47,8 @@ fn default_daemon_under_default_qemu_device() {
     std::fs::write(share.join("from-host.txt"), "hello from the host").unwrap();
     let socket = dir.join("fs.sock");
     let log_path = dir.join("daemon.log");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .arg("--shared-dir")
-        .arg(&share)
-        .env_remove("RUST_LOG")
+    let mut cmd = Launch::on_socket(&socket, FsArgs::new(&share)).command(Path::new(BIN));
+    cmd.env_remove("RUST_LOG")
         .stderr(Stdio::from(File::create(&log_path).unwrap()));
     let _daemon = DaemonProcess::spawn("vhost-user-fs", cmd, &socket, Duration::from_secs(10))
         .expect("vhost-user-fs starts");

@@ -5,24 +5,23 @@
 //! descriptor; growing the table while threads run waits for RCU each time).
 
 use std::fs::File;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use vhostkit_driver::fs::{body, opcode, reply, FsDevice};
 use vhostkit_driver::DriverConfig;
 use vhostkit_tests::daemon::DaemonProcess;
+use vhostkit_tests::launch::fs::FsArgs;
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-fs");
 
 fn daemon(dir: &TempDir) -> DaemonProcess {
     let sock = dir.join("fs.sock");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--socket-path")
-        .arg(&sock)
-        .arg("--shared-dir")
-        .arg(dir.join("share"))
-        .env_remove("RUST_LOG")
+    let mut cmd = Launch::on_socket(&sock, FsArgs::new(dir.join("share"))).command(Path::new(BIN));
+    cmd.env_remove("RUST_LOG")
         .stderr(Stdio::from(File::create(dir.join("daemon.log")).unwrap()));
     DaemonProcess::spawn("vhost-user-fs", cmd, &sock, Duration::from_secs(10)).unwrap()
 }

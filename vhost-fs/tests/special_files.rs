@@ -21,6 +21,8 @@ use std::path::Path;
 use common::*;
 use vhost_fs::fuse::*;
 use vhostkit_driver::fs::{body, FsReply};
+use vhostkit_tests::launch::fs::{FsArgs, InodeFileHandles, Sandbox};
+use vhostkit_tests::launch::SeccompAction;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// A special file of each kind, by name suffix.
@@ -260,14 +262,27 @@ fn only_o_path_descriptors(pid: u32, names: &[String]) -> usize {
     held
 }
 
-fn special_files_are_never_opened(tag: &str, args: &[&str], sandboxed: bool) {
+/// With `--xattr` and `daemon`'s options, under `seccomp` if given; `sandboxed`:
+/// the files are served by the sandbox's child.
+fn special_files_are_never_opened(
+    tag: &str,
+    daemon: FsArgs,
+    seccomp: Option<SeccompAction>,
+    sandboxed: bool,
+) {
     if !is_root() {
         vhostkit_tests::skip::skip(format_args!("making device nodes needs root"));
         return;
     }
-    let mut all_args = vec!["--xattr"];
-    all_args.extend_from_slice(args);
-    let fx = Fixture::new(tag, &all_args);
+    let file_handles = daemon.inode_file_handles.is_some();
+    let daemon = FsArgs {
+        xattr: true,
+        ..daemon
+    };
+    let fx = Fixture::launch(tag, daemon, |launch| match seccomp {
+        Some(action) => launch.seccomp(action),
+        None => launch,
+    });
     let _host_socket = host_nodes(&fx.share);
     let mut s = fx.session();
     let mut names = Vec::new();
@@ -293,7 +308,7 @@ fn special_files_are_never_opened(tag: &str, args: &[&str], sandboxed: bool) {
     no_handle_operations(&mut s);
     let pid = serving_process(&fx, sandboxed);
     let held = only_o_path_descriptors(pid, &names);
-    if args.iter().any(|a| a.starts_with("--inode-file-handles")) {
+    if file_handles {
         assert_eq!(held, 0, "file handles hold no descriptors");
     } else {
         assert_eq!(
@@ -330,14 +345,18 @@ fn special_files_are_never_opened(tag: &str, args: &[&str], sandboxed: bool) {
 
 #[test]
 fn special_files_plain() {
-    special_files_are_never_opened("fs-special", &[], false);
+    special_files_are_never_opened("fs-special", FsArgs::default(), None, false);
 }
 
 #[test]
 fn special_files_namespace_sandbox_seccomp_kill() {
     special_files_are_never_opened(
         "fs-special-ns",
-        &["--sandbox", "namespace", "--seccomp", "kill"],
+        FsArgs {
+            sandbox: Some(Sandbox::Namespace),
+            ..FsArgs::default()
+        },
+        Some(SeccompAction::Kill),
         true,
     );
 }
@@ -346,7 +365,11 @@ fn special_files_namespace_sandbox_seccomp_kill() {
 fn special_files_chroot_sandbox_seccomp_kill() {
     special_files_are_never_opened(
         "fs-special-chroot",
-        &["--sandbox", "chroot", "--seccomp", "kill"],
+        FsArgs {
+            sandbox: Some(Sandbox::Chroot),
+            ..FsArgs::default()
+        },
+        Some(SeccompAction::Kill),
         true,
     );
 }
@@ -355,13 +378,12 @@ fn special_files_chroot_sandbox_seccomp_kill() {
 fn special_files_with_file_handles() {
     special_files_are_never_opened(
         "fs-special-fh",
-        &[
-            "--inode-file-handles=mandatory",
-            "--sandbox",
-            "namespace",
-            "--seccomp",
-            "kill",
-        ],
+        FsArgs {
+            inode_file_handles: Some(InodeFileHandles::Mandatory),
+            sandbox: Some(Sandbox::Namespace),
+            ..FsArgs::default()
+        },
+        Some(SeccompAction::Kill),
         true,
     );
 }

@@ -1,11 +1,16 @@
 //! The daemon as a process: configuration errors give one clear line and exit
 //! code 2; a tap that cannot be set up gives exit code 1.
 
+use std::ffi::OsStr;
+use std::fmt::Debug;
 use std::process::Command;
+
+use vhostkit_tests::launch::net::NetArgs;
+use vhostkit_tests::launch::Launch;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-net");
 
-fn run_expecting_failure(args: &[&str]) -> (i32, String) {
+fn run_expecting_failure(args: &[impl AsRef<OsStr> + Debug]) -> (i32, String) {
     let out = Command::new(BIN)
         .args(args)
         .env_remove("RUST_LOG")
@@ -57,14 +62,12 @@ fn configuration_errors_give_one_line_and_exit_code_2() {
 fn a_tap_that_cannot_be_opened_fails_with_exit_code_1() {
     if std::path::Path::new("/dev/net/tun").exists() {
         // An MTU the tap refuses (taps take at most 65521) fails after the open.
-        let (code, text) = run_expecting_failure(&[
-            "--socket-path",
-            "/tmp/vhostkit-net-cli2.sock",
-            "--tap",
-            "vkcli1",
-            "--mtu",
-            "65535",
-        ]);
+        let daemon = NetArgs {
+            mtu: Some(65535),
+            ..NetArgs::new("vkcli1")
+        };
+        let launch = Launch::on_socket("/tmp/vhostkit-net-cli2.sock", daemon);
+        let (code, text) = run_expecting_failure(&launch.to_args());
         assert_eq!(code, 1, "{text}");
         assert!(text.contains("MTU of tap vkcli1"), "{text}");
     } else {

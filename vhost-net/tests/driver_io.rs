@@ -10,6 +10,8 @@
 //! daemon reads. Needs root and /dev/net/tun; otherwise each test prints SKIPPED.
 
 use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +24,8 @@ use vhostkit_driver::net::{
 };
 use vhostkit_driver::{Buf, DriverConfig, RingEnable};
 use vhostkit_tests::daemon::DaemonProcess;
+use vhostkit_tests::launch::net::{HostIp, Mac, NetArgs};
+use vhostkit_tests::launch::{Launch, SeccompAction};
 use vhostkit_tests::packet::{frame, PacketSocket};
 use vhostkit_tests::TempDir;
 use virtio_bindings::virtio_net::*;
@@ -61,19 +65,40 @@ struct Setup {
 }
 
 impl Setup {
-    /// A daemon on a new tap, brought up with a /24 of its own, IPv6 off on it so
-    /// the host sends nothing of its own into the tap.
-    fn new(subnet: u8, args: &[&str]) -> Setup {
+    /// A daemon with the options `daemon` on a new tap (the fixture's: leave
+    /// `daemon.tap` empty), the guest at [`GUEST_MAC`], the tap brought up with
+    /// 10.213.`subnet`.1/24, IPv6 off on it so the host sends nothing of its own
+    /// into the tap.
+    fn new(subnet: u8, daemon: NetArgs) -> Setup {
+        Self::launch(subnet, daemon, |launch| launch)
+    }
+
+    /// [`new`](Self::new) with the options every daemon takes (`--seccomp`...) set
+    /// by `common` on the daemon's [`Launch`].
+    fn launch(
+        subnet: u8,
+        daemon: NetArgs,
+        common: impl FnOnce(Launch<NetArgs>) -> Launch<NetArgs>,
+    ) -> Setup {
+        assert!(
+            daemon.tap.is_empty(),
+            "the fixture names the tap, not {}",
+            daemon.tap
+        );
         let dir = TempDir::new("net").unwrap();
         let tap = tap_name();
         let sock = dir.join("net.sock");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--socket-path")
-            .arg(&sock)
-            .args(["--tap", &tap, "--mac", "52:54:00:12:34:56"])
-            .args(["--host-ip", &format!("10.213.{subnet}.1/24")])
-            .args(args)
-            .env_remove("RUST_LOG")
+        let daemon = NetArgs {
+            tap: tap.clone(),
+            mac: Some(Mac(GUEST_MAC)),
+            host_ip: Some(HostIp {
+                addr: Ipv4Addr::new(10, 213, subnet, 1).into(),
+                prefix: 24,
+            }),
+            ..daemon
+        };
+        let mut cmd = common(Launch::on_socket(&sock, daemon)).command(Path::new(BIN));
+        cmd.env_remove("RUST_LOG")
             .stderr(Stdio::from(File::create(dir.join("daemon.log")).unwrap()));
         let daemon = DaemonProcess::spawn("vhost-user-net", cmd, &sock, TIMEOUT).unwrap();
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1");
@@ -172,7 +197,14 @@ fn config_space_and_features() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(1, &["--num-queue-pairs", "3", "--mtu", "9000"]);
+    let s = Setup::new(
+        1,
+        NetArgs {
+            num_queue_pairs: Some(3),
+            mtu: Some(9000),
+            ..NetArgs::default()
+        },
+    );
     let dev = s.connect(all_features());
     assert_eq!(dev.config.mac, GUEST_MAC);
     assert_eq!(u32::from(dev.config.status), VIRTIO_NET_S_LINK_UP);
@@ -219,7 +251,7 @@ fn tx_frames_come_out_of_the_tap_intact() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(2, &[]);
+    let s = Setup::new(2, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, false);
     let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
@@ -283,7 +315,7 @@ fn gso_frame_crosses_with_its_segmentation_metadata() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(3, &[]);
+    let s = Setup::new(3, NetArgs::default());
     // A socket that reports the vnet header of what the tap received.
     let sock = PacketSocket::open(&s.tap, true);
     let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
@@ -306,7 +338,13 @@ fn rx_frames_reach_the_guest_buffers() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(4, &["--mtu", "9000"]);
+    let s = Setup::new(
+        4,
+        NetArgs {
+            mtu: Some(9000),
+            ..NetArgs::default()
+        },
+    );
     let sock = PacketSocket::open(&s.tap, false);
     let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
@@ -335,7 +373,7 @@ fn rx_waits_for_buffers_then_delivers() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(5, &[]);
+    let s = Setup::new(5, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, false);
     let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
@@ -354,7 +392,7 @@ fn host_gso_frames_reach_the_guest_whole_with_guest_tso4() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(11, &[]);
+    let s = Setup::new(11, NetArgs::default());
     // The host sends a 64 KB TCP segment with its GSO metadata (PACKET_VNET_HDR).
     // With GUEST_TSO4 acked the daemon set TUN_F_TSO4 on the tap, so the kernel
     // hands it over unsegmented and the guest gets it whole with gso_type TCPV4.
@@ -387,7 +425,7 @@ fn a_large_frame_waits_for_enough_rx_buffers() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(14, &[]);
+    let s = Setup::new(14, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, true);
     let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
@@ -471,7 +509,13 @@ fn frames_go_only_to_the_pairs_the_guest_uses() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(12, &["--num-queue-pairs", "2"]);
+    let s = Setup::new(
+        12,
+        NetArgs {
+            num_queue_pairs: Some(2),
+            ..NetArgs::default()
+        },
+    );
     let sock = PacketSocket::open(&s.tap, false);
     let (mut dev, mut pairs) = s.connect_pairs(all_features(), 2);
     let mut ctrl = dev.setup_ctrl(64).unwrap();
@@ -499,7 +543,13 @@ fn offloads_are_reset_for_the_next_frontend() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(13, &["--poll-us", "50"]);
+    let s = Setup::new(
+        13,
+        NetArgs {
+            poll_us: Some(50),
+            ..NetArgs::default()
+        },
+    );
     let sock = PacketSocket::open(&s.tap, true);
     let tso = (1 << VIRTIO_NET_F_GUEST_CSUM) | (1 << VIRTIO_NET_F_GUEST_TSO4);
     for (round, features) in [all_features(), all_features() & !tso]
@@ -547,7 +597,13 @@ fn control_queue_sets_pairs_and_refuses_bad_commands() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(6, &["--num-queue-pairs", "2"]);
+    let s = Setup::new(
+        6,
+        NetArgs {
+            num_queue_pairs: Some(2),
+            ..NetArgs::default()
+        },
+    );
     let sock = PacketSocket::open(&s.tap, false);
     let (mut dev, mut pairs) = s.connect_pairs(all_features(), 2);
     let mut ctrl = dev.setup_ctrl(64).unwrap();
@@ -631,7 +687,7 @@ fn hostile_tx_chains_are_dropped_and_returned() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(7, &[]);
+    let s = Setup::new(7, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, false);
     let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
@@ -701,7 +757,7 @@ fn rx_buffers_too_small_without_mrg_rxbuf_drop_the_frame() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(8, &[]);
+    let s = Setup::new(8, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, false);
     let (_dev, mut pairs) = s.connect_pairs(all_features() & !(1 << VIRTIO_NET_F_MRG_RXBUF), 1);
     let pair = &mut pairs[0];
@@ -724,7 +780,7 @@ fn hostile_rx_buffers_are_returned_empty() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(9, &[]);
+    let s = Setup::new(9, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, false);
     let (_dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let pair = &mut pairs[0];
@@ -762,7 +818,7 @@ fn a_second_frontend_is_served_after_the_first_hangs_up() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(10, &[]);
+    let s = Setup::new(10, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, false);
     for round in 0..2 {
         let (dev, mut pairs) = s.connect_pairs(all_features(), 1);
@@ -787,7 +843,7 @@ fn heads_outside_the_queue_are_dropped_before_the_used_ring() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(17, &[]);
+    let s = Setup::new(17, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, false);
     let (mut dev, mut pairs) = s.connect_pairs(all_features(), 1);
     let mut ctrl = dev.setup_ctrl(64).unwrap();
@@ -857,7 +913,7 @@ fn rings_enabled_before_set_features_carry_frames() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(15, &[]);
+    let s = Setup::new(15, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, false);
     let cfg = DriverConfig {
         features: qemu_one_pair_features(),
@@ -882,7 +938,7 @@ fn every_ring_enable_order_carries_frames() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(16, &[]);
+    let s = Setup::new(16, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, false);
     let socket = s.dir.join("net.sock");
     let connect = |ring_enable| {
@@ -954,7 +1010,7 @@ fn a_held_frame_is_dropped_when_the_rings_are_reset() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(18, &[]);
+    let s = Setup::new(18, NetArgs::default());
     let sock = PacketSocket::open(&s.tap, true);
     let (mut dev, mut pairs) = s.connect_pairs(all_features(), 1);
     pairs[0].post_rx(8, 1536).unwrap();
@@ -1007,7 +1063,14 @@ fn confined_daemon_serves_frames_without_capabilities() {
     if !can_run() {
         return;
     }
-    let mut s = Setup::new(19, &["--seccomp", "kill", "--num-queue-pairs", "2"]);
+    let mut s = Setup::launch(
+        19,
+        NetArgs {
+            num_queue_pairs: Some(2),
+            ..NetArgs::default()
+        },
+        |launch| launch.seccomp(SeccompAction::Kill),
+    );
     let sock = PacketSocket::open(&s.tap, true);
     for round in 0..2 {
         let (mut dev, mut pairs) = s.connect_pairs(all_features(), 2);
@@ -1062,7 +1125,13 @@ fn control_command_log_lines_are_rate_limited() {
     if !can_run() {
         return;
     }
-    let s = Setup::new(20, &["--num-queue-pairs", "2"]);
+    let s = Setup::new(
+        20,
+        NetArgs {
+            num_queue_pairs: Some(2),
+            ..NetArgs::default()
+        },
+    );
     let (mut dev, _pairs) = s.connect_pairs(all_features(), 2);
     let mut ctrl = dev.setup_ctrl(64).unwrap();
     let started = Instant::now();

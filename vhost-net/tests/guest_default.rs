@@ -16,11 +16,14 @@
 //!     cargo test -p vhost-net --test guest_default -- --nocapture
 
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::guest::{qemu_guest_image, Guest, GuestOutput, Initrd};
+use vhostkit_tests::launch::net::{HostIp, NetArgs};
+use vhostkit_tests::launch::{Launch, LogLevel};
 use vhostkit_tests::netns::{self, NetNs};
 use vhostkit_tests::TempDir;
 
@@ -82,8 +85,11 @@ fn default_daemon_under_default_qemu_device() {
         return;
     };
     let pid = std::process::id();
-    let subnet = 10 + pid % 240;
-    let (host_ip, guest_ip) = (format!("10.78.{subnet}.1"), format!("10.78.{subnet}.2"));
+    let subnet = 10 + (pid % 240) as u8;
+    let (host_ip, guest_ip) = (
+        Ipv4Addr::new(10, 78, subnet, 1),
+        Ipv4Addr::new(10, 78, subnet, 2),
+    );
     let tap = format!("vkd{pid}");
     let dir = TempDir::new("guest-default").unwrap();
     let socket = dir.join("net.sock");
@@ -91,12 +97,16 @@ fn default_daemon_under_default_qemu_device() {
 
     // Dropped last: the daemon inside goes first (reverse declaration order).
     let ns = NetNs::create(&format!("vkd-{pid}")).expect("create the network namespace");
+    let daemon = NetArgs {
+        host_ip: Some(HostIp {
+            addr: host_ip.into(),
+            prefix: 24,
+        }),
+        ..NetArgs::new(&tap)
+    };
+    let launch = Launch::on_socket(&socket, daemon).log_level(LogLevel::Debug);
     let mut cmd = ns.command(BIN);
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .args(["--tap", &tap])
-        .args(["--host-ip", &format!("{host_ip}/24")])
-        .args(["--log-level", "debug"])
+    cmd.args(launch.to_args())
         .env_remove("RUST_LOG")
         .stderr(Stdio::from(File::create(&log_path).unwrap()));
     let mut daemon = DaemonProcess::spawn("vhost-user-net", cmd, &socket, Duration::from_secs(10))
@@ -106,8 +116,8 @@ fn default_daemon_under_default_qemu_device() {
         });
 
     let script = SCRIPT
-        .replace("@HOST@", &host_ip)
-        .replace("@GUEST@", &guest_ip);
+        .replace("@HOST@", &host_ip.to_string())
+        .replace("@GUEST@", &guest_ip.to_string());
     // QEMU's defaults, spelled out rather than through NetDevice (which adds
     // `queues=`): `vectors=0` is the one departure (see the module docs).
     let out = Guest::new(&image, &script)

@@ -16,18 +16,21 @@
 //!     cargo test -p vhost-net --test guest_iperf -- --nocapture
 
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vhostkit_tests::daemon::DaemonProcess;
 use vhostkit_tests::guest::{Guest, GuestImage, GuestOutput, NetDevice};
+use vhostkit_tests::launch::net::{HostIp, Mac, NetArgs};
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::netns::{self, NetNs};
 use vhostkit_tests::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-net");
 const QUEUE_PAIRS: u16 = 2;
-const GUEST_MAC: &str = "52:54:00:77:00:02";
+const GUEST_MAC: Mac = Mac([0x52, 0x54, 0x00, 0x77, 0x00, 0x02]);
 const IPERF_PORT: u16 = 5201;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -118,7 +121,7 @@ fn check(out: &GuestOutput) -> Result<(f64, f64), String> {
         return Err(format!("the guest script reports: {error}"));
     }
     let mac = value("mac")?;
-    if mac != GUEST_MAC {
+    if mac != GUEST_MAC.to_string() {
         return Err(format!("guest MAC {mac}, expected {GUEST_MAC}"));
     }
     let received: u32 = value("ping_received")?.parse().unwrap_or(0);
@@ -178,8 +181,11 @@ fn iperf3_through_vhost_user_net() {
     };
     let start = Instant::now();
     let pid = std::process::id();
-    let subnet = 10 + pid % 240;
-    let (host_ip, guest_ip) = (format!("10.77.{subnet}.1"), format!("10.77.{subnet}.2"));
+    let subnet = 10 + (pid % 240) as u8;
+    let (host_ip, guest_ip) = (
+        Ipv4Addr::new(10, 77, subnet, 1),
+        Ipv4Addr::new(10, 77, subnet, 2),
+    );
     let tap = format!("vkt{pid}");
     let dir = TempDir::new("guest-iperf").unwrap();
     let socket = dir.join("net.sock");
@@ -187,12 +193,17 @@ fn iperf3_through_vhost_user_net() {
 
     // Dropped last: the processes inside go first (reverse declaration order).
     let ns = NetNs::create(&format!("vk-{pid}")).expect("create the network namespace");
+    let daemon = NetArgs {
+        mac: Some(GUEST_MAC),
+        num_queue_pairs: Some(QUEUE_PAIRS),
+        host_ip: Some(HostIp {
+            addr: host_ip.into(),
+            prefix: 24,
+        }),
+        ..NetArgs::new(&tap)
+    };
     let mut cmd = ns.command(BIN);
-    cmd.arg("--socket-path")
-        .arg(&socket)
-        .args(["--tap", &tap, "--mac", GUEST_MAC])
-        .args(["--num-queue-pairs", &QUEUE_PAIRS.to_string()])
-        .args(["--host-ip", &format!("{host_ip}/24")])
+    cmd.args(Launch::on_socket(&socket, daemon).to_args())
         .env_remove("RUST_LOG")
         .stderr(Stdio::from(File::create(&log_path).unwrap()));
     let mut daemon = DaemonProcess::spawn("vhost-user-net", cmd, &socket, Duration::from_secs(10))
@@ -202,7 +213,13 @@ fn iperf3_through_vhost_user_net() {
         });
     let server = ns
         .command("iperf3")
-        .args(["-s", "-B", &host_ip, "-p", &IPERF_PORT.to_string()])
+        .args([
+            "-s",
+            "-B",
+            &host_ip.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+        ])
         .stdout(Stdio::from(File::create(dir.join("iperf3.log")).unwrap()))
         .stderr(Stdio::from(File::create(dir.join("iperf3.err")).unwrap()))
         .stdin(Stdio::null())
@@ -211,12 +228,12 @@ fn iperf3_through_vhost_user_net() {
     let mut server = IperfServer(server);
 
     let script = SCRIPT
-        .replace("@HOST@", &host_ip)
-        .replace("@GUEST@", &guest_ip)
+        .replace("@HOST@", &host_ip.to_string())
+        .replace("@GUEST@", &guest_ip.to_string())
         .replace("@PAIRS@", &QUEUE_PAIRS.to_string())
         .replace("@PORT@", &IPERF_PORT.to_string());
     let out = Guest::new(&image, &script)
-        .net(NetDevice::vhost_user(&socket, QUEUE_PAIRS).mac(GUEST_MAC))
+        .net(NetDevice::vhost_user(&socket, QUEUE_PAIRS).mac(GUEST_MAC.to_string()))
         .timeout(GUEST_TIMEOUT)
         .run()
         .unwrap_or_else(|e| panic!("{e}"));

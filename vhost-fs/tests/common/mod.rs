@@ -8,13 +8,15 @@ use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use vhost_fs::fuse::*;
 use vhostkit_driver::fs::{body, reply, FsDevice, FsQueue, FsReply};
 use vhostkit_driver::DriverConfig;
 use vhostkit_tests::daemon::DaemonProcess;
+use vhostkit_tests::launch::fs::FsArgs;
+use vhostkit_tests::launch::Launch;
 use vhostkit_tests::TempDir;
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -30,8 +32,25 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// A daemon sharing `dir/share`; `dir/outside` holds a file the guest must never reach.
-    pub fn new(name: &str, args: &[&str]) -> Fixture {
+    /// A daemon with the options `daemon` sharing `dir/share` (the fixture's folder:
+    /// leave `daemon.shared_dir` empty) under the tag `testfs` unless `daemon` names
+    /// one; `dir/outside` holds a file the guest must never reach.
+    pub fn new(name: &str, daemon: FsArgs) -> Fixture {
+        Self::launch(name, daemon, |launch| launch)
+    }
+
+    /// [`new`](Self::new) with the options every daemon takes (`--seccomp`...) set
+    /// by `common` on the daemon's [`Launch`].
+    pub fn launch(
+        name: &str,
+        daemon: FsArgs,
+        common: impl FnOnce(Launch<FsArgs>) -> Launch<FsArgs>,
+    ) -> Fixture {
+        assert!(
+            daemon.shared_dir.as_os_str().is_empty(),
+            "the fixture shares its own folder, not {}",
+            daemon.shared_dir.display()
+        );
         let dir = TempDir::new(name).unwrap();
         let share = dir.join("share");
         let outside = dir.join("outside");
@@ -39,14 +58,13 @@ impl Fixture {
         std::fs::create_dir(&outside).unwrap();
         std::fs::write(outside.join("secret"), b"top secret").unwrap();
         let sock = dir.join("fs.sock");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--socket-path")
-            .arg(&sock)
-            .arg("--shared-dir")
-            .arg(&share)
-            .args(["--tag", "testfs"])
-            .args(args)
-            .env_remove("RUST_LOG")
+        let daemon = FsArgs {
+            shared_dir: share.clone(),
+            tag: daemon.tag.or_else(|| Some("testfs".into())),
+            ..daemon
+        };
+        let mut cmd = common(Launch::on_socket(&sock, daemon)).command(Path::new(BIN));
+        cmd.env_remove("RUST_LOG")
             .stderr(Stdio::from(File::create(dir.join("daemon.log")).unwrap()));
         // The umask a shell gives: the daemon must not apply it on top of the guest's.
         // SAFETY: umask is async-signal-safe and touches only the child's mask.
