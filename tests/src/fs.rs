@@ -133,14 +133,7 @@ pub const VIRTIOFSD_TAG: &str = "vfsd";
 /// default namespace sandbox needs user namespaces and is not what is under test),
 /// with `--cache auto`, one thread pool per queue as it chooses.
 pub fn virtiofsd_cmd(tools: &FsTools, socket: &Path, shared_dir: &Path) -> Command {
-    let mut cmd = Command::new(&tools.virtiofsd);
-    cmd.arg("--socket-path")
-        .arg(socket)
-        .arg("--shared-dir")
-        .arg(shared_dir)
-        .args(["--cache", "auto", "--sandbox", "none"])
-        .env("RUST_LOG", "warn");
-    cmd
+    virtiofsd_cmd_with(&tools.virtiofsd, socket, shared_dir, "auto")
 }
 
 /// Where `scripts/build-fs-tools.sh` installs virtiofsd ([`FsTools::default_dir`]),
