@@ -6,3 +6,5 @@
 
 pub mod report;
 pub mod setup;
+pub mod noise;
+pub mod procs;

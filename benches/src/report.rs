@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 use std::fmt::Write as _;
+
+pub use crate::noise::{Spread, Verdict};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -80,6 +82,40 @@ pub struct Row {
     pub workload: String,
     pub ours: Measurement,
     pub peer: Option<Measurement>,
+    /// Per-run figures (per guest boot in guest-bench), the A/A noise floor and the
+    /// verdict on ours/peer, where the bench measures them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
+    /// What one request cost the guest and the host, for each backend, where the
+    /// bench measures it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub costs: Option<CostsPair>,
+}
+
+/// What one request cost, per 1,000 requests (CPU in microseconds per request),
+/// over a row's runs. `None` where it cannot be measured (a backend inside QEMU
+/// has no process of its own; vhostkit has no vCPU thread names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Costs {
+    /// Interrupts the guest took on its virtio devices, per 1,000 requests.
+    pub guest_irqs: Option<f64>,
+    /// Write system calls of QEMU's vCPU threads (the guest's kicks), per 1,000.
+    pub kicks: Option<f64>,
+    /// The backend's sleeps ended by a wake-up (voluntary context switches), per 1,000.
+    pub backend_wakeups: Option<f64>,
+    /// The backend's preemptions (involuntary context switches), per 1,000.
+    pub backend_preempted: Option<f64>,
+    /// The backend's CPU (user + system), microseconds per request.
+    pub backend_cpu_us: Option<f64>,
+    /// QEMU's CPU (all threads, the guest's vCPUs included), microseconds per request.
+    pub vmm_cpu_us: Option<f64>,
+}
+
+/// [`Costs`] of both backends on one row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct CostsPair {
+    pub ours: Costs,
+    pub peer: Option<Costs>,
 }
 
 impl Row {
@@ -181,33 +217,81 @@ impl Report {
                     .unwrap_or_else(|| "-".into()),
             ]);
         }
-        let widths: Vec<usize> = (0..header.len())
-            .map(|c| cells.iter().map(|r| r[c].len()).max().unwrap_or(0))
-            .collect();
+        // Runs with a spread get its columns: each backend's range over the runs,
+        // the A/A floor and the verdict.
+        if self.rows.iter().any(|r| r.spread.is_some()) {
+            cells[0].extend(
+                [
+                    "ours min-max",
+                    &format!("{peer} min-max"),
+                    "A/A floor",
+                    "verdict",
+                ]
+                .map(String::from),
+            );
+            for (row, cells) in self.rows.iter().zip(cells.iter_mut().skip(1)) {
+                let s = row.spread.as_ref();
+                let range = |v: Option<&Vec<f64>>| {
+                    v.and_then(|v| Spread::range(v))
+                        .map(|(a, b)| format!("{}-{}", fmt_num(a), fmt_num(b)))
+                        .unwrap_or_else(|| "-".into())
+                };
+                cells.push(range(s.map(|s| &s.ours_samples)));
+                cells.push(range(s.map(|s| &s.peer_samples)));
+                cells.push(fmt_opt(s.and_then(|s| s.noise_floor)));
+                cells.push(
+                    s.and_then(|s| s.verdict)
+                        .map(|v| v.as_str().to_string())
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.title);
         let _ = writeln!(out, "ours: {}   peer: {}", self.ours_name, self.peer_name);
         for note in &self.notes {
             let _ = writeln!(out, "  {note}");
         }
-        for (i, row) in cells.iter().enumerate() {
-            let line: Vec<String> = row
-                .iter()
-                .enumerate()
-                .map(|(c, v)| {
-                    if c == 0 {
-                        format!("{v:<w$}", w = widths[c])
-                    } else {
-                        format!("{v:>w$}", w = widths[c])
-                    }
-                })
-                .collect();
-            let _ = writeln!(out, "{}", line.join("  "));
-            if i == 0 {
-                let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
-                let _ = writeln!(out, "{}", "-".repeat(total));
-            }
+        render_cells(&cells, &mut out);
+        out.push_str(&self.costs_table());
+        out
+    }
+
+    /// The second table, where rows have [`Costs`]: per 1,000 requests, for ours
+    /// and the peer side by side. Empty when no row has them.
+    fn costs_table(&self) -> String {
+        let rows: Vec<(&Row, &CostsPair)> = self
+            .rows
+            .iter()
+            .filter_map(|r| r.costs.as_ref().map(|c| (r, c)))
+            .collect();
+        if rows.is_empty() {
+            return String::new();
         }
+        let peer = &self.peer_label;
+        let pairs: [(&str, fn(&Costs) -> Option<f64>); 6] = [
+            ("guest irqs/1k", |c| c.guest_irqs),
+            ("kicks/1k", |c| c.kicks),
+            ("wakeups/1k", |c| c.backend_wakeups),
+            ("preempted/1k", |c| c.backend_preempted),
+            ("backend CPU us/req", |c| c.backend_cpu_us),
+            ("QEMU CPU us/req", |c| c.vmm_cpu_us),
+        ];
+        let mut cells = vec![vec!["costs per request".to_string()]];
+        for (name, _) in &pairs {
+            cells[0].push(format!("{name} ours"));
+            cells[0].push(peer.to_string());
+        }
+        for (row, c) in &rows {
+            let mut line = vec![row.workload.clone()];
+            for (_, get) in &pairs {
+                line.push(fmt_opt(get(&c.ours)));
+                line.push(fmt_opt(c.peer.as_ref().and_then(get)));
+            }
+            cells.push(line);
+        }
+        let mut out = String::from("\n");
+        render_cells(&cells, &mut out);
         out
     }
 
@@ -301,6 +385,33 @@ impl Report {
     }
 }
 
+/// Writes `cells` (a header line, then rows) as an aligned table: the first column
+/// left-aligned, the others right-aligned, a rule under the header.
+fn render_cells(cells: &[Vec<String>], out: &mut String) {
+    let columns = cells.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| cells.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for (i, row) in cells.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, v)| {
+                if c == 0 {
+                    format!("{v:<w$}", w = widths[c])
+                } else {
+                    format!("{v:>w$}", w = widths[c])
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  "));
+        if i == 0 {
+            let total: usize = widths.iter().sum::<usize>() + 2 * (columns.max(1) - 1);
+            let _ = writeln!(out, "{}", "-".repeat(total));
+        }
+    }
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -374,6 +485,8 @@ mod tests {
                 mb_per_sec: 409.6,
                 cpu_s_per_mop: Some(9.0),
             }),
+            spread: None,
+            costs: None,
         });
         r
     }

@@ -580,6 +580,8 @@ fn run(mut args: Args) -> Result<(), String> {
             workload: w.name.clone(),
             ours: Measurement::median_of(&ours_ms),
             peer: Some(Measurement::median_of(&peer_ms)),
+            spread: None,
+            costs: None,
         });
     }
     for w in &null_work {
@@ -596,6 +598,8 @@ fn run(mut args: Args) -> Result<(), String> {
             workload: null_name(w),
             ours: Measurement::median_of(&ms),
             peer: None,
+            spread: None,
+            costs: None,
         });
     }
 

@@ -933,6 +933,8 @@ fn run(mut args: Args) -> Result<(), String> {
             workload: w.name.clone(),
             ours: Measurement::median_of(&ours_ms),
             peer: (!peer_ms.is_empty()).then(|| Measurement::median_of(&peer_ms)),
+            spread: None,
+            costs: None,
         });
     }
 

@@ -49,7 +49,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vhostkit_benches::report::{process_cpu_seconds, Measurement, OutputArgs, Report, Row};
+use vhostkit_benches::procs::ProcCounters;
+use vhostkit_benches::report::{
+    process_cpu_seconds, Costs, CostsPair, Measurement, OutputArgs, Report, Row, Spread,
+};
 use vhostkit_tests::daemon::{
     qemu_storage_daemon_cmd, qemu_storage_daemon_version, workspace_bin, DaemonProcess,
 };
@@ -380,7 +383,136 @@ struct Sample {
     mb_per_sec: f64,
     ios: u64,
     cpu_seconds: Option<f64>,
+    /// The guest's and the host's counters over the row.
+    counters: Option<RowCounters>,
 }
+
+/// What happened while a row ran in one boot: the guest's virtio interrupts (and
+/// for a net row its packets), read by the guest script in the row's markers
+/// (`irqs=N packets=N`), and the backend's and QEMU's process counters, read on
+/// the host when the markers arrive. Marker to marker, so the interval is a little
+/// wider than the measured one, on both sides alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct RowCounters {
+    guest_irqs: Option<u64>,
+    packets: Option<u64>,
+    backend: Option<ProcCounters>,
+    vmm: Option<ProcCounters>,
+}
+
+impl RowCounters {
+    /// The counters now: the guest's from a marker's text after the row id, the
+    /// host's read from /proc for the backend process (`None` for a backend inside
+    /// QEMU) and for QEMU.
+    fn now(marker_rest: &str, backend: Option<u32>, vmm: Option<u32>) -> Self {
+        let field = |key: &str| -> Option<u64> {
+            marker_rest
+                .split_whitespace()
+                .find_map(|t| t.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+        };
+        RowCounters {
+            guest_irqs: field("irqs="),
+            packets: field("packets="),
+            backend: backend.and_then(|pid| ProcCounters::read(pid).ok()),
+            vmm: vmm.and_then(|pid| ProcCounters::read(pid).ok()),
+        }
+    }
+
+    /// From `begin` to `self`.
+    fn since(&self, begin: &RowCounters) -> RowCounters {
+        let diff = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?));
+        let procs = |a: Option<ProcCounters>, b: Option<ProcCounters>| Some(a?.since(&b?));
+        RowCounters {
+            guest_irqs: diff(self.guest_irqs, begin.guest_irqs),
+            packets: diff(self.packets, begin.packets),
+            backend: procs(self.backend, begin.backend),
+            vmm: procs(self.vmm, begin.vmm),
+        }
+    }
+}
+
+/// One boot's result on one row, whatever the row's kind.
+trait BootSample {
+    /// The row's figure (IOPS, files/s, Mbit/s).
+    fn value(&self) -> f64;
+    /// What the costs are counted per: fio's I/Os, tar's files, a net row's packets.
+    fn requests(&self) -> u64;
+    fn counters(&self) -> Option<RowCounters>;
+}
+
+impl BootSample for Sample {
+    fn value(&self) -> f64 {
+        self.iops
+    }
+    fn requests(&self) -> u64 {
+        self.ios
+    }
+    fn counters(&self) -> Option<RowCounters> {
+        self.counters
+    }
+}
+
+impl BootSample for NetSample {
+    fn value(&self) -> f64 {
+        self.mbit_per_sec
+    }
+    fn requests(&self) -> u64 {
+        self.counters.and_then(|c| c.packets).unwrap_or(0)
+    }
+    fn counters(&self) -> Option<RowCounters> {
+        self.counters
+    }
+}
+
+/// A row's spread over the boots (with the A/A floor and the verdict) and its
+/// costs, from each backend's boots in run order.
+fn spread_and_costs<S: BootSample>(
+    ours: &[S],
+    peer: Option<&[S]>,
+) -> (Option<Spread>, Option<CostsPair>) {
+    let values = |v: &[S]| v.iter().map(S::value).collect::<Vec<_>>();
+    let costs = |v: &[S]| {
+        costs_of(
+            &v.iter()
+                .map(|s| (s.requests(), s.counters()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let spread = Spread::new(&values(ours), &values(peer.unwrap_or(&[])));
+    let pair = costs(ours).map(|c| CostsPair {
+        ours: c,
+        peer: peer.and_then(costs),
+    });
+    (Some(spread), pair)
+}
+
+/// [`Costs`] over a row's boots: each counter summed over the boots that have it,
+/// per request summed over the same boots (`requests` of each boot).
+fn costs_of(boots: &[(u64, Option<RowCounters>)]) -> Option<Costs> {
+    if boots.iter().all(|(_, c)| c.is_none()) {
+        return None;
+    }
+    let per = |get: &dyn Fn(&RowCounters) -> Option<f64>, scale: f64| -> Option<f64> {
+        let (mut sum, mut requests) = (0.0, 0u64);
+        for (n, c) in boots {
+            if let Some(v) = c.as_ref().and_then(get) {
+                sum += v;
+                requests += n;
+            }
+        }
+        (requests > 0).then(|| sum * scale / requests as f64)
+    };
+    Some(Costs {
+        guest_irqs: per(&|c| c.guest_irqs.map(|v| v as f64), 1e3),
+        kicks: per(&|c| c.vmm.map(|v| v.vcpu_writes as f64), 1e3),
+        backend_wakeups: per(&|c| c.backend.map(|v| v.wakeups as f64), 1e3),
+        backend_preempted: per(&|c| c.backend.map(|v| v.preempted as f64), 1e3),
+        backend_cpu_us: per(&|c| c.backend.map(|v| v.cpu_seconds), 1e6),
+        vmm_cpu_us: per(&|c| c.vmm.map(|v| v.cpu_seconds), 1e6),
+    })
+}
+
 
 impl Sample {
     fn cpu_s_per_mop(&self) -> Option<f64> {
@@ -857,6 +989,8 @@ fn run(args: &Args) -> Result<(), String> {
             workload: w.title.to_string(),
             ours: mean(samples.get(&(i, "ours")).map(Vec::as_slice).unwrap_or(&[])),
             peer: samples.get(&(i, "peer")).map(|v| mean(v)),
+            spread: None,
+            costs: None,
         });
     }
     if with_vhostkit {
@@ -870,6 +1004,8 @@ fn run(args: &Args) -> Result<(), String> {
                         .unwrap_or(&[]),
                 ),
                 peer: samples.get(&(i, "peer")).map(|v| mean(v)),
+                spread: None,
+                costs: None,
             });
         }
     }
@@ -891,6 +1027,8 @@ fn run(args: &Args) -> Result<(), String> {
                     .unwrap_or(&[]),
             ),
             peer: fs_samples.get(&(i, "peer")).map(|v| mean(v)),
+            spread: None,
+            costs: None,
         });
     }
 
@@ -913,6 +1051,8 @@ fn run(args: &Args) -> Result<(), String> {
                     .unwrap_or(&[]),
             ),
             peer: net_samples.get(&(i, "peer")).map(|v| net_mean(v)),
+            spread: None,
+            costs: None,
         });
     }
 
@@ -1076,7 +1216,7 @@ fn guest_script(
     net_rows: &[&NetWorkload],
     net_seconds: u32,
 ) -> String {
-    let mut s = String::from("failed=0\n");
+    let mut s = format!("failed=0\n{COUNTERS_SH}");
     if !rows.is_empty() {
         s.push_str(&fio_script(rows, seconds));
     }
@@ -1096,13 +1236,14 @@ fn guest_script(
         ));
         for w in net_rows {
             s.push_str(&format!(
-                "echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
+                "echo \"VHOSTKIT-ROW-BEGIN {id} {counters}\"\n\
                  iperf3 -c {HOST_IP} -p {IPERF_PORT} -t {net_seconds} -P {streams} {reverse}-i 0 -J >/tmp/{id}.json\n\
                  rc=$?\n\
-                 echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
+                 echo \"VHOSTKIT-ROW-END {id} rc=$rc {counters}\"\n\
                  [ $rc = 0 ] || failed=1\n\
                  echo \"VHOSTKIT-BEGIN iperf-{id}\"; cat /tmp/{id}.json; echo \"VHOSTKIT-END iperf-{id}\"\n",
                 id = w.id,
+                counters = NET_COUNTERS,
                 streams = w.streams,
                 reverse = if w.reverse { "-R " } else { "" },
             ));
@@ -1111,6 +1252,18 @@ fn guest_script(
     s.push_str("exit $failed\n");
     s
 }
+
+/// Shell functions of the guest's run.sh that the row markers call: the
+/// interrupts the guest has taken on its virtio devices so far (every
+/// /proc/interrupts line that names one, summed over the CPUs; under INTx a line
+/// shared with another device counts whole), and eth0's packets both ways.
+const COUNTERS_SH: &str = "virtio_irqs() { awk '/virtio/ { for (i = 2; i <= NF; i++) { if ($i !~ /^[0-9]+$/) break; s += $i } } END { print s + 0 }' /proc/interrupts; }\n\
+net_packets() { echo $(( $(cat /sys/class/net/eth0/statistics/rx_packets) + $(cat /sys/class/net/eth0/statistics/tx_packets) )); }\n";
+/// What a row marker carries besides the row's id (read before the row starts
+/// and after it ends, outside the measured interval).
+const COUNTERS: &str = "irqs=$(virtio_irqs)";
+/// The same for a net row: the packets too (a net row's requests).
+const NET_COUNTERS: &str = "irqs=$(virtio_irqs) packets=$(net_packets)";
 
 /// The fio part of the guest's run.sh.
 fn fio_script(rows: &[&Workload], seconds: u32) -> String {
@@ -1124,15 +1277,16 @@ fn fio_script(rows: &[&Workload], seconds: u32) -> String {
     );
     for w in rows {
         s.push_str(&format!(
-            "echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
+            "echo \"VHOSTKIT-ROW-BEGIN {id} {counters}\"\n\
              fio --name={id} --filename=$dev --ioengine=libaio --direct=1 --rw={rw} --bs={bs} \
              --iodepth={qd} --numjobs=1 --time_based --runtime={seconds} --norandommap \
              --randrepeat=0 --eta=never --output-format=json --output=/tmp/{id}.json\n\
              rc=$?\n\
-             echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
+             echo \"VHOSTKIT-ROW-END {id} rc=$rc {counters}\"\n\
              [ $rc = 0 ] || failed=1\n\
              echo \"VHOSTKIT-BEGIN fio-{id}\"; cat /tmp/{id}.json; echo \"VHOSTKIT-END fio-{id}\"\n",
             id = w.id,
+            counters = COUNTERS,
             rw = w.rw,
             bs = w.bs,
             qd = w.iodepth,
@@ -1171,23 +1325,23 @@ fn fs_script(rows: &[&FsWorkload], seconds: u32, labels: &[&str]) -> String {
             let id = format!("{}.{label}", w.id);
             match w.fio {
                 Some((rw, bs, qd)) => s.push_str(&format!(
-                    "echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
+                    "echo \"VHOSTKIT-ROW-BEGIN {id} {COUNTERS}\"\n\
                      fio --name={id} --filename={file} --ioengine=libaio --direct=1 --rw={rw} --bs={bs} \
                      --iodepth={qd} --numjobs=1 --time_based --runtime={seconds} --norandommap \
                      --randrepeat=0 --eta=never --output-format=json --output=/tmp/{id}.json\n\
                      rc=$?\n\
-                     echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
+                     echo \"VHOSTKIT-ROW-END {id} rc=$rc {COUNTERS}\"\n\
                      [ $rc = 0 ] || failed=1\n\
                      echo \"VHOSTKIT-BEGIN fio-{id}\"; cat /tmp/{id}.json; echo \"VHOSTKIT-END fio-{id}\"\n"
                 )),
                 None => s.push_str(&format!(
                     "mkdir {mnt}/{FS_TREE} || {{ echo \"VHOSTKIT-RESULT error mkdir {mnt}/{FS_TREE} failed\"; exit 1; }}\n\
-                     echo \"VHOSTKIT-ROW-BEGIN {id}\"\n\
+                     echo \"VHOSTKIT-ROW-BEGIN {id} {COUNTERS}\"\n\
                      t0=$(cut -d' ' -f1 /proc/uptime)\n\
                      tar -xf /{FS_TARBALL} -C {mnt}/{FS_TREE}\n\
                      rc=$?\n\
                      t1=$(cut -d' ' -f1 /proc/uptime)\n\
-                     echo \"VHOSTKIT-ROW-END {id} rc=$rc\"\n\
+                     echo \"VHOSTKIT-ROW-END {id} rc=$rc {COUNTERS}\"\n\
                      [ $rc = 0 ] || failed=1\n\
                      files=$(find {mnt}/{FS_TREE} -type f | wc -l)\n\
                      echo \"VHOSTKIT-BEGIN tar-{id}\"; echo \"rc=$rc seconds=$(awk \"BEGIN {{ print $t1 - $t0 }}\") files=$files\"; echo \"VHOSTKIT-END tar-{id}\"\n"
@@ -1234,6 +1388,7 @@ fn parse_tar(text: &str, tarball: &Tarball) -> Result<Sample, String> {
         mb_per_sec: tarball.file_bytes as f64 / seconds / 1e6,
         ios: files,
         cpu_seconds: None,
+        counters: None,
     })
 }
 
@@ -1359,6 +1514,7 @@ type BootSamples = (
 struct NetSample {
     mbit_per_sec: f64,
     bytes: u64,
+    counters: Option<RowCounters>,
     /// vhost-user-net's CPU seconds while the row ran (ours only).
     cpu_seconds: Option<f64>,
 }
@@ -1577,10 +1733,17 @@ fn boot_once(
             blk_pid
         }
     };
+    // QEMU's pid, from its -pidfile (vhostkit has none: no VMM counters there).
+    let pidfile = dir.join(&format!("{tag}-qemu.pid"));
+    let _ = std::fs::remove_file(&pidfile);
+    let vmm_pid = || -> Option<u32> { std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok() };
+    let mut counters_at_begin: Option<RowCounters> = None;
+    let mut row_counters: BTreeMap<String, RowCounters> = BTreeMap::new();
     let mut on_line = |line: &str| {
         if let Some(rest) = marker(line, "VHOSTKIT-ROW-BEGIN ") {
-            let id = rest.trim();
+            let id = rest.split_whitespace().next().unwrap_or("");
             cpu_at_begin = pid_for(id).and_then(|pid| process_cpu_seconds(pid).ok());
+            counters_at_begin = Some(RowCounters::now(rest, pid_for(id), vmm_pid()));
             let title = rows
                 .iter()
                 .find(|w| w.id == id)
@@ -1598,6 +1761,10 @@ fn boot_once(
             eprint!("  {:<26} ", title.as_deref().unwrap_or(id));
         } else if let Some(rest) = marker(line, "VHOSTKIT-ROW-END ") {
             let id = rest.split_whitespace().next().unwrap_or("").to_string();
+            if let Some(begin) = counters_at_begin.take() {
+                let end = RowCounters::now(rest, pid_for(&id), vmm_pid());
+                row_counters.insert(id.clone(), end.since(&begin));
+            }
             if let (Some(begin), Some(pid)) = (cpu_at_begin.take(), pid_for(&id)) {
                 if let Ok(end) = process_cpu_seconds(pid) {
                     cpu.insert(id, end - begin);
@@ -1616,6 +1783,7 @@ fn boot_once(
                 let mut sample = parse_fio(&text);
                 if let Ok(s) = sample.as_mut() {
                     s.cpu_seconds = cpu.get(id).copied();
+                    s.counters = row_counters.get(id).copied();
                     eprintln!(
                         "{:>9.0} IOPS {:>8.1} MB/s   daemon CPU {}",
                         s.iops,
@@ -1632,6 +1800,7 @@ fn boot_once(
                 let mut sample = parse_iperf(&text);
                 if let Ok(s) = sample.as_mut() {
                     s.cpu_seconds = cpu.get(id).copied();
+                    s.counters = row_counters.get(id).copied();
                     eprintln!(
                         "{:>9.0} Mbit/s   daemon CPU {}",
                         s.mbit_per_sec,
@@ -1650,6 +1819,7 @@ fn boot_once(
                 };
                 if let Ok(s) = sample.as_mut() {
                     s.cpu_seconds = cpu.get(id).copied();
+                    s.counters = row_counters.get(id).copied();
                     eprintln!(
                         "{:>9.0} files/s {:>5.1} MB/s in {:.2} s   daemon CPU {}",
                         s.iops,
@@ -1693,6 +1863,15 @@ fn boot_once(
         .vmm(slot.vmm())
         .timeout(timeout)
         .echo(args.verbose);
+    if slot.vmm() == Vmm::Qemu {
+        // The pid for the VMM's counters; thread names to tell the vCPU threads.
+        guest = guest.qemu_args([
+            "-pidfile",
+            &pidfile.to_string_lossy(),
+            "-name",
+            "guest-bench,debug-threads=on",
+        ]);
+    }
     if !rows.is_empty() {
         guest = guest.blk(BlkDevice::new(&socket, NUM_QUEUES));
     }
@@ -1952,6 +2131,7 @@ fn parse_iperf(text: &str) -> Result<NetSample, String> {
     Ok(NetSample {
         mbit_per_sec: bps / 1e6,
         bytes,
+        counters: None,
         cpu_seconds: None,
     })
 }
@@ -2091,7 +2271,7 @@ mod tests {
         assert!(s.contains("umount /mnt/ours"));
         assert!(s.ends_with("exit $failed\n"));
         // ABBA: the first label first on even rows, second on odd ones.
-        let at = |id: &str| s.find(&format!("VHOSTKIT-ROW-BEGIN {id}\"")).unwrap();
+        let at = |id: &str| s.find(&format!("VHOSTKIT-ROW-BEGIN {id} ")).unwrap();
         assert!(at("fs-randread-4k-qd16.peer") < at("fs-randread-4k-qd16.ours"));
         assert!(at("fs-randwrite-4k-qd16.ours") < at("fs-randwrite-4k-qd16.peer"));
         assert!(at("fs-tar-x.peer") < at("fs-tar-x.ours"));

@@ -1050,6 +1050,8 @@ fn run(mut args: Args) -> Result<(), String> {
             workload: w.name.to_string(),
             ours: Measurement::median_of(&ours_ms),
             peer: (!peer_ms.is_empty()).then(|| Measurement::median_of(&peer_ms)),
+            spread: None,
+            costs: None,
         });
     }
 

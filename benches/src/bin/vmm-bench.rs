@@ -249,6 +249,8 @@ fn run(args: &Args) -> Result<(), String> {
             workload: name,
             ours: per_second(o),
             peer: p.map(per_second),
+            spread: None,
+            costs: None,
         });
     }
 
@@ -386,6 +388,8 @@ fn linux_row(
         workload,
         ours: per_second(o),
         peer: p.map(per_second),
+        spread: None,
+        costs: None,
     }))
 }
 
@@ -442,6 +446,8 @@ fn blk_row(
         ),
         ours: per_second(m),
         peer: None,
+        spread: None,
+        costs: None,
     }))
 }
 
@@ -562,6 +568,8 @@ fn notification_row(
             ..Default::default()
         },
         peer: None,
+        spread: None,
+        costs: None,
     };
     Ok(Some((row, notes)))
 }
