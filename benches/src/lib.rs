@@ -4,7 +4,7 @@
 //! one [`report::Measurement`] per backend measured in the same run, printed as a
 //! table, and optionally written as JSON and as an SVG bar chart of the ratios.
 
-pub mod report;
-pub mod setup;
 pub mod noise;
 pub mod procs;
+pub mod report;
+pub mod setup;

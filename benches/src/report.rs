@@ -510,6 +510,45 @@ mod tests {
         );
     }
 
+    /// Rows with a spread get its columns; rows with costs a second table; rows
+    /// without either print as before.
+    #[test]
+    fn spread_columns_and_costs_table() {
+        let plain = sample().to_table();
+        assert!(!plain.contains("A/A floor") && !plain.contains("costs per request"));
+        let mut r = sample();
+        r.rows[0].spread = Some(Spread::new(&[150.0, 151.0], &[100.0, 99.0]));
+        r.rows[0].costs = Some(CostsPair {
+            ours: Costs {
+                guest_irqs: Some(250.0),
+                kicks: Some(31.5),
+                ..Default::default()
+            },
+            peer: Some(Costs {
+                guest_irqs: Some(990.0),
+                ..Default::default()
+            }),
+        });
+        let t = r.to_table();
+        assert!(t.contains("150-151") && t.contains("99.0-100"), "{t}");
+        assert!(t.contains("ahead"), "{t}");
+        assert!(t.contains("costs per request"), "{t}");
+        assert!(
+            t.contains("250") && t.contains("990") && t.contains("31.5"),
+            "{t}"
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains("\"verdict\":\"ahead\"") && json.contains("\"guest_irqs\":990.0"),
+            "{json}"
+        );
+        let json = serde_json::to_string(&sample()).unwrap();
+        assert!(
+            !json.contains("spread") && !json.contains("costs"),
+            "{json}"
+        );
+    }
+
     #[test]
     fn frames_and_gbit_columns() {
         let mut r = sample();

@@ -487,6 +487,24 @@ fn spread_and_costs<S: BootSample>(
     (Some(spread), pair)
 }
 
+/// A row of the report from each backend's boots (in run order): the figures
+/// `mean` makes of them, their spread and their costs.
+fn row_of<S: BootSample>(
+    workload: String,
+    ours: &[S],
+    peer: Option<&[S]>,
+    mean: impl Fn(&[S]) -> Measurement,
+) -> Row {
+    let (spread, costs) = spread_and_costs(ours, peer);
+    Row {
+        workload,
+        ours: mean(ours),
+        peer: peer.map(&mean),
+        spread,
+        costs,
+    }
+}
+
 /// [`Costs`] over a row's boots: each counter summed over the boots that have it,
 /// per request summed over the same boots (`requests` of each boot).
 fn costs_of(boots: &[(u64, Option<RowCounters>)]) -> Option<Costs> {
@@ -512,7 +530,6 @@ fn costs_of(boots: &[(u64, Option<RowCounters>)]) -> Option<Costs> {
         vmm_cpu_us: per(&|c| c.vmm.map(|v| v.cpu_seconds), 1e6),
     })
 }
-
 
 impl Sample {
     fn cpu_s_per_mop(&self) -> Option<f64> {
@@ -985,28 +1002,24 @@ fn run(args: &Args) -> Result<(), String> {
         }
     };
     for (i, w) in rows.iter().enumerate() {
-        report.rows.push(Row {
-            workload: w.title.to_string(),
-            ours: mean(samples.get(&(i, "ours")).map(Vec::as_slice).unwrap_or(&[])),
-            peer: samples.get(&(i, "peer")).map(|v| mean(v)),
-            spread: None,
-            costs: None,
-        });
+        report.rows.push(row_of(
+            w.title.to_string(),
+            samples.get(&(i, "ours")).map(Vec::as_slice).unwrap_or(&[]),
+            samples.get(&(i, "peer")).map(Vec::as_slice),
+            mean,
+        ));
     }
     if with_vhostkit {
         for (i, w) in rows.iter().enumerate() {
-            report.rows.push(Row {
-                workload: format!("{} [vhostkit+ours vs QEMU+peer]", w.title),
-                ours: mean(
-                    samples
-                        .get(&(i, "vhostkit+ours"))
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[]),
-                ),
-                peer: samples.get(&(i, "peer")).map(|v| mean(v)),
-                spread: None,
-                costs: None,
-            });
+            report.rows.push(row_of(
+                format!("{} [vhostkit+ours vs QEMU+peer]", w.title),
+                samples
+                    .get(&(i, "vhostkit+ours"))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]),
+                samples.get(&(i, "peer")).map(Vec::as_slice),
+                mean,
+            ));
         }
     }
 
@@ -1018,18 +1031,15 @@ fn run(args: &Args) -> Result<(), String> {
         if fs.virtiofsd.is_none() {
             workload.push_str(" [peer SKIPPED]");
         }
-        report.rows.push(Row {
+        report.rows.push(row_of(
             workload,
-            ours: mean(
-                fs_samples
-                    .get(&(i, "ours"))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-            ),
-            peer: fs_samples.get(&(i, "peer")).map(|v| mean(v)),
-            spread: None,
-            costs: None,
-        });
+            fs_samples
+                .get(&(i, "ours"))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+            fs_samples.get(&(i, "peer")).map(Vec::as_slice),
+            mean,
+        ));
     }
 
     let net_mean = |v: &[NetSample]| -> Measurement {
@@ -1042,18 +1052,15 @@ fn run(args: &Args) -> Result<(), String> {
         }
     };
     for (i, w) in net_rows.iter().enumerate() {
-        report.rows.push(Row {
-            workload: format!("iperf3 {} [Mbit/s]", w.title),
-            ours: net_mean(
-                net_samples
-                    .get(&(i, "ours"))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-            ),
-            peer: net_samples.get(&(i, "peer")).map(|v| net_mean(v)),
-            spread: None,
-            costs: None,
-        });
+        report.rows.push(row_of(
+            format!("iperf3 {} [Mbit/s]", w.title),
+            net_samples
+                .get(&(i, "ours"))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+            net_samples.get(&(i, "peer")).map(Vec::as_slice),
+            net_mean,
+        ));
     }
 
     report.emit_to(&args.output)?;
@@ -2165,6 +2172,76 @@ fn parse_fio(text: &str) -> Result<Sample, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guest's counters come from the markers; the host's from /proc of the
+    /// processes given (here this test process as both); differences never go
+    /// below zero.
+    #[test]
+    fn row_counters_from_markers_and_proc() {
+        let me = std::process::id();
+        let begin = RowCounters::now("fio-x irqs=100 packets=7", Some(me), Some(me));
+        assert_eq!((begin.guest_irqs, begin.packets), (Some(100), Some(7)));
+        assert!(begin.backend.is_some() && begin.vmm.is_some());
+        std::thread::sleep(Duration::from_millis(5));
+        let end = RowCounters::now("fio-x rc=0 irqs=160 packets=9", Some(me), None);
+        let d = end.since(&begin);
+        assert_eq!((d.guest_irqs, d.packets), (Some(60), Some(2)));
+        assert!(d.backend.unwrap().wakeups >= 1);
+        assert_eq!(d.vmm, None, "no QEMU at the end: no VMM figures");
+        let no_guest = RowCounters::now("fio-x", None, None);
+        assert_eq!(no_guest, RowCounters::default());
+        assert_eq!(begin.since(&end).guest_irqs, Some(0));
+    }
+
+    /// Costs are sums over the boots that measured them, per request of those
+    /// boots: a boot without counters adds neither counts nor requests.
+    #[test]
+    fn costs_are_per_request_over_the_boots() {
+        let boot = |irqs, writes, cpu| RowCounters {
+            guest_irqs: Some(irqs),
+            packets: None,
+            backend: Some(ProcCounters {
+                cpu_seconds: cpu,
+                wakeups: 2 * irqs,
+                preempted: 1,
+                vcpu_writes: 0,
+            }),
+            vmm: Some(ProcCounters {
+                vcpu_writes: writes,
+                ..Default::default()
+            }),
+        };
+        let c = costs_of(&[
+            (1000, Some(boot(500, 250, 0.01))),
+            (3000, Some(boot(1500, 750, 0.03))),
+            (5000, None),
+        ])
+        .unwrap();
+        assert_eq!(c.guest_irqs, Some(500.0));
+        assert_eq!(c.kicks, Some(250.0));
+        assert_eq!(c.backend_wakeups, Some(1000.0));
+        assert_eq!(c.backend_preempted, Some(0.5));
+        assert!((c.backend_cpu_us.unwrap() - 10.0).abs() < 1e-9);
+        assert_eq!(c.vmm_cpu_us, Some(0.0));
+        assert_eq!(costs_of(&[(10, None)]), None);
+        // A net row counts per packet; a sample without packets has no requests.
+        let net = NetSample {
+            mbit_per_sec: 1.0,
+            bytes: 1,
+            counters: Some(RowCounters {
+                packets: Some(40),
+                ..boot(20, 10, 0.0)
+            }),
+            cpu_seconds: None,
+        };
+        let (spread, costs) = spread_and_costs(&[net], None);
+        assert_eq!(costs.unwrap().ours.guest_irqs, Some(500.0));
+        assert_eq!(
+            spread.unwrap().verdict,
+            None,
+            "one boot, no peer: no verdict"
+        );
+    }
 
     #[test]
     fn rows_filter() {
