@@ -111,6 +111,19 @@ pub struct Costs {
     pub vmm_cpu_us: Option<f64>,
 }
 
+/// A column of the costs table: its name and the figure it shows.
+type CostColumn = (&'static str, fn(&Costs) -> Option<f64>);
+
+/// The costs table's columns, in order.
+const COST_COLUMNS: [CostColumn; 6] = [
+    ("guest irqs/1k", |c| c.guest_irqs),
+    ("kicks/1k", |c| c.kicks),
+    ("wakeups/1k", |c| c.backend_wakeups),
+    ("preempted/1k", |c| c.backend_preempted),
+    ("backend CPU us/req", |c| c.backend_cpu_us),
+    ("QEMU CPU us/req", |c| c.vmm_cpu_us),
+];
+
 /// [`Costs`] of both backends on one row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct CostsPair {
@@ -269,14 +282,7 @@ impl Report {
             return String::new();
         }
         let peer = &self.peer_label;
-        let pairs: [(&str, fn(&Costs) -> Option<f64>); 6] = [
-            ("guest irqs/1k", |c| c.guest_irqs),
-            ("kicks/1k", |c| c.kicks),
-            ("wakeups/1k", |c| c.backend_wakeups),
-            ("preempted/1k", |c| c.backend_preempted),
-            ("backend CPU us/req", |c| c.backend_cpu_us),
-            ("QEMU CPU us/req", |c| c.vmm_cpu_us),
-        ];
+        let pairs = COST_COLUMNS;
         let mut cells = vec![vec!["costs per request".to_string()]];
         for (name, _) in &pairs {
             cells[0].push(format!("{name} ours"));
