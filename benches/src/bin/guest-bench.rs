@@ -262,8 +262,10 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=600))]
     net_seconds: u32,
     /// Guest boots per backend; backends alternate (ours, peer, peer, ours, ...) and
-    /// the table shows means.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=20))]
+    /// the table shows means. Each backend's boots, split in two interleaved halves,
+    /// give the row's A/A noise floor (see the notes under the table): with 4, each
+    /// half holds two boots.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
     rounds: u32,
     /// Image size per backend, MiB (a file on /dev/shm, filled with data first).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(64..=16384))]
@@ -842,6 +844,32 @@ fn run(args: &Args) -> Result<(), String> {
     report.notes.push(format!(
         "host: {host_cpus} CPU(s), shared by QEMU's vCPU threads and the daemon"
     ));
+    report.notes.push(
+        "every QEMU boot has the same guest devices (1 vhost-user-blk, 1 virtio-net, 2 \
+         vhost-user-fs, as the rows need), whichever backend serves them: an idle \
+         device of one side is in the other side's boots too"
+            .to_string(),
+    );
+    report.notes.push(format!(
+        "spread: each backend's min-max over its boots; A/A floor: each backend's boots \
+         in run order split into two interleaved halves, the ratio of their means is the \
+         backend against itself; the floor is the larger deviation of the two, as a \
+         factor; verdict: ahead or behind only where ours/peer lies outside \
+         [1/floor, floor] (needs 2 boots each; {} here)",
+        args.rounds
+    ));
+    report.notes.push(
+        "costs, per 1,000 requests (fio I/Os, tar files, net packets both ways in the \
+         guest), marker to marker around each row: guest irqs = interrupts on the \
+         guest's virtio lines (/proc/interrupts; INTx lines count whole); kicks = write \
+         system calls of QEMU's vCPU threads (a kick is one: the ioeventfd of a \
+         vhost-user queue, or the wake-up of QEMU's own tap backend); wakeups and \
+         preempted = the backend's voluntary and involuntary context switches (all \
+         threads); CPU = user+system microseconds per request, of the backend process \
+         and of QEMU (the guest's vCPUs included). The net peer's backend runs inside \
+         QEMU: its figures are QEMU's"
+            .to_string(),
+    );
     if !net_rows.is_empty() {
         report.notes.push(format!(
             "net rows: iperf3 3.12 TCP, {} s per row, the guest the client (-R for host->guest), \
