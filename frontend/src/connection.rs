@@ -559,6 +559,11 @@ mod tests {
                     None if flags & NEED_REPLY != 0 => Some(u64_body(0)),
                     None => None,
                 };
+                // Recorded before the reply goes out: once the frontend has its
+                // answer, the test may read the record (`requests`) at once.
+                if tx.send((request, body)).is_err() {
+                    return;
+                }
                 if let Some(reply) = reply {
                     let mut msg = Vec::new();
                     for w in [request, 0x1 | REPLY, reply.len() as u32] {
@@ -566,9 +571,6 @@ mod tests {
                     }
                     msg.extend_from_slice(&reply);
                     s.write_all(&msg).unwrap();
-                }
-                if tx.send((request, body)).is_err() {
-                    return;
                 }
             }
         });
