@@ -489,14 +489,17 @@ fn spread_and_costs<S: BootSample>(
     (Some(spread), pair)
 }
 
-/// A row of the report from each backend's boots (in run order): the figures
-/// `mean` makes of them, their spread and their costs.
+/// A row of the report from the boots of row `i` (in run order) under the label
+/// `ours` (ours, or vhostkit+ours) and `peer`: the figures `mean` makes of them,
+/// their spread and their costs.
 fn row_of<S: BootSample>(
     workload: String,
-    ours: &[S],
-    peer: Option<&[S]>,
+    samples: &BTreeMap<(usize, &'static str), Vec<S>>,
+    (i, ours): (usize, &'static str),
     mean: impl Fn(&[S]) -> Measurement,
 ) -> Row {
+    let ours = samples.get(&(i, ours)).map(Vec::as_slice).unwrap_or(&[]);
+    let peer = samples.get(&(i, "peer")).map(Vec::as_slice);
     let (spread, costs) = spread_and_costs(ours, peer);
     Row {
         workload,
@@ -1030,22 +1033,16 @@ fn run(args: &Args) -> Result<(), String> {
         }
     };
     for (i, w) in rows.iter().enumerate() {
-        report.rows.push(row_of(
-            w.title.to_string(),
-            samples.get(&(i, "ours")).map(Vec::as_slice).unwrap_or(&[]),
-            samples.get(&(i, "peer")).map(Vec::as_slice),
-            mean,
-        ));
+        report
+            .rows
+            .push(row_of(w.title.to_string(), &samples, (i, "ours"), mean));
     }
     if with_vhostkit {
         for (i, w) in rows.iter().enumerate() {
             report.rows.push(row_of(
                 format!("{} [vhostkit+ours vs QEMU+peer]", w.title),
-                samples
-                    .get(&(i, "vhostkit+ours"))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-                samples.get(&(i, "peer")).map(Vec::as_slice),
+                &samples,
+                (i, "vhostkit+ours"),
                 mean,
             ));
         }
@@ -1059,15 +1056,9 @@ fn run(args: &Args) -> Result<(), String> {
         if fs.virtiofsd.is_none() {
             workload.push_str(" [peer SKIPPED]");
         }
-        report.rows.push(row_of(
-            workload,
-            fs_samples
-                .get(&(i, "ours"))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
-            fs_samples.get(&(i, "peer")).map(Vec::as_slice),
-            mean,
-        ));
+        report
+            .rows
+            .push(row_of(workload, &fs_samples, (i, "ours"), mean));
     }
 
     let net_mean = |v: &[NetSample]| -> Measurement {
@@ -1082,11 +1073,8 @@ fn run(args: &Args) -> Result<(), String> {
     for (i, w) in net_rows.iter().enumerate() {
         report.rows.push(row_of(
             format!("iperf3 {} [Mbit/s]", w.title),
-            net_samples
-                .get(&(i, "ours"))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
-            net_samples.get(&(i, "peer")).map(Vec::as_slice),
+            &net_samples,
+            (i, "ours"),
             net_mean,
         ));
     }
