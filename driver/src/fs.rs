@@ -293,15 +293,9 @@ impl FsQueue {
 
     fn wait(&mut self) -> Result<u32> {
         self.q.submit()?;
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(used) = self.q.pop_used() {
-                return Ok(used.len);
-            }
-            let now = Instant::now();
-            if now >= deadline || !self.q.wait_used(deadline - now)? {
-                return Err(Error::Timeout);
-            }
+        match self.q.next_used_by(Instant::now() + TIMEOUT)? {
+            Some(used) => Ok(used.len),
+            None => Err(Error::Timeout),
         }
     }
 

@@ -219,15 +219,7 @@ impl NetQueuePair {
     }
 
     fn next_rx_used(&mut self, deadline: Instant) -> Result<Option<Used>> {
-        loop {
-            if let Some(used) = self.rx.pop_used() {
-                return Ok(Some(used));
-            }
-            let now = Instant::now();
-            if now >= deadline || !self.rx.wait_used(deadline - now)? {
-                return Ok(None);
-            }
-        }
+        self.rx.next_used_by(deadline)
     }
 
     /// Waits up to `timeout` for one frame (all the buffers its `num_buffers`
@@ -316,15 +308,9 @@ impl CtrlQueue {
     pub fn run(&mut self, bufs: &[Buf], timeout: Duration) -> Result<u32> {
         self.q.add(bufs, false, 1)?;
         self.q.submit()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(used) = self.q.pop_used() {
-                return Ok(used.len);
-            }
-            let now = Instant::now();
-            if now >= deadline || !self.q.wait_used(deadline - now)? {
-                return Err(Error::Timeout);
-            }
+        match self.q.next_used_by(Instant::now() + timeout)? {
+            Some(used) => Ok(used.len),
+            None => Err(Error::Timeout),
         }
     }
 }

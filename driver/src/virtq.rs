@@ -656,6 +656,19 @@ impl Queue {
         }
     }
 
+    /// The next used element, waiting for one until `deadline`; `None` on timeout.
+    pub fn next_used_by(&mut self, deadline: Instant) -> Result<Option<Used>> {
+        loop {
+            if let Some(used) = self.pop_used() {
+                return Ok(Some(used));
+            }
+            let now = Instant::now();
+            if now >= deadline || !self.wait_used(deadline - now)? {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Reads and clears the call eventfd without blocking; returns its count.
     pub fn drain_call(&self) -> u64 {
         self.call.read().unwrap_or(0)
