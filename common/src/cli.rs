@@ -39,6 +39,30 @@ pub struct SeccompArgs {
     pub seccomp: crate::seccomp::SeccompAction,
 }
 
+/// `--coalesce-us`: interrupt coalescing (see [`crate::queue::Coalescer`]).
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct CoalesceArgs {
+    /// Interrupt coalescing: while the guest keeps submitting, hold the signal for
+    /// completed requests for windows of this many microseconds (16 at most in a
+    /// row), with guest notifications off, so one interrupt answers many requests
+    /// and the guest's next requests need no kick. Adaptive: a guest that waits for
+    /// each answer gets it at once. 0 turns it off; at most 1000.
+    #[arg(long, value_name = "US", default_value_t = DEFAULT_COALESCE_US)]
+    pub coalesce_us: u64,
+}
+
+/// The default coalescing window: longer than the time a busy guest takes to send
+/// its next request (a few microseconds under KVM, tens under QEMU TCG).
+pub const DEFAULT_COALESCE_US: u64 = 50;
+
+impl CoalesceArgs {
+    /// The checked window; zero means no coalescing.
+    pub fn window(&self) -> Result<Duration, String> {
+        let us = check_range("--coalesce-us", self.coalesce_us, 0..=1000)?;
+        Ok(Duration::from_micros(us))
+    }
+}
+
 /// Logging options.
 #[derive(Args, Clone, Debug, PartialEq, Eq)]
 pub struct LogArgs {

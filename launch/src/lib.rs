@@ -140,6 +140,8 @@ pub struct CommonArgs {
     pub seccomp: Option<SeccompAction>,
     /// `--log-level`; `None`: the daemon's default (info).
     pub log_level: Option<LogLevel>,
+    /// `--coalesce-us`; `None`: the daemon's default.
+    pub coalesce_us: Option<u64>,
 }
 
 impl CommonArgs {
@@ -150,6 +152,7 @@ impl CommonArgs {
             socket_group: None,
             seccomp: None,
             log_level: None,
+            coalesce_us: None,
         }
     }
 
@@ -161,7 +164,8 @@ impl CommonArgs {
         };
         args.opt_value("--socket-group", self.socket_group.as_deref())
             .choice("--seccomp", self.seccomp)
-            .choice("--log-level", self.log_level);
+            .choice("--log-level", self.log_level)
+            .opt_value("--coalesce-us", self.coalesce_us);
     }
 
     /// The options as arguments.
@@ -213,6 +217,12 @@ impl<A: DaemonArgs> Launch<A> {
 
     pub fn log_level(mut self, level: LogLevel) -> Self {
         self.common.log_level = Some(level);
+        self
+    }
+
+    /// `--coalesce-us` (0: no interrupt coalescing).
+    pub fn coalesce_us(mut self, us: u64) -> Self {
+        self.common.coalesce_us = Some(us);
         self
     }
 
@@ -271,6 +281,7 @@ mod tests {
         let l = Launch::on_fd(3, Nothing)
             .seccomp(SeccompAction::Kill)
             .log_level(LogLevel::Warn)
+            .coalesce_us(0)
             .extra(["--bogus"]);
         assert_eq!(
             l.to_args(),
@@ -281,6 +292,8 @@ mod tests {
                 "kill",
                 "--log-level",
                 "warn",
+                "--coalesce-us",
+                "0",
                 "--bogus"
             ]
         );

@@ -95,6 +95,7 @@ impl BlkBackend {
                 engine,
                 config.queue_size as usize,
                 config.poll,
+                config.coalesce,
             )));
         }
         Ok(BlkBackend {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use vhostkit_common::cli::{
-    check_queue_size, check_range, poll_duration, ListenAddr, ListenArgs, LogArgs, SeccompArgs,
+    check_queue_size, check_range, poll_duration, CoalesceArgs, ListenAddr, ListenArgs, LogArgs,
+    SeccompArgs,
 };
 use vhostkit_common::seccomp::SeccompAction;
 
@@ -58,6 +59,9 @@ pub struct Args {
     pub poll_us: u64,
 
     #[command(flatten)]
+    pub coalesce: CoalesceArgs,
+
+    #[command(flatten)]
     pub seccomp: SeccompArgs,
 
     #[command(flatten)]
@@ -76,6 +80,8 @@ pub struct BlkConfig {
     pub serial: [u8; ID_BYTES],
     pub engine: EngineKind,
     pub poll: Duration,
+    /// Interrupt-coalescing window (`--coalesce-us`); zero: off.
+    pub coalesce: Duration,
     pub seccomp: SeccompAction,
     pub log_level: String,
 }
@@ -100,6 +106,7 @@ impl TryFrom<Args> for BlkConfig {
         };
         let queue_size = check_queue_size(args.queue_size)?;
         let poll = poll_duration(args.poll_us)?;
+        let coalesce = args.coalesce.window()?;
         let serial = match &args.serial {
             Some(s) if s.len() > ID_BYTES => {
                 return Err(format!("--serial {s:?}: at most {ID_BYTES} bytes"));
@@ -121,6 +128,7 @@ impl TryFrom<Args> for BlkConfig {
             serial: crate::backend::serial_bytes(&serial),
             engine: args.engine,
             poll,
+            coalesce,
             seccomp: args.seccomp.seccomp,
             log_level: args.log.log_level,
         })
@@ -164,7 +172,8 @@ mod tests {
             let launch = Launch::on_socket("/tmp/b.sock", daemon)
                 .socket_group("0")
                 .seccomp(SeccompAction::Kill)
-                .log_level(LogLevel::Warn);
+                .log_level(LogLevel::Warn)
+                .coalesce_us(7);
             let args = Args::try_parse_from(
                 std::iter::once("vhost-user-blk".into()).chain(launch.to_args()),
             )
@@ -184,6 +193,7 @@ mod tests {
             assert_eq!(&c.serial[..5], b"sn-1\0");
             assert_eq!(c.engine, kind);
             assert_eq!(c.poll, Duration::from_micros(20));
+            assert_eq!(c.coalesce, Duration::from_micros(7));
             assert_eq!(c.seccomp, SeccompAction::Kill);
             assert_eq!(c.log_level, "warn");
         }
@@ -201,6 +211,10 @@ mod tests {
         assert_eq!(c.engine, EngineKind::IoUring);
         assert!(!c.readonly && !c.direct);
         assert!(c.poll.is_zero());
+        assert_eq!(
+            c.coalesce,
+            Duration::from_micros(vhostkit_common::cli::DEFAULT_COALESCE_US)
+        );
         assert_eq!(&c.serial[..8], b"disk.img");
     }
 
@@ -225,6 +239,10 @@ mod tests {
             .contains("20 bytes"));
         assert!(with(&["--engine", "aio"]).is_err());
         assert!(with(&["--poll-us", "5000000"]).is_err());
+        assert!(with(&["--coalesce-us", "1001"])
+            .unwrap_err()
+            .contains("--coalesce-us 1001: must be 0 to 1000"));
+        assert!(with(&["--coalesce-us", "0"]).unwrap().coalesce.is_zero());
         assert!(parse(&["--path", "/tmp/d"]).is_err());
         let c = with(&[
             "--engine",

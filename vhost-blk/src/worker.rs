@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use vhost_user_backend::VringT;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
-use vhostkit_common::queue::{ActiveQueue, Chain, IoVecs, Poller, QueueDevice, QueueServer};
+use vhostkit_common::queue::{
+    ActiveQueue, Chain, Coalescer, IoVecs, Poller, QueueDevice, QueueServer,
+};
 use vhostkit_common::{guest_debug, guest_error, guest_warn};
 use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryMmap};
 
@@ -113,9 +115,11 @@ impl QueueWorker {
         engine: Box<dyn IoEngine>,
         queue_size: usize,
         poll: Duration,
+        coalesce: Duration,
     ) -> Self {
         QueueWorker {
-            queue: QueueServer::new(format!("queue {index}"), Poller::fixed(poll)),
+            queue: QueueServer::new(format!("queue {index}"), Poller::fixed(poll))
+                .with_coalescing(Coalescer::adaptive(coalesce)),
             requests: Requests {
                 index,
                 device,
@@ -629,7 +633,14 @@ mod tests {
         });
         let engine = SlowRanges::default();
         let state = engine.state.clone();
-        let mut worker = QueueWorker::new(0, device, Box::new(engine), 16, Duration::ZERO);
+        let mut worker = QueueWorker::new(
+            0,
+            device,
+            Box::new(engine),
+            16,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let atomic = GuestMemoryAtomic::new(mem.clone());
         worker.set_memory(atomic.clone());

@@ -24,6 +24,7 @@ use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
 
+use super::coalesce::Coalescer;
 use super::hooks::{Admit, QueueHooks, QueueStats};
 use super::poll::Poller;
 use crate::guest_error;
@@ -66,6 +67,7 @@ pub struct QueueServer {
     name: String,
     hooks: QueueHooks,
     poller: Poller,
+    coalescer: Coalescer,
     /// With a dirty log: the device-writable buffers of each chain in flight, by
     /// head, marked when the chain completes.
     writable_by_head: Vec<Vec<(GuestAddress, u32)>>,
@@ -77,6 +79,7 @@ impl std::fmt::Debug for QueueServer {
             .field("name", &self.name)
             .field("hooks", &self.hooks)
             .field("poller", &self.poller)
+            .field("coalescer", &self.coalescer)
             .finish()
     }
 }
@@ -87,8 +90,15 @@ impl QueueServer {
             name: name.into(),
             hooks: QueueHooks::default(),
             poller,
+            coalescer: Coalescer::off(),
             writable_by_head: Vec::new(),
         }
+    }
+
+    /// Holds the guest's signal while it keeps submitting (see [`Coalescer`]).
+    pub fn with_coalescing(mut self, coalescer: Coalescer) -> Self {
+        self.coalescer = coalescer;
+        self
     }
 
     /// Replaces the queue's hooks (stats, admission, in-flight log, dirty log).
@@ -433,16 +443,23 @@ impl<'a> ActiveQueue<'a> {
         device: &mut D,
         poll: std::time::Duration,
     ) -> io::Result<()> {
+        // When the current hold began, and whether one of its windows caught new
+        // requests (see hold_signal).
+        let mut hold: Option<(Instant, bool)> = None;
         loop {
             let readable = self.drain(device)?;
-            // Tell the guest what finished before waiting for more.
-            self.signal();
             if !readable || self.throttled {
                 // Nothing more can be taken until the guest kicks again (it fixed
                 // its ring, or admission lets the queue go on).
+                self.signal_after(hold.take());
                 self.enable_notifications();
                 return Ok(());
             }
+            if self.hold_signal(device, &mut hold) {
+                continue;
+            }
+            // Tell the guest what finished before waiting for more.
+            self.signal_after(hold.take());
             // Watch the ring a while longer with notifications still off, so a
             // driver that sends again soon needs no kick and the worker no wake-up.
             if !poll.is_zero() && self.poll_for_more(device, poll) {
@@ -453,5 +470,46 @@ impl<'a> ActiveQueue<'a> {
             }
             // More arrived while notifications were off.
         }
+    }
+
+    /// Holds back the signal for what just completed for one coalescing window,
+    /// notifications still off, while the guest may be submitting more: true if
+    /// new requests came (serve them; their answers share the signal). False if
+    /// there is nothing to hold, the queue is not holding now, the window caught
+    /// nothing, or the hold reached its cap: signal now.
+    fn hold_signal<D: QueueDevice + ?Sized>(
+        &mut self,
+        device: &mut D,
+        hold: &mut Option<(Instant, bool)>,
+    ) -> bool {
+        if !self.completed_unsignalled {
+            return false;
+        }
+        let Some(window) = self.server.coalescer.window() else {
+            return false;
+        };
+        let (since, caught) = hold.get_or_insert_with(|| (Instant::now(), false));
+        if since.elapsed() >= self.server.coalescer.cap() {
+            return false;
+        }
+        Coalescer::wait(window);
+        device.poll_completions(self);
+        if self.has_available() == Ok(true) {
+            *caught = true;
+            return true;
+        }
+        false
+    }
+
+    /// Signals the guest and tells the coalescer how the hold, if any, went.
+    fn signal_after(&mut self, hold: Option<(Instant, bool)>) {
+        if !self.completed_unsignalled {
+            return;
+        }
+        match hold {
+            Some((_, caught)) => self.server.coalescer.hold_ended(caught),
+            None => self.server.coalescer.signalled_at_once(),
+        }
+        self.signal();
     }
 }
