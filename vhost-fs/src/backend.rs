@@ -21,7 +21,7 @@ use crate::config::{FsConfig, InodeFileHandles, TAG_BYTES};
 use crate::passthrough::{FsOptions, PassthroughFs};
 use crate::server::{FsServer, Server};
 use crate::worker::process_queue;
-use vhostkit_common::queue::{Poller, QueueServer};
+use vhostkit_common::queue::{Coalescer, Poller, QueueServer};
 
 /// Largest queue size a frontend may configure.
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -77,10 +77,10 @@ impl FsBackend {
                 memory: Mutex::new(None),
                 queues: (0..=config.num_request_queues)
                     .map(|q| {
-                        Mutex::new(QueueServer::new(
-                            format!("queue {q}"),
-                            Poller::adaptive(config.poll),
-                        ))
+                        Mutex::new(
+                            QueueServer::new(format!("queue {q}"), Poller::adaptive(config.poll))
+                                .with_coalescing(Coalescer::adaptive(config.coalesce)),
+                        )
                     })
                     .collect(),
                 config,

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use vhostkit_common::cli::{ListenAddr, ListenArgs, LogArgs};
+use vhostkit_common::cli::{CoalesceArgs, ListenAddr, ListenArgs, LogArgs};
 
 /// Bytes of the tag in the virtio-fs config space (`struct virtio_fs_config`).
 pub const TAG_BYTES: usize = 36;
@@ -95,6 +95,9 @@ pub struct Args {
     #[arg(long, default_value_t = 50, value_name = "US")]
     pub poll_us: u64,
 
+    #[command(flatten)]
+    pub coalesce: CoalesceArgs,
+
     /// Sandbox: namespace (pivot_root into the shared folder in new mount, pid
     /// and network namespaces), chroot (chroot into it) or none. Both sandboxes
     /// need root and fork a supervising parent. The default is none, unlike
@@ -147,6 +150,8 @@ pub struct FsConfig {
     pub allow_direct_io: bool,
     /// `--poll-us`: how long a queue worker spins for more requests before sleeping.
     pub poll: std::time::Duration,
+    /// Interrupt-coalescing window of the request queues (`--coalesce-us`).
+    pub coalesce: std::time::Duration,
     /// `--thread-pool-size`, accepted and not used (requests run on the queue threads).
     pub thread_pool_size: Option<usize>,
     pub log_level: String,
@@ -260,6 +265,7 @@ impl TryFrom<Args> for FsConfig {
             inode_file_handles: args.inode_file_handles,
             allow_direct_io: args.allow_direct_io,
             poll: vhostkit_common::cli::poll_duration(args.poll_us)?,
+            coalesce: args.coalesce.window()?,
             thread_pool_size: args.thread_pool_size,
             log_level: args.log.log_level,
         })
@@ -334,7 +340,8 @@ mod tests {
             };
             let launch = Launch::on_socket("/tmp/f.sock", daemon)
                 .seccomp(SeccompAction::Log)
-                .log_level(LogLevel::Error);
+                .log_level(LogLevel::Error)
+                .coalesce_us(0);
             let argv: Vec<OsString> = std::iter::once("vhost-user-fs".into())
                 .chain(launch.to_args())
                 .collect();
@@ -345,7 +352,7 @@ mod tests {
             assert_eq!((c.cache, c.sandbox, c.inode_file_handles), want);
             assert!(c.xattr && c.readonly && c.allow_direct_io && c.announce_submounts);
             assert_eq!(c.num_request_queues, 4);
-            assert!(c.poll.is_zero());
+            assert!(c.poll.is_zero() && c.coalesce.is_zero());
             assert_eq!(c.seccomp, SeccompAction::Log);
             assert_eq!(c.log_level, "error");
         }

@@ -70,7 +70,14 @@ impl NetBackend {
             rx_frame_max: AtomicUsize::new(net::MAX_FRAME_LEN),
         });
         let pairs = (0..usize::from(config.num_queue_pairs))
-            .map(|pair| Mutex::new(PairWorker::new(pair, device.clone(), config.poll)))
+            .map(|pair| {
+                Mutex::new(PairWorker::new(
+                    pair,
+                    device.clone(),
+                    config.poll,
+                    config.coalesce,
+                ))
+            })
             .collect();
         Ok(NetBackend {
             inner: Arc::new(Inner {

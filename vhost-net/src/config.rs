@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use vhostkit_common::cli::{
-    check_queue_size, check_range, poll_duration, ListenAddr, ListenArgs, LogArgs, SeccompArgs,
+    check_queue_size, check_range, poll_duration, CoalesceArgs, ListenAddr, ListenArgs, LogArgs,
+    SeccompArgs,
 };
 use vhostkit_common::seccomp::SeccompAction;
 
@@ -56,6 +57,9 @@ pub struct Args {
     pub poll_us: u64,
 
     #[command(flatten)]
+    pub coalesce: CoalesceArgs,
+
+    #[command(flatten)]
     pub seccomp: SeccompArgs,
 
     #[command(flatten)]
@@ -73,6 +77,8 @@ pub struct NetConfig {
     pub num_queue_pairs: u16,
     pub queue_size: u16,
     pub poll: Duration,
+    /// Interrupt-coalescing window of the transmit queues (`--coalesce-us`).
+    pub coalesce: Duration,
     pub seccomp: SeccompAction,
     pub log_level: String,
 }
@@ -132,6 +138,7 @@ impl TryFrom<Args> for NetConfig {
         )?;
         let queue_size = check_queue_size(args.queue_size)?;
         let poll = poll_duration(args.poll_us)?;
+        let coalesce = args.coalesce.window()?;
         let mac = match &args.mac {
             Some(s) => parse_mac(s)?,
             None => random_mac(),
@@ -146,6 +153,7 @@ impl TryFrom<Args> for NetConfig {
             num_queue_pairs,
             queue_size,
             poll,
+            coalesce,
             seccomp: args.seccomp.seccomp,
             log_level: args.log.log_level,
         })
@@ -190,7 +198,8 @@ mod tests {
         };
         let launch = Launch::on_socket("/tmp/n.sock", daemon)
             .seccomp(SeccompAction::Trap)
-            .log_level(LogLevel::Debug);
+            .log_level(LogLevel::Debug)
+            .coalesce_us(1000);
         let args =
             Args::try_parse_from(std::iter::once("vhost-user-net".into()).chain(launch.to_args()))
                 .unwrap();
@@ -207,6 +216,7 @@ mod tests {
         assert_eq!(c.mac, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
         assert_eq!((c.mtu, c.num_queue_pairs, c.queue_size), (9000, 3, 512));
         assert_eq!(c.poll, Duration::from_micros(15));
+        assert_eq!(c.coalesce, Duration::from_micros(1000));
         assert_eq!(c.seccomp, SeccompAction::Trap);
         assert_eq!(c.log_level, "debug");
     }

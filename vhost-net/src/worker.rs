@@ -12,7 +12,8 @@ use std::time::Duration;
 use vhost_user_backend::VringT;
 use vhostkit_common::lifecycle::{GuestMemory, Vring};
 use vhostkit_common::queue::{
-    ActiveQueue, Chain, IoVecError, IoVecs, Poller, QueueDevice, QueueServer, RingUnreadable,
+    ActiveQueue, Chain, Coalescer, IoVecError, IoVecs, Poller, QueueDevice, QueueServer,
+    RingUnreadable,
 };
 use vhostkit_common::{guest_debug, guest_error, guest_info, guest_warn};
 use virtio_queue::desc::split::Descriptor;
@@ -114,11 +115,12 @@ struct HeldFrame {
 }
 
 impl PairWorker {
-    pub fn new(pair: usize, device: Arc<DeviceState>, poll: Duration) -> Self {
+    pub fn new(pair: usize, device: Arc<DeviceState>, poll: Duration, coalesce: Duration) -> Self {
         let tap_fd = device.tap.queue_fd(pair).unwrap_or(-1);
         PairWorker {
             memory: None,
-            tx_queue: QueueServer::new(format!("pair {pair} tx"), Poller::fixed(poll)),
+            tx_queue: QueueServer::new(format!("pair {pair} tx"), Poller::fixed(poll))
+                .with_coalescing(Coalescer::adaptive(coalesce)),
             rx_queue: QueueServer::new(format!("pair {pair} rx"), Poller::off()),
             tx: Transmitter {
                 pair,
@@ -197,6 +199,32 @@ impl QueueDevice for Transmitter {
         // Always hand the chain back, sent or not, so the guest can reuse it.
         queue.complete(head, 0);
     }
+
+    /// A hold of the transmit signal waits on the tap: frames coming for the guest
+    /// (the ACKs of the very stream being sent, often) end it, since the receive
+    /// queue is served by this same thread.
+    fn hold_window(&mut self, window: Duration) -> bool {
+        !tap_readable_within(self.tap_fd, window)
+    }
+}
+
+/// Whether `tap_fd` has a frame to read, waiting up to `timeout` for one.
+fn tap_readable_within(tap_fd: RawFd, timeout: Duration) -> bool {
+    Coalescer::precise_timers();
+    let mut fds = [libc::pollfd {
+        fd: tap_fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let ts = libc::timespec {
+        tv_sec: 0,
+        // A coalescing window is at most 1 ms (--coalesce-us).
+        tv_nsec: libc::c_long::try_from(timeout.as_nanos().min(999_999_999)).unwrap_or(0),
+    };
+    // SAFETY: `fds` is one valid pollfd and `ts` a valid timespec, both living
+    // across the call; no signal mask is passed.
+    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &ts, std::ptr::null()) };
+    n > 0 && fds[0].revents & libc::POLLIN != 0
 }
 
 impl Transmitter {
@@ -790,7 +818,7 @@ mod in_process {
             mergeable_rx: AtomicBool::new(false),
             rx_frame_max: std::sync::atomic::AtomicUsize::new(1514),
         });
-        let mut worker = PairWorker::new(0, device, Duration::ZERO);
+        let mut worker = PairWorker::new(0, device, Duration::ZERO, Duration::ZERO);
         worker.set_memory(memory.clone());
         (worker, kernel)
     }
@@ -865,6 +893,26 @@ mod in_process {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transmit hold ends as soon as the tap has a frame for the guest, and
+    /// otherwise waits its window out.
+    #[test]
+    fn a_hold_on_the_tap_ends_when_a_frame_comes() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let window = Duration::from_millis(20);
+        let start = std::time::Instant::now();
+        assert!(!tap_readable_within(fds[0], window), "nothing to read yet");
+        assert!(start.elapsed() >= window, "the window was waited out");
+        // SAFETY: fds[1] is the pipe's open write end; one byte from a live buffer.
+        assert_eq!(unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) }, 1);
+        assert!(tap_readable_within(fds[0], Duration::from_secs(10)));
+        for fd in fds {
+            // SAFETY: both ends are ours and closed once.
+            unsafe { libc::close(fd) };
+        }
+    }
 
     #[test]
     fn frames_fill_chains_in_order() {

@@ -63,7 +63,7 @@ use vhostkit_tests::guest::{
 use vhostkit_tests::launch::blk::{BlkArgs, Engine};
 use vhostkit_tests::launch::fs::{Cache, FsArgs};
 use vhostkit_tests::launch::net::{HostIp, Mac, NetArgs};
-use vhostkit_tests::launch::Launch;
+use vhostkit_tests::launch::{DaemonArgs, Launch};
 use vhostkit_tests::netns::{self, NetNs};
 use vhostkit_tests::TempDir;
 
@@ -280,6 +280,10 @@ struct Args {
     /// A/A run: the peer in both columns, to see the run-to-run noise.
     #[arg(long)]
     aa: bool,
+    /// `--coalesce-us` of our three daemons (interrupt coalescing window; 0: off)
+    /// [default: the daemons' own].
+    #[arg(long, value_name = "US")]
+    coalesce_us: Option<u64>,
     #[command(flatten)]
     output: OutputArgs,
     /// Also boot the guest through our VMM vhostkit with our daemon (rows
@@ -1567,6 +1571,14 @@ impl Drop for NetHost {
     }
 }
 
+/// One of our daemons with guest-bench's settings for all of them.
+fn ours_launch<A: DaemonArgs>(launch: Launch<A>, coalesce_us: Option<u64>) -> Launch<A> {
+    match coalesce_us {
+        Some(us) => launch.coalesce_us(us),
+        None => launch,
+    }
+}
+
 impl NetHost {
     /// Sets up the namespace `vkb<pid><tag>`: with `ours`, vhost-user-net started in
     /// it on `socket`; otherwise a multi-queue tap for QEMU's tap backend.
@@ -1574,6 +1586,7 @@ impl NetHost {
         dir: &TempDir,
         tag: &str,
         ours: Option<&Path>,
+        coalesce_us: Option<u64>,
         socket: &Path,
     ) -> Result<(NetHost, NetDevice), String> {
         let pid = std::process::id();
@@ -1595,7 +1608,7 @@ impl NetHost {
                     ..NetArgs::new(&tap)
                 };
                 let mut cmd = ns.command(bin);
-                cmd.args(Launch::on_socket(socket, daemon).to_args())
+                cmd.args(ours_launch(Launch::on_socket(socket, daemon), coalesce_us).to_args())
                     .stdout(Stdio::null())
                     .stderr(Stdio::from(log));
                 let daemon =
@@ -1700,7 +1713,7 @@ fn boot_once(
                 engine: Some(args.engine),
                 ..BlkArgs::new(&disk)
             };
-            Launch::on_socket(&socket, daemon).command(bins.blk)
+            ours_launch(Launch::on_socket(&socket, daemon), args.coalesce_us).command(bins.blk)
         };
         let log = File::create(&log_path)
             .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
@@ -1717,7 +1730,13 @@ fn boot_once(
         None
     } else {
         let ours = (!use_peer).then_some(bins.net);
-        Some(NetHost::start(dir, tag, ours, &net_socket)?)
+        Some(NetHost::start(
+            dir,
+            tag,
+            ours,
+            args.coalesce_us,
+            &net_socket,
+        )?)
     };
     let net_pid = net
         .as_ref()
@@ -2106,7 +2125,8 @@ impl FsHost {
                 cache: Some(args.fs_cache.ours()),
                 ..FsArgs::tagged(&shared, fs_tag(tag))
             };
-            let cmd = Launch::on_socket(&socket, daemon).command(bins.fs);
+            let cmd =
+                ours_launch(Launch::on_socket(&socket, daemon), args.coalesce_us).command(bins.fs);
             ("vhost-user-fs", cmd)
         };
         let log = File::create(&log_path)

@@ -72,9 +72,15 @@ impl Coalescer {
         self.resting = self.resting.saturating_sub(1);
     }
 
-    /// Sleeps for one hold window. The thread's timer slack is made 1 us first
-    /// (the default 50 us would stretch a 50 us window to 100).
+    /// Sleeps for one hold window (see [`Self::precise_timers`]).
     pub fn wait(window: Duration) {
+        Self::precise_timers();
+        std::thread::sleep(window);
+    }
+
+    /// Makes the calling thread's timer slack 1 us, once: the default 50 us would
+    /// stretch a 50 us window (a sleep's, or a poll's timeout) to 100.
+    pub fn precise_timers() {
         thread_local! {
             static SLACK_SET: Cell<bool> = const { Cell::new(false) };
         }
@@ -86,7 +92,6 @@ impl Coalescer {
                 unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64, 0u64, 0u64, 0u64) };
             }
         });
-        std::thread::sleep(window);
     }
 }
 

@@ -59,6 +59,15 @@ pub trait QueueDevice {
     /// Called again and again while the queue polls for new entries: complete
     /// work that finished meanwhile (the server signals the guest for it).
     fn poll_completions(&mut self, _queue: &mut ActiveQueue<'_>) {}
+
+    /// Waits one coalescing window while the queue holds the guest's signal
+    /// ([`Coalescer`]); false ends the hold at once, because the thread has other
+    /// work (net: frames for the guest on the tap, which the receive queue of the
+    /// same thread must take).
+    fn hold_window(&mut self, window: std::time::Duration) -> bool {
+        Coalescer::wait(window);
+        true
+    }
 }
 
 /// One queue's server. See the module documentation.
@@ -492,7 +501,11 @@ impl<'a> ActiveQueue<'a> {
         if since.elapsed() >= self.server.coalescer.cap() {
             return false;
         }
-        Coalescer::wait(window);
+        if !device.hold_window(window) {
+            // Cut short, not for want of requests: no verdict on the guest.
+            *caught = true;
+            return false;
+        }
         device.poll_completions(self);
         if self.has_available() == Ok(true) {
             *caught = true;
