@@ -53,8 +53,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = EngineKind::IoUring)]
     pub engine: EngineKind,
 
-    /// Busy-poll a queue for this many microseconds after it runs dry before
-    /// sleeping (trades CPU for latency); 0 turns polling off.
+    /// Busy-poll a queue for up to this many microseconds after it runs dry
+    /// before sleeping (trades CPU for latency); adaptive: only while the guest
+    /// sends its next request within this time. 0 turns polling off.
     #[arg(long, default_value_t = 0, value_name = "US")]
     pub poll_us: u64,
 

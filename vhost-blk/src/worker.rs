@@ -118,7 +118,7 @@ impl QueueWorker {
         coalesce: Duration,
     ) -> Self {
         QueueWorker {
-            queue: QueueServer::new(format!("queue {index}"), Poller::fixed(poll))
+            queue: QueueServer::new(format!("queue {index}"), Poller::adaptive(poll))
                 .with_coalescing(Coalescer::adaptive(coalesce)),
             requests: Requests {
                 index,

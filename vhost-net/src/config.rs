@@ -51,8 +51,9 @@ pub struct Args {
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub queue_size: u16,
 
-    /// Busy-poll the transmit queue for this many microseconds after it runs dry
-    /// before sleeping (trades CPU for latency); 0 turns polling off.
+    /// Busy-poll the transmit queue for up to this many microseconds after it
+    /// runs dry before sleeping (trades CPU for latency); adaptive: only while the
+    /// guest sends within this time. 0 turns polling off.
     #[arg(long, default_value_t = 0, value_name = "US")]
     pub poll_us: u64,
 

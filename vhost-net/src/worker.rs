@@ -119,7 +119,7 @@ impl PairWorker {
         let tap_fd = device.tap.queue_fd(pair).unwrap_or(-1);
         PairWorker {
             memory: None,
-            tx_queue: QueueServer::new(format!("pair {pair} tx"), Poller::fixed(poll))
+            tx_queue: QueueServer::new(format!("pair {pair} tx"), Poller::adaptive(poll))
                 .with_coalescing(Coalescer::adaptive(coalesce)),
             rx_queue: QueueServer::new(format!("pair {pair} rx"), Poller::off()),
             tx: Transmitter {

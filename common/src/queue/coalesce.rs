@@ -21,7 +21,22 @@
 //! signal however long the guest goes on submitting.
 
 use std::cell::Cell;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// One hold of a queue's signal, from its first window to the signal.
+#[derive(Debug, Default)]
+pub struct Hold {
+    since: Option<Instant>,
+    caught: bool,
+}
+
+impl Hold {
+    /// A window of this hold found new work; or it was cut short for other work
+    /// of the thread, which says nothing about the guest.
+    pub fn caught(&mut self) {
+        self.caught = true;
+    }
+}
 
 /// One queue's interrupt-coalescing policy. See the module documentation.
 #[derive(Debug, Clone)]
@@ -60,16 +75,25 @@ impl Coalescer {
         self.window * Self::CAP_WINDOWS
     }
 
-    /// A hold ended; `caught` says whether any of its windows found new requests.
-    pub fn hold_ended(&mut self, caught: bool) {
-        if !caught {
-            self.resting = Self::REST_EPISODES;
-        }
+    /// The next window of `hold` (starting it if it has not started): how long
+    /// to wait for the guest now, or `None` to signal now (the queue is not
+    /// holding, or the hold reached its cap).
+    pub fn next_window(&self, hold: &mut Hold) -> Option<Duration> {
+        let window = self.window()?;
+        let since = *hold.since.get_or_insert_with(Instant::now);
+        (since.elapsed() < self.cap()).then_some(window)
     }
 
-    /// An answer was signalled without a hold (the queue is resting).
-    pub fn signalled_at_once(&mut self) {
-        self.resting = self.resting.saturating_sub(1);
+    /// The guest is being signalled: ends `hold` if one was under way and
+    /// learns from it (see the module documentation).
+    pub fn signalled(&mut self, hold: &mut Hold) {
+        if hold.since.take().is_some() {
+            if !std::mem::take(&mut hold.caught) {
+                self.resting = Self::REST_EPISODES;
+            }
+        } else {
+            self.resting = self.resting.saturating_sub(1);
+        }
     }
 
     /// Sleeps for one hold window (see [`Self::precise_timers`]).
@@ -103,24 +127,48 @@ mod tests {
     fn holds_while_the_guest_submits_and_rests_after_a_hold_that_caught_nothing() {
         let us = Duration::from_micros;
         let mut c = Coalescer::adaptive(us(50));
-        assert_eq!(c.window(), Some(us(50)));
         assert_eq!(c.cap(), us(50) * Coalescer::CAP_WINDOWS);
-        c.hold_ended(true);
-        assert_eq!(c.window(), Some(us(50)), "a useful hold keeps holding");
-        c.hold_ended(false);
+        let mut hold = Hold::default();
+        assert_eq!(c.next_window(&mut hold), Some(us(50)));
+        hold.caught();
+        assert_eq!(c.next_window(&mut hold), Some(us(50)));
+        c.signalled(&mut hold);
+        assert_eq!(
+            c.next_window(&mut hold),
+            Some(us(50)),
+            "a useful hold: hold again"
+        );
+        c.signalled(&mut hold);
         for _ in 0..Coalescer::REST_EPISODES {
-            assert_eq!(c.window(), None, "a guest that waited is answered at once");
-            c.signalled_at_once();
+            assert_eq!(
+                c.next_window(&mut hold),
+                None,
+                "the guest waited: answer at once"
+            );
+            c.signalled(&mut hold);
         }
-        assert_eq!(c.window(), Some(us(50)), "then holding is tried again");
+        assert_eq!(
+            c.next_window(&mut hold),
+            Some(us(50)),
+            "then holding is tried again"
+        );
     }
 
     #[test]
     fn off_never_holds() {
         let mut c = Coalescer::off();
-        assert_eq!(c.window(), None);
-        c.hold_ended(true);
-        c.signalled_at_once();
-        assert_eq!(c.window(), None);
+        let mut hold = Hold::default();
+        assert_eq!(c.next_window(&mut hold), None);
+        c.signalled(&mut hold);
+        assert_eq!(c.next_window(&mut hold), None);
+    }
+
+    #[test]
+    fn a_hold_ends_at_its_cap() {
+        let c = Coalescer::adaptive(Duration::from_micros(1));
+        let mut hold = Hold::default();
+        assert!(c.next_window(&mut hold).is_some());
+        std::thread::sleep(c.cap() + Duration::from_micros(100));
+        assert_eq!(c.next_window(&mut hold), None);
     }
 }

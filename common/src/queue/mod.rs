@@ -10,7 +10,7 @@ pub mod iovec;
 mod poll;
 mod server;
 
-pub use coalesce::Coalescer;
+pub use coalesce::{Coalescer, Hold};
 pub use hooks::{Admission, Admit, DirtyLog, InflightLog, QueueHooks, QueueStats};
 pub use iovec::{IoVecError, IoVecs, IOV_MAX};
 pub use poll::Poller;

@@ -24,7 +24,7 @@ use vhost_user_backend::{VringState, VringT};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
 
-use super::coalesce::Coalescer;
+use super::coalesce::{Coalescer, Hold};
 use super::hooks::{Admit, QueueHooks, QueueStats};
 use super::poll::Poller;
 use crate::guest_error;
@@ -452,15 +452,13 @@ impl<'a> ActiveQueue<'a> {
         device: &mut D,
         poll: std::time::Duration,
     ) -> io::Result<()> {
-        // When the current hold began, and whether one of its windows caught new
-        // requests (see hold_signal).
-        let mut hold: Option<(Instant, bool)> = None;
+        let mut hold = Hold::default();
         loop {
             let readable = self.drain(device)?;
             if !readable || self.throttled {
                 // Nothing more can be taken until the guest kicks again (it fixed
                 // its ring, or admission lets the queue go on).
-                self.signal_after(hold.take());
+                self.signal_after(&mut hold);
                 self.enable_notifications();
                 return Ok(());
             }
@@ -468,7 +466,7 @@ impl<'a> ActiveQueue<'a> {
                 continue;
             }
             // Tell the guest what finished before waiting for more.
-            self.signal_after(hold.take());
+            self.signal_after(&mut hold);
             // Watch the ring a while longer with notifications still off, so a
             // driver that sends again soon needs no kick and the worker no wake-up.
             if !poll.is_zero() && self.poll_for_more(device, poll) {
@@ -486,43 +484,31 @@ impl<'a> ActiveQueue<'a> {
     /// new requests came (serve them; their answers share the signal). False if
     /// there is nothing to hold, the queue is not holding now, the window caught
     /// nothing, or the hold reached its cap: signal now.
-    fn hold_signal<D: QueueDevice + ?Sized>(
-        &mut self,
-        device: &mut D,
-        hold: &mut Option<(Instant, bool)>,
-    ) -> bool {
+    fn hold_signal<D: QueueDevice + ?Sized>(&mut self, device: &mut D, hold: &mut Hold) -> bool {
         if !self.completed_unsignalled {
             return false;
         }
-        let Some(window) = self.server.coalescer.window() else {
+        let Some(window) = self.server.coalescer.next_window(hold) else {
             return false;
         };
-        let (since, caught) = hold.get_or_insert_with(|| (Instant::now(), false));
-        if since.elapsed() >= self.server.coalescer.cap() {
-            return false;
-        }
         if !device.hold_window(window) {
-            // Cut short, not for want of requests: no verdict on the guest.
-            *caught = true;
+            hold.caught();
             return false;
         }
         device.poll_completions(self);
         if self.has_available() == Ok(true) {
-            *caught = true;
+            hold.caught();
             return true;
         }
         false
     }
 
     /// Signals the guest and tells the coalescer how the hold, if any, went.
-    fn signal_after(&mut self, hold: Option<(Instant, bool)>) {
+    fn signal_after(&mut self, hold: &mut Hold) {
         if !self.completed_unsignalled {
             return;
         }
-        match hold {
-            Some((_, caught)) => self.server.coalescer.hold_ended(caught),
-            None => self.server.coalescer.signalled_at_once(),
-        }
+        self.server.coalescer.signalled(hold);
         self.signal();
     }
 }
