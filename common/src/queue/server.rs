@@ -10,10 +10,11 @@
 //! from the tap) uses the same `ActiveQueue` calls directly.
 //!
 //! The kick loop is EVENT_IDX-safe: notifications are off while the ring is
-//! drained, the guest is signalled for what completed, the ring is polled a while
-//! longer if the [`Poller`] says so, and after notifications go back on it is
-//! looked at once more (an entry that came while they were off would otherwise
-//! wait for a kick that never comes).
+//! drained; the signal for what completed may be held for a few windows while the
+//! guest keeps submitting (the [`Coalescer`]), then the guest is signalled; the
+//! ring is polled a while longer if the [`Poller`] says so, and after
+//! notifications go back on it is looked at once more (an entry that came while
+//! they were off would otherwise wait for a kick that never comes).
 
 use std::io;
 use std::sync::atomic::Ordering;
