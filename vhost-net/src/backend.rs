@@ -264,7 +264,7 @@ impl VhostUserBackend for NetBackend {
                 None => Ok(()),
             },
             TX_EVENT => match self.pair(thread_id) {
-                Some(mut worker) => worker.handle_tx(vring),
+                Some(mut worker) => worker.handle_tx(vring, vrings.get(usize::from(RX_EVENT))),
                 None => Ok(()),
             },
             CTRL_EVENT if thread_id == 0 => lock(&self.inner.ctrl).handle_kick(vring),

@@ -162,7 +162,9 @@ impl PairWorker {
     // ---- transmit -----------------------------------------------------------------
 
     /// The guest kicked the transmit queue: send everything available to the tap.
-    pub fn handle_tx(&mut self, vring: &Vring) -> io::Result<()> {
+    /// `rx_vring`, the pair's receive queue, takes the frames that come for the
+    /// guest while the transmit signal is held (see [`TxRound`]).
+    pub fn handle_tx(&mut self, vring: &Vring, rx_vring: Option<&Vring>) -> io::Result<()> {
         let Some(mem) = self.current_memory() else {
             guest_error!(
                 "pair {}: tx kicked before a memory table was set",
@@ -170,7 +172,14 @@ impl PairWorker {
             );
             return Ok(());
         };
-        self.tx_queue.serve(&mut self.tx, vring, &mem)
+        let mut round = TxRound {
+            tx: &mut self.tx,
+            rx: &mut self.rx,
+            rx_queue: &mut self.rx_queue,
+            rx_vring,
+            mem: &mem,
+        };
+        self.tx_queue.serve(&mut round, vring, &mem)
     }
 
     // ---- receive ------------------------------------------------------------------
@@ -199,12 +208,40 @@ impl QueueDevice for Transmitter {
         // Always hand the chain back, sent or not, so the guest can reuse it.
         queue.complete(head, 0);
     }
+}
 
-    /// A hold of the transmit signal waits on the tap: frames coming for the guest
-    /// (the ACKs of the very stream being sent, often) end it, since the receive
-    /// queue is served by this same thread.
+/// One serving of the transmit queue, with the pair's receive side: this thread
+/// serves both, so while the transmit signal is held the receive queue must not
+/// wait.
+struct TxRound<'a> {
+    tx: &'a mut Transmitter,
+    rx: &'a mut Receiver,
+    rx_queue: &'a mut QueueServer,
+    rx_vring: Option<&'a Vring>,
+    mem: &'a Mem,
+}
+
+impl QueueDevice for TxRound<'_> {
+    fn serve(&mut self, queue: &mut ActiveQueue<'_>, chain: Chain<'_>) {
+        self.tx.serve(queue, chain);
+    }
+
+    /// A hold of the transmit signal waits on the tap. Frames that come for the
+    /// guest meanwhile (often the ACKs of the very stream being sent) are
+    /// delivered at once, and the hold goes on: the guest's answer to them is
+    /// more to send, which then needs no kick.
     fn hold_window(&mut self, window: Duration) -> bool {
-        !tap_readable_within(self.tap_fd, window)
+        if !tap_readable_within(self.tx.tap_fd, window) {
+            return true;
+        }
+        let Some(rx_vring) = self.rx_vring else {
+            return false;
+        };
+        // Lock order: transmit, then receive; nothing takes them the other way.
+        let mut state = rx_vring.get_mut();
+        let mut queue = self.rx_queue.activate(&mut state, self.mem);
+        self.rx.serve(&mut queue);
+        true
     }
 }
 
@@ -793,8 +830,9 @@ mod in_process {
         }
     }
 
-    /// A pair worker on a socket pair: (worker, the "kernel" end of the tap).
-    fn pair_on_socket(memory: &GuestMemory) -> (PairWorker, File) {
+    /// A pair worker on a socket pair, with `coalesce` as its --coalesce-us:
+    /// (worker, the "kernel" end of the tap).
+    fn pair_on_socket(memory: &GuestMemory, coalesce: Duration) -> (PairWorker, File) {
         let mut fds = [0; 2];
         // SAFETY: socketpair writes two descriptors into `fds`; checked below.
         let rc = unsafe {
@@ -818,9 +856,35 @@ mod in_process {
             mergeable_rx: AtomicBool::new(false),
             rx_frame_max: std::sync::atomic::AtomicUsize::new(1514),
         });
-        let mut worker = PairWorker::new(0, device, Duration::ZERO, Duration::ZERO);
+        let mut worker = PairWorker::new(0, device, Duration::ZERO, coalesce);
         worker.set_memory(memory.clone());
         (worker, kernel)
+    }
+
+    /// While the transmit signal is held, a frame that comes for the guest is
+    /// delivered at once by the transmit round (one thread serves both queues),
+    /// not only once the guest stops sending.
+    #[test]
+    fn a_frame_for_the_guest_is_delivered_during_a_transmit_hold() {
+        let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let memory = GuestMemoryAtomic::new(mmap);
+        let mem = memory.memory().into_inner();
+        let (mut worker, kernel) = pair_on_socket(&memory, Duration::from_millis(5));
+        let mut tx = Ring::new(&memory, 0x10000);
+        let mut rx = Ring::new(&memory, 0x20000);
+        rx.offer(&mem, &[(0x50000, 1536, F_WRITE)]);
+        // The frame is on the tap when the guest kicks: the first hold window
+        // finds it.
+        let incoming = [0x5au8; 72];
+        // SAFETY: writes from our buffer of its length.
+        let n = unsafe { libc::write(kernel.as_raw_fd(), incoming.as_ptr().cast(), 72) };
+        assert_eq!(n, 72);
+        mem.write_slice(&[0u8; 112], GuestAddress(0x40000)).unwrap();
+        tx.offer(&mem, &[(0x40000, 112, 0)]);
+        worker.handle_tx(&tx.vring, Some(&rx.vring)).unwrap();
+        assert_eq!(tx.used_idx(&mem), 1);
+        assert_eq!(rx.used_idx(&mem), 1, "delivered within the transmit round");
+        assert_eq!(rx.used(&mem, 0), (0, 72));
     }
 
     #[test]
@@ -828,7 +892,7 @@ mod in_process {
         let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let memory = GuestMemoryAtomic::new(mmap);
         let mem = memory.memory().into_inner();
-        let (mut worker, kernel) = pair_on_socket(&memory);
+        let (mut worker, kernel) = pair_on_socket(&memory, Duration::ZERO);
         let mut tx = Ring::new(&memory, 0x10000);
         let mut rx = Ring::new(&memory, 0x20000);
 
@@ -841,7 +905,7 @@ mod in_process {
         tx.offer(&mem, &[(0x40000, 40, 0), (0x41000, 72, 0)]);
         // And a chain with a writable buffer, which transmit refuses.
         tx.offer(&mem, &[(0x42000, 64, F_WRITE)]);
-        worker.handle_tx(&tx.vring).unwrap();
+        worker.handle_tx(&tx.vring, Some(&rx.vring)).unwrap();
         assert_eq!(tx.used_idx(&mem), 2, "both chains go back to the guest");
         let mut got = [0u8; 2048];
         // SAFETY: reads into our buffer of its length.

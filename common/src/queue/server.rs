@@ -62,9 +62,9 @@ pub trait QueueDevice {
     fn poll_completions(&mut self, _queue: &mut ActiveQueue<'_>) {}
 
     /// Waits one coalescing window while the queue holds the guest's signal
-    /// ([`Coalescer`]); false ends the hold at once, because the thread has other
-    /// work (net: frames for the guest on the tap, which the receive queue of the
-    /// same thread must take).
+    /// ([`Coalescer`]). A device whose thread has other work does it here (net
+    /// transmit: frames for the guest on the tap, for the receive queue of the
+    /// same thread); false ends the hold at once.
     fn hold_window(&mut self, window: std::time::Duration) -> bool {
         Coalescer::wait(window);
         true
